@@ -1,0 +1,33 @@
+# The README's two commands are `make run` and `make test`; both set up what they need.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint
+
+$(BIN)/mtl: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/mtl
+
+setup: $(BIN)/mtl
+
+# A short MTL pretraining on the Omniglot background alphabets, then 5-way 1-shot evaluation
+# on the unseen evaluation alphabets.
+run: setup
+	$(BIN)/mtl pretrain --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_background.npz \
+	    --algorithm mtl-reptile --iterations 300 --out runs/omniglot-quick
+	$(BIN)/mtl evaluate --checkpoint runs/omniglot-quick \
+	    --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_evaluation.npz \
+	    --ways 5,20 --shots 1,5 --episodes 200 --json runs/omniglot-quick/eval.json
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy

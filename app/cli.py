@@ -1,0 +1,214 @@
+"""The `mtl` command. Expected mistakes print one line and exit 2; heavy imports happen inside
+the command that needs them, so `mtl --help` and the API never pay for torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, file=sys.stderr,
+                disable=None)
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from_defaults = _pretrain_defaults()
+    p = sub.add_parser("pretrain", help="train a base model on base classes",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, type=Path,
+                   help="Omniglot .npz file, or a folder of class subfolders")
+    p.add_argument("--algorithm", default=from_defaults["algorithm"],
+                   help="transfer, protonet, reptile, maml, fomaml, mtl-reptile, mtl-maml, mtl-fomaml")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the checkpoint")
+    p.add_argument("--backbone", default=from_defaults["backbone"], help="conv4 or resnet12")
+    for name, typ in [("filters", int), ("image_size", int), ("channels", int), ("ways", int),
+                      ("shots", int), ("queries", int), ("meta_batch", int), ("inner_steps", int),
+                      ("inner_batch", int), ("inner_lr", float), ("outer_lr", float),
+                      ("transfer_lr", float), ("beta", float), ("iterations", int),
+                      ("protonet_lr", float), ("seed", int)]:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=from_defaults[name])
+    p.add_argument("--combine", choices=["paper", "authors"], default=from_defaults["combine"])
+    p.add_argument("--replacement", action="store_true",
+                   help="draw a task's classes with replacement (as the authors' code)")
+    p.add_argument("--augment", action="store_true", help="random flips and shifts")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    p.set_defaults(handler=_pretrain)
+
+
+def _pretrain_defaults() -> dict[str, Any]:
+    from dataclasses import fields
+
+    from models.config import PretrainConfig
+
+    skip = {"replacement", "augment"}
+    return {f.name: f.default for f in fields(PretrainConfig) if f.name not in skip}
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from models.data import load_dataset
+    from models.training import PretrainConfig, Progress, pretrain
+
+    fields = _pretrain_defaults().keys()
+    config = PretrainConfig(replacement=args.replacement, augment=args.augment,
+                            **{k: getattr(args, k) for k in fields})
+    data = load_dataset(args.dataset, image_size=config.image_size, channels=config.channels)
+    for file, reason in data.rejected:
+        print(f"warning: skipped {file}: {reason}", file=sys.stderr)
+    command = "mtl " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("mtl") else None
+    bar = _progress_bar(config.iterations, f"pretrain {config.algorithm}")
+
+    def on_progress(p: Progress) -> None:
+        bar.n = p.iteration
+        bar.set_postfix(loss=f"{p.loss:.3f}", refresh=False)
+        bar.refresh()
+
+    try:
+        result = pretrain(config, data, device=args.device, out_dir=args.out, resume=args.resume,
+                          checkpoint_every_s=args.checkpoint_every, progress=on_progress,
+                          extra_card={"command": command} if command else None)
+    finally:
+        bar.close()
+    t = result.card["training"]
+    print(f"wrote {args.out}/model.safetensors and model.json "
+          f"({t['iterations']} iterations, {t['seconds']:.0f} s, {data.num_classes} base classes)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="episodic evaluation of a base model on unseen classes",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path, help="folder written by mtl pretrain")
+    p.add_argument("--dataset", required=True, type=Path, help="unseen classes (.npz or folder)")
+    p.add_argument("--ways", type=_int_list, default=[5], help="e.g. 5,20,35")
+    p.add_argument("--shots", type=_int_list, default=[1, 5], help="e.g. 1,5")
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--queries", type=int, default=None,
+                   help="query images per class (default 15, or what the class size allows)")
+    p.add_argument("--adapt-steps", type=int, default=None, help="default: the checkpoint's card")
+    p.add_argument("--adapt-lr", type=float, default=None, help="default: the checkpoint's card")
+    p.add_argument("--adapt-batch", type=int, default=None, help="0: all support images")
+    p.add_argument("--head-init", choices=["zeros", "prototype", "meta"], default=None)
+    p.add_argument("--transductive", action="store_true",
+                   help="batch-norm statistics from each episode's query batch (as the paper's code)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from models.adaptation import AdaptConfig, evaluate
+    from models.checkpoint import load_base_model
+    from models.data import load_dataset
+    from models.training import resolve_device
+
+    device = resolve_device(args.device)
+    net, card = load_base_model(args.checkpoint, device=device)
+    data = load_dataset(args.dataset, image_size=card["image_size"], channels=card["channels"])
+    config = AdaptConfig.from_card(card, steps=args.adapt_steps, lr=args.adapt_lr,
+                                   batch_size=args.adapt_batch, head_init=args.head_init)
+    smallest = min(data.class_counts())
+    results = []
+    started = time.perf_counter()
+    for ways in args.ways:
+        if ways > data.num_classes:
+            raise UsageError(f"{ways}-way needs {ways} classes; {args.dataset} has {data.num_classes}")
+        for shots in args.shots:
+            queries = args.queries if args.queries is not None else min(15, smallest - shots)
+            if queries < 1 or shots + queries > smallest:
+                raise UsageError(f"{shots} shots leave no query images: the smallest class of "
+                                 f"{args.dataset} has {smallest} images")
+            bar = _progress_bar(args.episodes, f"{ways}-way {shots}-shot")
+
+            def on_episode(done: int, total: int, acc: float, bar: Any = bar) -> None:
+                bar.update(1)
+                bar.set_postfix(acc=f"{acc:.3f}", refresh=False)
+
+            try:
+                cell = evaluate(net, data, ways=ways, shots=shots, queries=queries,
+                                episodes=args.episodes, config=config, seed=args.seed,
+                                transductive=args.transductive, device=device, progress=on_episode)
+            finally:
+                bar.close()
+            results.append(cell.as_dict())
+    report = {
+        "results": results,
+        "checkpoint": str(args.checkpoint),
+        "config": {"dataset": str(args.dataset), "algorithm": card.get("algorithm"),
+                   "combine": card.get("combine"), "adaptation": vars(config),
+                   "transductive": args.transductive, "seed": args.seed, "device": str(device),
+                   "seconds": round(time.perf_counter() - started, 1)},
+    }
+    mode = "transductive" if args.transductive else "non-transductive"
+    print(f"{card.get('algorithm')} on {args.dataset} ({mode}; adaptation {vars(config)})")
+    print(f"{'ways':>5} {'shots':>5} {'queries':>7} {'episodes':>8} {'accuracy':>9} {'ci95':>7}")
+    for r in results:
+        print(f"{r['ways']:>5} {r['shots']:>5} {r['queries']:>7} {r['episodes']:>8} "
+              f"{100 * r['accuracy']:>8.2f}% {100 * r['ci95']:>6.2f}%")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_pretrain, _add_evaluate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtl", description="Meta-transfer learning service and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from models.errors import MTLError
+
+    try:
+        return int(args.handler(args))
+    except (MTLError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

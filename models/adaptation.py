@@ -1,0 +1,152 @@
+"""Adapting a base model to a new task by plain SGD, and episodic evaluation on unseen classes."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.data import EpisodeSampler, ImageSet, to_float
+from models.config import AdaptConfig
+from models.errors import ConfigError, TrainingCancelled
+from models.network import Classifier, MetaNet
+
+def _init_head(
+    net: MetaNet, backbone: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+    head_init: str,
+) -> nn.Linear:
+    head = nn.Linear(net.meta_head.in_features, num_classes).to(x.device)
+    if head_init == "zeros":
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    elif head_init == "meta":
+        if num_classes != net.meta_head.out_features:
+            raise ConfigError(
+                f"head_init 'meta' needs {net.meta_head.out_features} classes (the meta head's size), "
+                f"got {num_classes}"
+            )
+        head.load_state_dict(net.meta_head.state_dict())
+    else:
+        # Nearest class mean as a linear layer: -|f - c|^2 = 2 f.c - |c|^2 - |f|^2, and the last
+        # term is the same for every class, so W = 2c, b = -|c|^2 reproduces Prototypical Networks.
+        backbone.eval()
+        with torch.no_grad():
+            f = backbone((x - net.mean) / net.std)
+        protos = torch.zeros(num_classes, f.shape[1], device=f.device)
+        protos.index_add_(0, y, f)
+        protos /= torch.bincount(y, minlength=num_classes).clamp_min(1).unsqueeze(1)
+        with torch.no_grad():
+            head.weight.copy_(2 * protos)
+            head.bias.copy_(-(protos**2).sum(1))
+    return head
+
+
+def adapt(
+    net: MetaNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    class_names: Sequence[str] | None = None,
+    config: AdaptConfig | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Classifier:
+    """Fine-tune every layer of a copy of `net` with SGD on `images` (floats in [0, 1]) labelled
+    0..C-1 under a fresh C-way head. The base model is left untouched."""
+    config = config or AdaptConfig()
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    if num_classes < 2:
+        raise ConfigError("adaptation needs at least 2 classes")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ConfigError(f"{len(names)} class names for {num_classes} classes")
+    backbone = copy.deepcopy(net.backbone)
+    head = _init_head(net, backbone, images, labels, num_classes, config.head_init)
+    clf = Classifier(backbone, head, net.mean, net.std, names)
+    if config.steps > 0:
+        gen = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.SGD(clf.parameters(), lr=config.lr)
+        n = len(images)
+        bs = n if config.batch_size <= 0 else min(config.batch_size, n)
+        clf.train()
+        loss_value = float("nan")
+        for step in range(config.steps):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"adaptation stopped at step {step}")
+            if bs < n:
+                idx = torch.randperm(n, generator=gen)[:bs].to(images.device)
+                xb, yb = images[idx], labels[idx]
+            else:
+                xb, yb = images, labels
+            loss = F.cross_entropy(clf(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = float(loss.detach())
+            if progress is not None:
+                progress(step + 1, config.steps, loss_value)
+    return clf.eval()
+
+
+@dataclass
+class CellResult:
+    ways: int
+    shots: int
+    queries: int
+    episodes: int
+    accuracy: float
+    ci95: float
+    transductive: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    net: MetaNet,
+    data: ImageSet,
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int = 600,
+    config: AdaptConfig | None = None,
+    seed: int = 0,
+    transductive: bool = False,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int, float], None] | None = None,
+) -> CellResult:
+    """Mean query accuracy over seeded episodes of `data`'s classes, with a 95% interval.
+
+    Episodes depend only on (seed, ways, shots, queries), so every method sees the same ones.
+    Non-transductive by default: queries are predicted in eval mode, each independent of the others.
+    Transductive mode predicts all queries of an episode as one train-mode batch (batch-norm
+    statistics from the queries), as the paper's code did.
+    """
+    config = config or AdaptConfig()
+    sampler = EpisodeSampler(data.labels, ways=ways, shots=shots, queries=queries,
+                             seed=[seed, ways, shots, queries])
+    net = net.to(device)
+    accs = np.zeros(episodes)
+    for e in range(episodes):
+        ep = sampler.sample()
+        xs = to_float(data.images[ep.support]).to(device)
+        ys = ep.support_labels.to(device)
+        xq = to_float(data.images[ep.query]).to(device)
+        clf = adapt(net, xs, ys, config=config, seed=seed + e)
+        with torch.no_grad():
+            clf.train(transductive)
+            pred = clf(xq).argmax(1).cpu()
+        accs[e] = float((pred == ep.query_labels).float().mean())
+        if progress is not None:
+            progress(e + 1, episodes, float(accs[: e + 1].mean()))
+    ci = 1.96 * float(accs.std(ddof=1)) / math.sqrt(episodes) if episodes > 1 else float("nan")
+    return CellResult(ways, shots, queries, episodes, float(accs.mean()), ci, transductive)

@@ -1,0 +1,225 @@
+"""The meta-learners and the transfer update as small pure functions over parameter dicts.
+
+Every function takes the current weights theta (a name -> tensor dict) and returns a *direction*
+(also a dict), never touching the module's parameters. Combining directions into the next theta
+is its own function, so the paper's and the authors' formulas are two lines side by side.
+
+Inner loops run through `torch.func.functional_call`, so no task deep-copies the model, and MAML
+can differentiate through them (second order) by keeping the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from models.network import META_HEAD, TRANSFER_HEAD
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One sampled task: training images (inner loop), query images (MAML's outer loss), and the
+    true base-class labels of all of them (the transfer update's targets)."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    base_y: torch.Tensor  # for cat([support_x, query_x])
+
+    @property
+    def all_x(self) -> torch.Tensor:
+        return torch.cat([self.support_x, self.query_x])
+
+    @property
+    def all_y(self) -> torch.Tensor:
+        return torch.cat([self.support_y, self.query_y])
+
+
+def meta_param_names(net: nn.Module) -> list[str]:
+    """Parameters the inner loop moves: the backbone and the meta head."""
+    return [n for n, _ in net.named_parameters() if not n.startswith("transfer_head.")]
+
+
+def transfer_param_names(net: nn.Module) -> list[str]:
+    """Parameters the transfer update moves: the backbone and the transfer head."""
+    return [n for n, _ in net.named_parameters() if not n.startswith("meta_head.")]
+
+
+def current_params(net: nn.Module) -> Params:
+    return {n: p.detach() for n, p in net.named_parameters()}
+
+
+def _logits(net: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor, head: str) -> torch.Tensor:
+    # Parameters not in `params` (and all buffers) come from the module itself.
+    return functional_call(net, dict(params), (x,), {"head": head}, strict=False)
+
+
+def inner_loop(
+    net: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 0,
+    create_graph: bool = False,
+    rng: np.random.Generator | None = None,
+) -> tuple[Params, float]:
+    """k SGD steps on the meta head from `params`; returns the adapted params and the last loss.
+
+    With `create_graph` the result stays a differentiable function of `params` (MAML); otherwise
+    each step starts from detached tensors, which is what Reptile and first-order MAML need.
+    """
+    n = x.shape[0]
+    bs = n if batch_size <= 0 or batch_size >= n else batch_size
+    order = (rng.permutation(n) if rng is not None else np.arange(n)) if bs < n else None
+    adapted = params if create_graph else {k: v.detach().requires_grad_() for k, v in params.items()}
+    loss_value = float("nan")
+    cursor = 0
+    for _ in range(steps):
+        if order is None:
+            xb, yb = x, y
+        else:
+            if cursor + bs > n:
+                order = rng.permutation(n) if rng is not None else order
+                cursor = 0
+            idx = torch.from_numpy(order[cursor : cursor + bs]).to(x.device)
+            cursor += bs
+            xb, yb = x[idx], y[idx]
+        loss = F.cross_entropy(_logits(net, adapted, xb, META_HEAD), yb)
+        grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
+        if create_graph:
+            adapted = {k: p - lr * g for (k, p), g in zip(adapted.items(), grads, strict=True)}
+        else:
+            adapted = {
+                k: (p - lr * g).detach().requires_grad_()
+                for (k, p), g in zip(adapted.items(), grads, strict=True)
+            }
+        loss_value = float(loss.detach())
+    return adapted, loss_value
+
+
+def reptile_direction(
+    net: nn.Module,
+    theta: Params,
+    tasks: Sequence[Task],
+    *,
+    inner_steps: int,
+    inner_lr: float,
+    inner_batch: int = 0,
+    rng: np.random.Generator | None = None,
+) -> tuple[Params, float]:
+    """Reptile: mean_i(theta_i - theta) over tasks, theta_i from the inner loop on all task images."""
+    names = meta_param_names(net)
+    start = {k: theta[k] for k in names}
+    total = {k: torch.zeros_like(v) for k, v in start.items()}
+    losses = []
+    for task in tasks:
+        adapted, loss = inner_loop(
+            net, start, task.all_x, task.all_y, steps=inner_steps, lr=inner_lr,
+            batch_size=inner_batch, rng=rng,
+        )
+        for k in names:
+            total[k] += adapted[k].detach() - start[k]
+        losses.append(loss)
+    return {k: v / len(tasks) for k, v in total.items()}, float(np.mean(losses))
+
+
+def maml_direction(
+    net: nn.Module,
+    theta: Params,
+    tasks: Sequence[Task],
+    *,
+    inner_steps: int,
+    inner_lr: float,
+    inner_batch: int = 0,
+    first_order: bool = False,
+    rng: np.random.Generator | None = None,
+) -> tuple[Params, float]:
+    """MAML: -mean_i grad_theta L_query(theta_i). Second order differentiates through the inner
+    steps; first order (FOMAML) uses the query gradient at theta_i as the gradient at theta."""
+    names = meta_param_names(net)
+    total = {k: torch.zeros_like(theta[k]) for k in names}
+    losses = []
+    for task in tasks:
+        start = {k: theta[k].detach().requires_grad_() for k in names}
+        adapted, _ = inner_loop(
+            net, start, task.support_x, task.support_y, steps=inner_steps, lr=inner_lr,
+            batch_size=inner_batch, create_graph=not first_order, rng=rng,
+        )
+        query_loss = F.cross_entropy(_logits(net, adapted, task.query_x, META_HEAD), task.query_y)
+        wrt = list(adapted.values()) if first_order else list(start.values())
+        grads = torch.autograd.grad(query_loss, wrt)
+        for k, g in zip(names, grads, strict=True):
+            total[k] -= g.detach()
+        losses.append(float(query_loss.detach()))
+    return {k: v / len(tasks) for k, v in total.items()}, float(np.mean(losses))
+
+
+def transfer_direction(
+    net: nn.Module, theta: Params, x: torch.Tensor, base_y: torch.Tensor, *, lr: float
+) -> tuple[Params, float]:
+    """Supervised step over all base classes: theta_d - theta = -lr * grad CE(transfer head)."""
+    names = transfer_param_names(net)
+    start = {k: theta[k].detach().requires_grad_() for k in names}
+    loss = F.cross_entropy(_logits(net, start, x, TRANSFER_HEAD), base_y)
+    grads = torch.autograd.grad(loss, list(start.values()))
+    return {k: -lr * g.detach() for k, g in zip(names, grads, strict=True)}, float(loss.detach())
+
+
+def combine_paper(
+    theta: Params, meta: Params, transfer: Params, *, beta: float, outer_lr: float
+) -> Params:
+    """The paper's formula: theta <- beta * theta_meta + (1 - beta) * theta_d, where
+    theta_meta = theta + outer_lr * meta and theta_d = theta + transfer (missing names: no move)."""
+    out = {}
+    for k, t in theta.items():
+        theta_meta = t + outer_lr * meta[k] if k in meta else t
+        theta_d = t + transfer[k] if k in transfer else t
+        out[k] = beta * theta_meta + (1.0 - beta) * theta_d
+    return out
+
+
+def combine_authors(
+    theta: Params, meta: Params, transfer: Params, *, beta: float, epsilon: float
+) -> Params:
+    """The authors' code: theta + 0.5 * ((1 - beta) * eps_t * meta + beta * transfer), where meta
+    is mean_i(theta_i - theta) and transfer is mean_i(theta_d,i - theta). Note beta weights the
+    transfer term here, the meta term in the paper."""
+    out = {}
+    for k, t in theta.items():
+        step = torch.zeros_like(t)
+        if k in meta:
+            step = step + (1.0 - beta) * epsilon * meta[k]
+        if k in transfer:
+            step = step + beta * transfer[k]
+        out[k] = t + 0.5 * step
+    return out
+
+
+def protonet_loss(net: nn.Module, task: Task) -> torch.Tensor:
+    """Prototypical Networks: cross-entropy of negative squared distances to class means."""
+    ways = int(task.support_y.max()) + 1
+    features = net(torch.cat([task.support_x, task.query_x]), head="features")
+    fs, fq = features[: len(task.support_x)], features[len(task.support_x) :]
+    protos = torch.zeros(ways, fs.shape[1], device=fs.device, dtype=fs.dtype)
+    protos.index_add_(0, task.support_y, fs)
+    protos = protos / torch.bincount(task.support_y, minlength=ways).unsqueeze(1).to(fs.dtype)
+    return F.cross_entropy(-torch.cdist(fq, protos).pow(2), task.query_y)
+
+
+@torch.no_grad()
+def assign_params(net: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+    for name, p in net.named_parameters():
+        if name in params:
+            p.copy_(params[name])

@@ -1,0 +1,110 @@
+"""Run configurations as plain dataclasses. No torch here: the API and the CLI validate options
+with these without loading the ML stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from models.errors import ConfigError
+
+# name -> (meta-learner or None, fixed beta or None when the config's beta applies)
+ALGORITHMS: dict[str, tuple[str | None, float | None]] = {
+    "transfer": (None, 0.0),
+    "protonet": ("protonet", None),
+    "reptile": ("reptile", 1.0),
+    "maml": ("maml", 1.0),
+    "fomaml": ("fomaml", 1.0),
+    "mtl-reptile": ("reptile", None),
+    "mtl-maml": ("maml", None),
+    "mtl-fomaml": ("fomaml", None),
+}
+
+Combine = Literal["paper", "authors"]
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run; stored whole in the checkpoint card."""
+
+    algorithm: str = "mtl-reptile"
+    backbone: str = "conv4"
+    filters: int = 64
+    image_size: int = 28
+    channels: int = 1
+    ways: int = 5
+    shots: int = 5  # images per class for the inner loop (MAML's support)
+    queries: int = 5  # more images per class: MAML's query set; Reptile trains on them too
+    meta_batch: int = 5
+    inner_steps: int = 5
+    inner_batch: int = 0  # 0: all of a task's images in every inner step
+    inner_lr: float = 0.05
+    outer_lr: float = 1.0
+    transfer_lr: float = 0.05
+    beta: float = 0.5
+    combine: Combine = "paper"
+    iterations: int = 1000
+    replacement: bool = False
+    augment: bool = False
+    protonet_lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(
+                f"unknown algorithm {self.algorithm!r}; known algorithms: {', '.join(ALGORITHMS)}"
+            )
+        if self.combine not in ("paper", "authors"):
+            raise ConfigError(f"combine must be 'paper' or 'authors', got {self.combine!r}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"beta must be in [0, 1], got {self.beta}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("iterations", "ways", "shots", "meta_batch", "image_size", "filters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.ways < 2:
+            raise ConfigError(f"ways must be at least 2, got {self.ways}")
+        if self.meta_learner in ("maml", "fomaml", "protonet") and self.queries < 1:
+            raise ConfigError(f"{self.algorithm} needs at least 1 query image per class")
+
+    @property
+    def meta_learner(self) -> str | None:
+        return ALGORITHMS[self.algorithm][0]
+
+    @property
+    def effective_beta(self) -> float:
+        fixed = ALGORITHMS[self.algorithm][1]
+        return self.beta if fixed is None else fixed
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+
+HeadInit = Literal["zeros", "prototype", "meta"]
+HEAD_INITS = ("zeros", "prototype", "meta")
+
+
+@dataclass
+class AdaptConfig:
+    steps: int = 50
+    lr: float = 0.01
+    batch_size: int = 0  # 0: every labelled image in each step
+    head_init: HeadInit = "prototype"
+
+    def __post_init__(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
+        if self.steps < 0 or self.lr < 0 or self.batch_size < 0:
+            raise ConfigError("adaptation steps, lr and batch size must not be negative")
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any], **overrides: Any) -> AdaptConfig:
+        base = dict(card.get("adaptation", {}))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "head_init") if k in base})
+
+

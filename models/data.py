@@ -1,0 +1,342 @@
+"""Class-indexed image sets, their loaders, and the seeded episode sampler.
+
+Images are held in memory as one uint8 tensor (N, C, H, W); models take floats in [0, 1] and
+normalise internally, so the same tensors feed pretraining, evaluation and the service.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from models.errors import ConfigError, DatasetError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def data_root() -> Path:
+    """Where the shared data sets live: `MTL_DATA_ROOT`, default `../shared/data`."""
+    return Path(os.environ.get("MTL_DATA_ROOT", DEFAULT_DATA_ROOT))
+
+
+@dataclass
+class ImageSet:
+    """Images of several classes: `images[i]` belongs to class `labels[i]`, named `class_names`."""
+
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+    class_names: list[str]
+    source: str = ""
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def subset(self, classes: Sequence[int]) -> ImageSet:
+        """The images of `classes`, relabelled 0..len(classes)-1 in the order given."""
+        remap = torch.full((self.num_classes,), -1, dtype=torch.long)
+        remap[torch.as_tensor(list(classes), dtype=torch.long)] = torch.arange(len(classes))
+        new_labels = remap[self.labels]
+        keep = new_labels >= 0
+        return ImageSet(
+            images=self.images[keep],
+            labels=new_labels[keep],
+            class_names=[self.class_names[c] for c in classes],
+            source=self.source,
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 over class names, labels and pixels: identifies the exact training data."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.class_names).encode())
+        h.update(self.labels.numpy().tobytes())
+        h.update(self.images.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def float_images(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.images if index is None else self.images[index]
+        return x.float().div_(255.0)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) to float in [0, 1], on the same device."""
+    return images.float().div_(255.0)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_image(source: bytes | Path, *, channels: int, image_size: int) -> np.ndarray:
+    """Decode one image file to uint8 (C, H, W), converted to `channels` and resized square.
+
+    Raises `DatasetError` with the reason when the file is not a decodable image.
+    """
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            # Transparent pixels become white, as they look on screen, instead of black.
+            if img.mode in ("RGBA", "LA", "P"):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            arr = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"image too large: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "not a decodable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise DatasetError(reason or "not a decodable image") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _sorted_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _find_class_folders(root: Path) -> list[tuple[str, Path]]:
+    """Class folders under root: `root/<class>/*.img`, or two levels deep as in the official
+    Omniglot layout (`images_background/<Alphabet>/characterNN/*.png`), named `Alphabet/characterNN`."""
+    top = _sorted_dirs(root)
+    if not top:
+        return []
+    if any(_is_image_file(f) for d in top for f in d.iterdir()):
+        return [(d.name, d) for d in top]
+    nested = [(f"{d.name}/{c.name}", c) for d in top for c in _sorted_dirs(d)]
+    return nested
+
+
+def load_image_folder(
+    root: Path | str, *, image_size: int, channels: int, max_per_class: int | None = None
+) -> ImageSet:
+    """Load a folder of class subfolders (or the two-level Omniglot layout)."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"data set not found: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"not a folder of class subfolders: {root}")
+    classes = _find_class_folders(root)
+    files: list[tuple[int, Path]] = []
+    names: list[str] = []
+    for name, folder in classes:
+        members = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        if max_per_class is not None:
+            members = members[:max_per_class]
+        names.append(name)
+        files.extend((len(names) - 1, f) for f in members)
+    if len(names) < 2:
+        raise DatasetError(
+            f"{root} has {len(names)} class folder(s); at least 2 class subfolders with images are needed"
+        )
+
+    def work(item: tuple[int, Path]) -> tuple[int, Path, np.ndarray | str]:
+        label, path = item
+        try:
+            return label, path, decode_image(path, channels=channels, image_size=image_size)
+        except DatasetError as exc:
+            return label, path, str(exc)
+
+    # PIL releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        decoded = list(pool.map(work, files))
+    arrays = [a for _, _, a in decoded if isinstance(a, np.ndarray)]
+    labels = [lbl for lbl, _, a in decoded if isinstance(a, np.ndarray)]
+    rejected = [(str(p.relative_to(root)), a) for _, p, a in decoded if isinstance(a, str)]
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    empty = [names[i] for i in range(len(names)) if counts[i] == 0]
+    if empty:
+        raise DatasetError(f"class {empty[0]!r} in {root} has no decodable image")
+    return ImageSet(
+        images=torch.from_numpy(np.stack(arrays)),
+        labels=torch.tensor(labels, dtype=torch.long),
+        class_names=names,
+        source=str(root),
+        rejected=rejected,
+    )
+
+
+def _omniglot_class_names(npz_path: Path, first_id: int, count: int) -> list[str]:
+    """`Alphabet/characterNN` names from alphabets.csv beside the npz, else `character<id>`."""
+    csv_path = npz_path.parent / "alphabets.csv"
+    by_id: dict[int, str] = {}
+    if csv_path.exists():
+        with csv_path.open() as fh:
+            for row in csv.DictReader(fh):
+                first, last = int(row["first_character_id"]), int(row["last_character_id"])
+                for cid in range(first, last + 1):
+                    by_id[cid] = f"{row['alphabet']}/character{cid - first + 1:02d}"
+    return [by_id.get(first_id + i, f"character{first_id + i:04d}") for i in range(count)]
+
+
+def load_omniglot_npz(path: Path | str, *, image_size: int = 28) -> ImageSet:
+    """Load `images_background.npz` or `images_evaluation.npz` (True = white paper)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"data set not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            raw = data["images"]
+            ids = data["labels"]
+    except (ValueError, KeyError, OSError) as exc:
+        raise DatasetError(f"{path} is not an Omniglot npz file with 'images' and 'labels': {exc}") from None
+    if raw.ndim != 4:
+        raise DatasetError(f"{path}: expected images of shape (characters, drawers, H, W), got {raw.shape}")
+    chars, drawers, h, w = raw.shape
+    x = torch.from_numpy(raw.reshape(chars * drawers, 1, h, w).astype(np.float32))
+    if (h, w) != (image_size, image_size):
+        # Area averaging keeps thin strokes visible as grey instead of dropping them.
+        x = F.interpolate(x, size=(image_size, image_size), mode="area")
+    images = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    labels = torch.arange(chars).repeat_interleave(drawers)
+    return ImageSet(
+        images=images,
+        labels=labels,
+        class_names=_omniglot_class_names(path, int(ids[0, 0]) + 1, chars),
+        source=str(path),
+    )
+
+
+def load_dataset(
+    path: Path | str, *, image_size: int, channels: int, max_per_class: int | None = None
+) -> ImageSet:
+    """Load an Omniglot `.npz` file or a folder of class subfolders."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"data set not found: {path}")
+    if path.suffix == ".npz":
+        data = load_omniglot_npz(path, image_size=image_size)
+        if channels == 3:
+            data.images = data.images.expand(-1, 3, -1, -1).contiguous()
+        return data
+    return load_image_folder(path, image_size=image_size, channels=channels, max_per_class=max_per_class)
+
+
+def split_classes(data: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Split classes (not images) into a training set and `holdout` validation classes."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(data.num_classes).tolist()
+    return data.subset(sorted(order[holdout:])), data.subset(sorted(order[:holdout]))
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One N-way task: indices into an ImageSet and labels 0..N-1."""
+
+    classes: np.ndarray  # (N,) dataset class ids
+    support: torch.Tensor  # (N*K,) image indices
+    support_labels: torch.Tensor
+    query: torch.Tensor  # (N*Q,) image indices
+    query_labels: torch.Tensor
+
+    @property
+    def all_indices(self) -> torch.Tensor:
+        return torch.cat([self.support, self.query])
+
+
+class EpisodeSampler:
+    """Seeded N-way K-shot Q-query episodes; the same seed gives the same episodes for every method."""
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        *,
+        ways: int,
+        shots: int,
+        queries: int,
+        replacement: bool = False,
+        seed: int | Sequence[int] = 0,
+    ) -> None:
+        labels_np = labels.cpu().numpy()
+        num_classes = int(labels_np.max()) + 1 if labels_np.size else 0
+        self.by_class = [np.flatnonzero(labels_np == c) for c in range(num_classes)]
+        if ways < 2:
+            raise ConfigError(f"ways must be at least 2, got {ways}")
+        if shots < 1 or queries < 0:
+            raise ConfigError(f"shots must be >= 1 and queries >= 0, got {shots} and {queries}")
+        if not replacement and ways > num_classes:
+            raise ConfigError(f"{ways}-way episodes need {ways} classes; the data has {num_classes}")
+        smallest = min(len(ix) for ix in self.by_class)
+        if shots + queries > smallest:
+            raise ConfigError(
+                f"{shots} shots + {queries} queries need {shots + queries} images per class; "
+                f"the smallest class has {smallest}"
+            )
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.replacement = replacement
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> Episode:
+        classes = self.rng.choice(len(self.by_class), size=self.ways, replace=self.replacement)
+        support: list[np.ndarray] = []
+        query: list[np.ndarray] = []
+        for c in classes:
+            picked = self.rng.choice(self.by_class[c], size=self.shots + self.queries, replace=False)
+            support.append(picked[: self.shots])
+            query.append(picked[self.shots :])
+        arange = np.arange(self.ways)
+        return Episode(
+            classes=classes,
+            support=torch.from_numpy(np.concatenate(support)),
+            support_labels=torch.from_numpy(np.repeat(arange, self.shots)),
+            query=torch.from_numpy(np.concatenate(query)),
+            query_labels=torch.from_numpy(np.repeat(arange, self.queries)),
+        )
+
+    def __iter__(self) -> Iterable[Episode]:
+        while True:
+            yield self.sample()
+
+    def get_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state

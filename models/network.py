@@ -1,0 +1,104 @@
+"""The network meta-training moves: one shared backbone and two heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from models.backbones import create_backbone, feature_dim
+
+META_HEAD = "meta"
+TRANSFER_HEAD = "transfer"
+
+
+class MetaNet(nn.Module):
+    """Backbone plus an N-way meta head (moved by inner loops) and a C_base-way transfer head.
+
+    Inputs are floats in [0, 1]; the per-channel normalisation of the training data is part of
+    the network, so every caller (CLI, worker, API) feeds the same thing.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        feature_dim: int,
+        meta_ways: int,
+        num_base_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.meta_head = nn.Linear(feature_dim, meta_ways)
+        self.transfer_head = nn.Linear(feature_dim, num_base_classes)
+        # The authors zero-initialise both heads: every class starts equal, only features differ.
+        for head in (self.meta_head, self.transfer_head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor, head: str = META_HEAD) -> torch.Tensor:
+        f = self.features(x)
+        if head == META_HEAD:
+            return self.meta_head(f)
+        if head == TRANSFER_HEAD:
+            return self.transfer_head(f)
+        if head == "features":
+            return f
+        raise ValueError(f"unknown head {head!r}")
+
+
+def build_metanet(
+    *,
+    backbone: str,
+    filters: int,
+    channels: int,
+    image_size: int,
+    meta_ways: int,
+    num_base_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> MetaNet:
+    net = create_backbone(backbone, in_channels=channels, filters=filters)
+    return MetaNet(
+        net,
+        feature_dim=feature_dim(net, channels, image_size),
+        meta_ways=meta_ways,
+        num_base_classes=num_base_classes,
+        mean=mean,
+        std=std,
+    )
+
+
+class Classifier(nn.Module):
+    """An adapted model: backbone and a C-way head; predicts in eval mode, so one image gets the
+    same answer alone as in any batch (batch norm uses running statistics)."""
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Linear, mean: torch.Tensor, std: torch.Tensor,
+        labels: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+        self.labels = list(labels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        return torch.softmax(self(x), dim=1)

@@ -1,0 +1,324 @@
+"""Pretraining: one loop for every algorithm. What varies (progress reporting, cancellation,
+checkpointing, the deadline) is passed in, so the CLI, a test and a Celery task run it the same."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import algorithms as alg
+from models.checkpoint import load_checkpoint, save_base_model
+from models.data import EpisodeSampler, ImageSet, to_float
+from models.config import ALGORITHMS, PretrainConfig
+from models.errors import CheckpointError, ConfigError, TrainingCancelled
+from models.network import MetaNet, build_metanet
+
+@dataclass
+class Progress:
+    iteration: int
+    total: int
+    loss: float
+    seconds: float
+
+
+@dataclass
+class PretrainResult:
+    net: MetaNet
+    card: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present. Called inside jobs, never at import, so forked workers
+    never inherit a CUDA context."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+
+
+def channel_stats(data: ImageSet, max_images: int = 5000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images (a seeded sample of at most max_images)."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data), generator=g)[:max_images]
+    x = to_float(data.images[idx])
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and 4-pixel translations; applied per image, in place of a copy."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")
+    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
+    return padded[:, :, dy : dy + h, dx : dx + w]
+
+
+def _make_tasks(
+    data: ImageSet, sampler: EpisodeSampler, config: PretrainConfig, device: torch.device,
+    gen: torch.Generator,
+) -> list[alg.Task]:
+    tasks = []
+    for _ in range(config.meta_batch):
+        ep = sampler.sample()
+        idx = ep.all_indices
+        x = to_float(data.images[idx.to(data.images.device)].to(device))
+        if config.augment:
+            x = _augment(x, gen)
+        ns = len(ep.support)
+        tasks.append(
+            alg.Task(
+                support_x=x[:ns],
+                support_y=ep.support_labels.to(device),
+                query_x=x[ns:],
+                query_y=ep.query_labels.to(device),
+                base_y=data.labels[idx].to(device),
+            )
+        )
+    return tasks
+
+
+def train_step(
+    net: MetaNet,
+    tasks: list[alg.Task],
+    config: PretrainConfig,
+    *,
+    iteration: int,
+    rng: np.random.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> float:
+    """One meta-transfer iteration on a meta-batch of tasks; updates `net` in place, returns a loss."""
+    learner = config.meta_learner
+    if learner == "protonet":
+        assert optimizer is not None
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.stack([alg.protonet_loss(net, t) for t in tasks]).mean()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    theta = alg.current_params(net)
+    beta = config.effective_beta
+    authors = config.combine == "authors"
+    # A weight of zero means the direction is not needed: skip its compute entirely.
+    meta_weight = (1.0 - beta) if authors else beta
+    transfer_weight = beta if authors else (1.0 - beta)
+    meta: alg.Params = {}
+    transfer: alg.Params = {}
+    losses = []
+    if learner is not None and meta_weight > 0:
+        kw = dict(inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                  inner_batch=config.inner_batch, rng=rng)
+        if learner == "reptile":
+            meta, loss = alg.reptile_direction(net, theta, tasks, **kw)  # type: ignore[arg-type]
+        else:
+            meta, loss = alg.maml_direction(
+                net, theta, tasks, first_order=learner == "fomaml", **kw  # type: ignore[arg-type]
+            )
+        losses.append(loss)
+    if transfer_weight > 0:
+        if authors:
+            # The authors average one transfer step per task.
+            per_task = [
+                alg.transfer_direction(net, theta, t.all_x, t.base_y, lr=config.transfer_lr)
+                for t in tasks
+            ]
+            transfer = {k: torch.stack([d[k] for d, _ in per_task]).mean(0) for k in per_task[0][0]}
+            losses.append(float(np.mean([loss for _, loss in per_task])))
+        else:
+            x = torch.cat([t.all_x for t in tasks])
+            y = torch.cat([t.base_y for t in tasks])
+            transfer, loss = alg.transfer_direction(net, theta, x, y, lr=config.transfer_lr)
+            losses.append(loss)
+    if authors:
+        epsilon = config.outer_lr * (1.0 - iteration / config.iterations)
+        new = alg.combine_authors(theta, meta, transfer, beta=beta, epsilon=epsilon)
+    else:
+        new = alg.combine_paper(theta, meta, transfer, beta=beta, outer_lr=config.outer_lr)
+    alg.assign_params(net, new)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def default_adaptation(config: PretrainConfig) -> dict[str, Any]:
+    """How `adapt` should fine-tune from this base model unless told otherwise (set by measurement;
+    see the README)."""
+    if config.meta_learner == "protonet":
+        return {"steps": 0, "lr": 0.0, "head_init": "prototype"}
+    return {"steps": 50, "lr": 0.01, "head_init": "prototype"}
+
+
+def _training_state(
+    sampler: EpisodeSampler, rng: np.random.Generator, gen: torch.Generator,
+    optimizer: torch.optim.Optimizer | None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    state_json = {"sampler": sampler.get_state(), "rng": rng.bit_generator.state}
+    tensors = {"torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}
+    if optimizer is not None:
+        for i, (p_state) in enumerate(optimizer.state.values()):
+            for key, value in p_state.items():
+                tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu()
+    return state_json, tensors
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
+        if keys:
+            optimizer.state[p] = {
+                k.split(".", 2)[2]: tensors[k].to(p.device) if tensors[k].dim() else tensors[k]
+                for k in keys
+            }
+
+
+def pretrain(
+    config: PretrainConfig,
+    data: ImageSet,
+    *,
+    device: torch.device | str = "auto",
+    out_dir: Path | str | None = None,
+    resume: bool = False,
+    checkpoint_every_s: float = 300.0,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    extra_card: dict[str, Any] | None = None,
+) -> PretrainResult:
+    """Train a base model on `data` (the base classes) and, with `out_dir`, checkpoint it there
+    every `checkpoint_every_s` seconds and at the end. `resume` continues from `out_dir`."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    if data.channels != config.channels or data.image_size != config.image_size:
+        raise ConfigError(
+            f"data is {data.channels}x{data.image_size}x{data.image_size} but the config asks for "
+            f"{config.channels}x{config.image_size}x{config.image_size}"
+        )
+    seed_everything(config.seed)
+    fingerprint = data.fingerprint()
+    mean, std = channel_stats(data)
+    net = build_metanet(
+        backbone=config.backbone, filters=config.filters, channels=config.channels,
+        image_size=config.image_size, meta_ways=config.ways, num_base_classes=data.num_classes,
+        mean=mean, std=std,
+    ).to(device)
+    sampler = EpisodeSampler(
+        data.labels, ways=config.ways, shots=config.shots, queries=config.queries,
+        replacement=config.replacement, seed=[config.seed, 1],
+    )
+    rng = np.random.default_rng([config.seed, 2])
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = (
+        torch.optim.Adam(net.parameters(), lr=config.protonet_lr)
+        if config.meta_learner == "protonet" else None
+    )
+    start_iteration = 0
+    elapsed_before = 0.0
+    history: list[dict[str, float]] = []
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resume needs the output folder of the interrupted run")
+        try:
+            tensors, card = load_checkpoint(out_dir)
+        except CheckpointError:
+            tensors, card = {}, {}
+        if card:
+            if card.get("data", {}).get("fingerprint") != fingerprint:
+                raise CheckpointError(f"{out_dir} was trained on different data; cannot resume")
+            if PretrainConfig.from_dict(card["hyperparameters"]) != config:
+                raise CheckpointError(f"{out_dir} was trained with other options; cannot resume")
+            net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("_state.")})
+            state = card["training"]
+            start_iteration = int(state["iteration"])
+            elapsed_before = float(state["seconds"])
+            history = list(card.get("history", []))
+            sampler.set_state(state["sampler"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(tensors["_state.torch_rng"])
+            gen.set_state(tensors["_state.aug_rng"])
+            if optimizer is not None:
+                _restore_optimizer(optimizer, {k[len("_state."):]: v for k, v in tensors.items()
+                                               if k.startswith("_state.opt.")})
+
+    data_device = data.images.to(device) if device.type == "cuda" else data.images
+    on_device = ImageSet(images=data_device, labels=data.labels, class_names=data.class_names,
+                         source=data.source)
+
+    def card_for(iteration: int, seconds: float, completed: bool) -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "kind": "base_model",
+            "algorithm": config.algorithm,
+            "combine": config.combine,
+            "backbone": {"name": config.backbone, "filters": config.filters},
+            "image_size": config.image_size,
+            "channels": config.channels,
+            "normalization": {"mean": mean, "std": std},
+            "meta_ways": config.ways,
+            "hyperparameters": asdict(config),
+            "adaptation": default_adaptation(config),
+            "base_classes": data.class_names,
+            "data": {"source": data.source, "fingerprint": fingerprint, "num_images": len(data),
+                     "num_classes": data.num_classes},
+            "seed": config.seed,
+            "device": str(device),
+            "training": {"iteration": iteration, "iterations": config.iterations,
+                         "completed": completed, "seconds": round(seconds, 2)},
+            "history": history,
+            "metrics": {},
+        }
+        if extra_card:
+            card.update(extra_card)
+        return card
+
+    def save(iteration: int, seconds: float, completed: bool) -> None:
+        if out_dir is None:
+            return
+        state_json, state_tensors = _training_state(sampler, rng, gen, optimizer)
+        card = card_for(iteration, seconds, completed)
+        card["training"].update(state_json)
+        save_base_model(out_dir, net, card, extra_tensors=None if completed else state_tensors)
+
+    net.train()
+    t0 = time.perf_counter()
+    last_save = t0
+    loss_ema = float("nan")
+    for iteration in range(start_iteration, config.iterations):
+        if should_stop is not None and should_stop():
+            save(iteration, elapsed_before + time.perf_counter() - t0, completed=False)
+            raise TrainingCancelled(f"pretraining stopped at iteration {iteration}")
+        tasks = _make_tasks(on_device, sampler, config, device, gen)
+        loss = train_step(net, tasks, config, iteration=iteration, rng=rng, optimizer=optimizer)
+        if not np.isfinite(loss):
+            raise ConfigError(
+                f"training diverged at iteration {iteration + 1} (loss {loss}); lower the learning rates"
+            )
+        loss_ema = loss if np.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss
+        seconds = elapsed_before + time.perf_counter() - t0
+        if (iteration + 1) % max(1, config.iterations // 50) == 0:
+            history.append({"iteration": iteration + 1, "loss": round(loss_ema, 5),
+                            "seconds": round(seconds, 2)})
+        if progress is not None:
+            progress(Progress(iteration + 1, config.iterations, loss_ema, seconds))
+        if time.perf_counter() - last_save >= checkpoint_every_s and iteration + 1 < config.iterations:
+            save(iteration + 1, seconds, completed=False)
+            last_save = time.perf_counter()
+    total_seconds = elapsed_before + time.perf_counter() - t0
+    save(config.iterations, total_seconds, completed=True)
+    return PretrainResult(net=net, card=card_for(config.iterations, total_seconds, True), history=history)
