@@ -183,9 +183,155 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- service
+
+
+def _service_settings() -> Any:
+    from pydantic import ValidationError
+
+    from app.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise UsageError(f"bad MTL_* settings: {exc.errors()[0]['msg']}") from None
+
+
+def _add_migrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "migrate", help="create or upgrade the service database (alembic upgrade head)"
+    )
+    p.set_defaults(handler=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from app.bootstrap import initialize, migrate
+
+    settings = _service_settings()
+    migrate(settings)
+    initialize(settings)
+    print(f"database at revision head: {_redacted(settings.resolved_database_url)}")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the API, with one training worker beside it",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="API only (distributed mode: workers run `mtl worker` elsewhere)",
+    )
+    p.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not upgrade the database first (default: migrate on SQLite only)",
+    )
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import uvicorn
+
+    from app.bootstrap import migrate
+    from app.main import create_app
+
+    settings = _service_settings()
+    # Embedded SQLite is migrated here; a shared PostgreSQL is migrated by a one-shot `mtl migrate`.
+    if not args.no_migrate and settings.resolved_database_url.startswith("sqlite"):
+        migrate(settings)
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run a training worker (Celery, solo pool)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--queues", default="training,pretraining", help="comma-separated queues")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(handler=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import QUEUES
+    from worker.tasks import run_worker
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUES]
+    if not queues or unknown:
+        raise UsageError(
+            f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(QUEUES)}"
+        )
+    run_worker(_service_settings(), queues, loglevel=args.loglevel)
+    return 0
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="manage API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    c = keys.add_parser("create", help="create a key and print it (shown only once)")
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--admin", action="store_true", help="an admin key (may use /v1/admin)")
+    c.set_defaults(handler=_keys_create)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    import re
+
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from app.db import session_scope
+    from app.security import create_api_key
+
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,200}", args.tenant):
+        raise UsageError("--tenant must be 1-200 letters, digits or _.@-")
+    settings = _service_settings()
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            key, _ = create_api_key(session=session, tenant=args.tenant, admin=args.admin)
+    except (OperationalError, ProgrammingError) as exc:
+        raise UsageError(f"cannot write the key (run `mtl migrate` first?): {exc.orig}") from None
+    print(key)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_pretrain, _add_evaluate]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_pretrain,
+    _add_evaluate,
+    _add_serve,
+    _add_worker,
+    _add_migrate,
+    _add_keys,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

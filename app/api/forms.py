@@ -1,0 +1,45 @@
+"""Reading multipart forms with the service's limits (routes parse them themselves so that too
+many files is a clear 413 and every part is checked)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, Request
+from starlette.datastructures import FormData, UploadFile
+
+
+async def read_form(request: Request, *, max_files: int) -> FormData:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise HTTPException(415, "send multipart/form-data")
+    try:
+        form = await request.form(max_files=max_files + 1, max_fields=max_files + 100)
+    except HTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            raise HTTPException(
+                413, f"too many files; the limit is {max_files} (MTL_MAX_FILES)"
+            ) from None
+        raise
+    uploads = [v for v in form.multi_items() if isinstance(v[1], UploadFile)]
+    if len(uploads) > max_files:
+        raise HTTPException(413, f"too many files; the limit is {max_files} (MTL_MAX_FILES)")
+    return form
+
+
+def text_field(form: FormData, name: str, *, required: bool = False) -> str | None:
+    value: Any = form.get(name)
+    if value is None:
+        if required:
+            raise HTTPException(422, f"form field '{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise HTTPException(422, f"form field '{name}' must be text, not a file")
+    return value
+
+
+def file_fields(form: FormData, name: str) -> list[UploadFile]:
+    values = form.getlist(name)
+    if any(not isinstance(v, UploadFile) for v in values):
+        raise HTTPException(422, f"every '{name}' part must be a file")
+    return [v for v in values if isinstance(v, UploadFile)]

@@ -1,0 +1,154 @@
+"""Admin: pretraining base models, choosing the default, managing API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Response
+from sqlalchemy import delete
+
+from app.api.routes.base_models import to_public as base_model_public
+from app.base_models import set_default
+from app.deps import AdminKey, SessionDep, SettingsDep
+from app.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    BaseModelPublic,
+    PretrainingJobCreate,
+    PretrainingJobCreated,
+)
+from app.security import create_api_key
+from app.tables import ApiKey, BaseModel, Dataset, Job, new_id
+from worker.celery_app import PRETRAIN_BASE_MODEL
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+    "str": str,
+}
+
+
+def pretrain_config(algorithm: str, params: dict[str, Any], dataset: Dataset) -> Any:
+    """Validate pretraining options against `models.config` and the dataset's shape."""
+    from dataclasses import fields
+
+    from models.config import ALGORITHMS, PretrainConfig
+    from models.errors import ConfigError
+
+    if algorithm not in ALGORITHMS:
+        raise HTTPException(422, f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    known = {f.name for f in fields(PretrainConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise HTTPException(
+            422,
+            f"unknown pretraining parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known - {'algorithm'}))}",
+        )
+    try:
+        config = PretrainConfig(**{**params, "algorithm": algorithm})
+    except ConfigError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except TypeError as exc:
+        raise HTTPException(422, f"bad pretraining parameters: {exc}") from None
+    for name, f in ((f.name, f) for f in fields(PretrainConfig)):
+        value = getattr(config, name)
+        expected = PYTHON_TYPES.get(str(f.type))
+        if expected is not None and (
+            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        ):
+            raise HTTPException(
+                422, f"pretraining parameter {name} must be {f.type}, got {value!r}"
+            )
+    counts = [c["count"] for c in dataset.classes]
+    if not config.replacement and config.ways > len(counts):
+        raise HTTPException(
+            422,
+            f"{config.ways}-way episodes need {config.ways} classes; the "
+            f"dataset has {len(counts)} (lower params.ways)",
+        )
+    need = config.shots + config.queries
+    if need > min(counts):
+        raise HTTPException(
+            422,
+            f"shots + queries = {need} images per class, but the smallest "
+            f"class of the dataset has {min(counts)}",
+        )
+    if config.iterations > 1_000_000:
+        raise HTTPException(422, "iterations must be at most 1000000")
+    return config
+
+
+@router.post("/pretraining-jobs", status_code=202, response_model=PretrainingJobCreated)
+def create_pretraining_job(
+    body: PretrainingJobCreate, session: SessionDep, key: AdminKey, settings: SettingsDep
+) -> PretrainingJobCreated:
+    """Pretrain a new base model on a dataset of base classes (any tenant's)."""
+    from dataclasses import asdict
+
+    from app.api.routes.jobs import send_job
+
+    dataset = session.get(Dataset, body.dataset_id)
+    if dataset is None:
+        raise HTTPException(404, f"dataset {body.dataset_id} not found")
+    config = pretrain_config(body.algorithm, body.params, dataset)
+    base_id = new_id()
+    session.add(
+        BaseModel(
+            id=base_id,
+            name=body.name,
+            tenant=key.tenant,
+            algorithm=config.algorithm,
+            image_size=config.image_size,
+            channels=config.channels,
+            status="training",
+            storage=f"base_models/{base_id}",
+        )
+    )
+    job = Job(
+        tenant=key.tenant,
+        kind="pretraining",
+        status="queued",
+        params=asdict(config),
+        dataset_id=dataset.id,
+        base_model_id=base_id,
+        total_steps=config.iterations,
+    )
+    session.add(job)
+    session.commit()
+    send_job(session, settings, PRETRAIN_BASE_MODEL, job.id)
+    return PretrainingJobCreated(job_id=job.id, base_model_id=base_id)
+
+
+@router.post("/base-models/{base_model_id}/default", response_model=BaseModelPublic)
+def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> BaseModelPublic:
+    row = session.get(BaseModel, base_model_id)
+    if row is None:
+        raise HTTPException(404, f"base model {base_model_id} not found")
+    if row.status != "ready":
+        raise HTTPException(409, f"base model {base_model_id} is {row.status}, not ready")
+    set_default(session=session, base_model_id=row.id)
+    session.commit()
+    session.refresh(row)
+    return base_model_public(row)
+
+
+@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated)
+def create_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKeyCreated:
+    """A new API key; the key itself is shown only in this answer."""
+    plain, row = create_api_key(session=session, tenant=body.tenant, admin=body.admin)
+    session.commit()
+    return ApiKeyCreated(key=plain, prefix=row.prefix, tenant=row.tenant, scope=row.scope)
+
+
+@router.delete("/api-keys/{prefix}", status_code=204)
+def revoke_key(prefix: str, session: SessionDep, key: AdminKey) -> Response:
+    result = session.execute(delete(ApiKey).where(ApiKey.prefix == prefix))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise HTTPException(404, f"no API key with prefix {prefix}")
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,192 @@
+"""Datasets: labelled images uploaded as a zip of class folders or as files with labels."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from app.api.forms import file_fields, read_form, text_field
+from app.deps import CurrentKey, SessionDep, SettingsDep
+from app.schemas import DatasetPublic, as_utc
+from app.storage import ImageStore
+from app.tables import Dataset, DatasetImage
+from app.uploads import LabelledFile, UploadError, check_files, read_archive
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+MAX_LABEL = 200
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "archive": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a .zip whose folders are the class names",
+                        },
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "labels": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "one per file, in the same order",
+                        },
+                    },
+                }
+            }
+        },
+    },
+}
+
+
+def to_public(ds: Dataset) -> DatasetPublic:
+    return DatasetPublic.model_validate(
+        {
+            "id": ds.id,
+            "name": ds.name,
+            "num_images": ds.num_images,
+            "classes": ds.classes,
+            "rejected": ds.rejected,
+            "created_at": as_utc(ds.created_at),
+        }
+    )
+
+
+def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> Dataset:
+    ds = session.get(Dataset, dataset_id)
+    if ds is None or ds.tenant != key.tenant:
+        raise HTTPException(404, f"dataset {dataset_id} not found")
+    return ds
+
+
+@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_UPLOAD_DOC)
+async def create_dataset(
+    request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
+) -> DatasetPublic:
+    """Upload a dataset; every image is decoded, and bad ones are listed in `rejected`."""
+    form = await read_form(request, max_files=settings.max_files)
+    name = (text_field(form, "name", required=True) or "").strip()
+    if not name or len(name) > 200:
+        raise HTTPException(422, "'name' must be 1 to 200 characters")
+    archives = file_fields(form, "archive")
+    files = file_fields(form, "files")
+    labels = form.getlist("labels")
+    if archives and (files or labels):
+        raise HTTPException(422, "send either 'archive' or 'files' with 'labels', not both")
+    if len(archives) > 1:
+        raise HTTPException(422, "send one 'archive'")
+    try:
+        if archives:
+            data = await archives[0].read()
+            unpacked = await run_in_threadpool(
+                read_archive,
+                data,
+                max_files=settings.max_files,
+                max_uncompressed=settings.max_archive_uncompressed_bytes,
+            )
+            candidates, rejected = unpacked.good, unpacked.rejected
+        elif files:
+            if len(labels) != len(files):
+                raise HTTPException(
+                    422,
+                    f"{len(files)} files but {len(labels)} labels; send one "
+                    "'labels' value per file, in the same order",
+                )
+            candidates, rejected = [], []
+            for i, (upload, label) in enumerate(zip(files, labels, strict=True)):
+                if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+                    raise HTTPException(422, f"label {i + 1} must be 1 to {MAX_LABEL} characters")
+                candidates.append(
+                    LabelledFile(
+                        upload.filename or f"file{i + 1}", label.strip(), await upload.read()
+                    )
+                )
+        else:
+            raise HTTPException(
+                422,
+                "send an 'archive' (.zip of class folders) or 'files' with one 'labels' value each",
+            )
+    except UploadError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    for f in candidates:
+        if len(f.label) > MAX_LABEL:
+            raise HTTPException(
+                422, f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters"
+            )
+    checked = await run_in_threadpool(check_files, candidates, max_pixels=settings.max_image_pixels)
+    rejected = rejected + checked.rejected
+    counts = Counter(f.label for f in checked.good)
+    if len(counts) < 2:
+        why = "; ".join(f"{f}: {r}" for f, r in rejected[:5])
+        raise HTTPException(
+            422,
+            "a dataset needs at least 2 classes with at least one good image; "
+            f"this upload has {len(counts)}" + (f" (rejected: {why})" if why else ""),
+        )
+    store = ImageStore(settings.images_dir)
+    created: list[str] = []
+    try:
+        rows = []
+        for f in checked.good:
+            digest, new = store.put(f.data)
+            if new:
+                created.append(digest)
+            rows.append(DatasetImage(sha256=digest, filename=f.filename, label=f.label))
+        ds = Dataset(
+            tenant=key.tenant,
+            name=name,
+            num_images=len(rows),
+            classes=[{"name": c, "count": counts[c]} for c in sorted(counts)],
+            rejected=[{"file": f, "reason": r} for f, r in rejected],
+            images=rows,
+        )
+        session.add(ds)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        for digest in created:  # nothing half-stored: files this upload added go too
+            store.delete(digest)
+        raise
+    return to_public(ds)
+
+
+@router.get("", response_model=list[DatasetPublic])
+def list_datasets(session: SessionDep, key: CurrentKey) -> list[DatasetPublic]:
+    rows = session.scalars(
+        select(Dataset).where(Dataset.tenant == key.tenant).order_by(Dataset.created_at)
+    ).all()
+    return [to_public(ds) for ds in rows]
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def read_dataset(dataset_id: str, session: SessionDep, key: CurrentKey) -> DatasetPublic:
+    return to_public(get_owned(session, key, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(
+    dataset_id: str, session: SessionDep, key: CurrentKey, settings: SettingsDep
+) -> Response:
+    """Delete a dataset and the image files no other dataset uses."""
+    ds = get_owned(session, key, dataset_id)
+    digests = set(
+        session.scalars(select(DatasetImage.sha256).where(DatasetImage.dataset_id == ds.id)).all()
+    )
+    session.delete(ds)
+    session.commit()
+    still_used = set(
+        session.scalars(select(DatasetImage.sha256).where(DatasetImage.sha256.in_(digests))).all()
+    )
+    store = ImageStore(settings.images_dir)
+    for digest in digests - still_used:
+        store.delete(digest)
+    return Response(status_code=204)

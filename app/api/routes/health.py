@@ -1,0 +1,45 @@
+"""Liveness and readiness probes (no auth)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.db import get_engine
+from app.deps import SettingsDep
+from app.settings import Settings
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check(settings: Settings) -> str | None:
+    try:
+        with get_engine(settings.resolved_database_url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"database unreachable: {type(exc).__name__}"
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder / "queue"
+        return None if folder.is_dir() else f"broker folder {folder} is missing"
+    from worker.celery_app import celery_for
+
+    try:
+        with celery_for(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        return f"broker unreachable: {type(exc).__name__}"
+    return None
+
+
+@router.get("/readyz")
+async def readyz(settings: SettingsDep) -> dict[str, str]:
+    problem = await run_in_threadpool(_check, settings)
+    if problem is not None:
+        raise HTTPException(503, problem)
+    return {"status": "ready"}

@@ -1,0 +1,44 @@
+"""One-shot start-up steps: migrate the database, register built-in models and the admin key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.settings import Settings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(database_url: str) -> object:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(settings: Settings) -> None:
+    """`alembic upgrade head` on the configured database."""
+    from alembic import command
+
+    settings.ensure_dirs()
+    command.upgrade(alembic_config(settings.resolved_database_url), "head")  # type: ignore[arg-type]
+
+
+def initialize(settings: Settings) -> None:
+    """Idempotent: register built-in base models and `MTL_ADMIN_KEY`."""
+    from sqlalchemy.exc import IntegrityError
+
+    from app.base_models import register_builtin_models
+    from app.db import session_scope
+    from app.security import register_key
+
+    settings.ensure_dirs()
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            register_builtin_models(session=session, root=settings.resolved_builtin_dir)
+            if settings.admin_key:
+                register_key(session=session, key=settings.admin_key, tenant="admin", admin=True)
+    except IntegrityError:
+        pass  # another API node registered them at the same moment

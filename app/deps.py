@@ -1,0 +1,73 @@
+"""Dependencies the routes take: settings, a database session, the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.db import session_factory
+from app.predict import PredictService
+from app.security import find_key
+from app.settings import Settings
+from app.tables import ApiKey
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_db(settings: SettingsDep) -> Iterator[Session]:
+    session = session_factory(settings.resolved_database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer mtl_...`")
+
+
+def get_current_key(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise HTTPException(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = find_key(session=session, key=credentials.credentials)
+    if key is None:
+        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+
+def get_admin_key(key: CurrentKey) -> ApiKey:
+    if key.scope != "admin":
+        raise HTTPException(403, "this route needs an admin key")
+    return key
+
+
+AdminKey = Annotated[ApiKey, Depends(get_admin_key)]
+
+
+def get_predict_service(request: Request) -> PredictService:
+    service: PredictService = request.app.state.predict_service
+    return service
+
+
+PredictServiceDep = Annotated[PredictService, Depends(get_predict_service)]

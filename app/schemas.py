@@ -1,0 +1,172 @@
+"""Request and response bodies of the v1 API, separate from the tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassCount(BaseModel):
+    name: str
+    count: int
+
+
+class RejectedFile(BaseModel):
+    file: str
+    reason: str
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    num_images: int
+    classes: list[ClassCount]
+    rejected: list[RejectedFile]
+    created_at: datetime
+
+
+class ClassifierParams(Strict):
+    """How a classifier is fine-tuned; defaults chosen by measurement (see docs/service.md)."""
+
+    steps: int = Field(default=50, ge=0, le=10_000)
+    learning_rate: float = Field(default=0.01, ge=0.0, le=10.0)
+    batch_size: int = Field(
+        default=0, ge=0, le=4096, description="0: all training images every step"
+    )
+    holdout_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    head_init: Literal["zeros", "prototype", "meta"] = "prototype"
+
+
+class ClassifierCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    dataset_id: str = Field(min_length=1, max_length=64)
+    base_model_id: str | None = Field(default=None, min_length=1, max_length=64)
+    params: ClassifierParams = Field(default_factory=ClassifierParams)
+
+
+class ClassifierCreated(BaseModel):
+    id: str
+    status: str
+    job_id: str
+
+
+class ClassMetrics(BaseModel):
+    label: str
+    precision: float
+    recall: float
+    support: int
+
+
+class ClassifierMetrics(BaseModel):
+    holdout_accuracy: float
+    per_class: list[ClassMetrics]
+    confusion_matrix: list[list[int]]
+
+
+class ClassifierPublic(BaseModel):
+    id: str
+    name: str
+    status: str
+    labels: list[str]
+    base_model_id: str
+    dataset_id: str
+    job_id: str | None
+    params: dict[str, Any]
+    metrics: ClassifierMetrics | None
+    created_at: datetime
+
+
+class JobProgress(BaseModel):
+    step: int
+    total_steps: int
+    fraction: float
+    loss: float | None
+    eta_seconds: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: Literal["training", "pretraining"]
+    status: JobStatus
+    progress: JobProgress
+    metrics: dict[str, Any] | None
+    error: str | None
+    classifier_id: str | None
+    base_model_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictResult(BaseModel):
+    filename: str
+    predictions: list[Prediction] | None = None
+    error: str | None = None
+
+
+class PredictResponse(BaseModel):
+    results: list[PredictResult]
+
+
+class BaseModelPublic(BaseModel):
+    id: str
+    name: str
+    algorithm: str
+    image_size: int
+    channels: int
+    is_default: bool
+    status: str
+    metrics: dict[str, Any]
+
+
+class PretrainingJobCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    dataset_id: str = Field(min_length=1, max_length=64)
+    algorithm: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _no_algorithm_in_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "algorithm" in value:
+            raise ValueError("give the algorithm as the top-level 'algorithm' field")
+        return value
+
+
+class PretrainingJobCreated(BaseModel):
+    job_id: str
+    base_model_id: str
+
+
+class ApiKeyCreate(Strict):
+    tenant: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@-]+$")
+    admin: bool = False
+
+
+class ApiKeyCreated(BaseModel):
+    key: str
+    prefix: str
+    tenant: str
+    scope: str

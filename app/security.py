@@ -1,0 +1,50 @@
+"""API keys: `mtl_<prefix>_<secret>`, stored only as a sha256 hash with a tenant and a scope."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.tables import ApiKey
+
+SCOPES = ("user", "admin")
+
+
+def hash_key(key: str) -> str:
+    # Keys are 190+ random bits, so a fast unsalted hash is enough (no password stretching needed).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_prefix(key: str) -> str | None:
+    parts = key.split("_")
+    return parts[1] if len(parts) == 3 and parts[0] == "mtl" else None
+
+
+def create_api_key(*, session: Session, tenant: str, admin: bool) -> tuple[str, ApiKey]:
+    """Add a new key; returns the plain key (shown once) and its row (not yet committed)."""
+    prefix = secrets.token_hex(4)
+    key = f"mtl_{prefix}_{secrets.token_urlsafe(24)}"
+    row = ApiKey(
+        prefix=prefix, key_hash=hash_key(key), tenant=tenant, scope="admin" if admin else "user"
+    )
+    session.add(row)
+    return key, row
+
+
+def register_key(*, session: Session, key: str, tenant: str, admin: bool) -> None:
+    """Register a key chosen by the operator (`MTL_ADMIN_KEY`); idempotent."""
+    digest = hash_key(key)
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    scope = "admin" if admin else "user"
+    if row is None:
+        prefix = key_prefix(key) or "env-" + digest[:8]
+        session.add(ApiKey(prefix=prefix, key_hash=digest, tenant=tenant, scope=scope))
+    elif row.scope != scope:
+        row.scope = scope
+
+
+def find_key(*, session: Session, key: str) -> ApiKey | None:
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))

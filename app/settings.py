@@ -1,0 +1,119 @@
+"""Service settings: one pydantic-settings class read from `MTL_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the API and the worker read from the environment (prefix `MTL_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MTL_", env_file=None, extra="ignore")
+
+    environment: str = Field(default="development", description="'development' or 'production'")
+    data_dir: Path = Field(
+        default=Path("var"), description="images, checkpoints, SQLite and the broker"
+    )
+    database_url: str | None = Field(default=None, description="default: SQLite (WAL) in data_dir")
+    broker_url: str | None = Field(default=None, description="default: kombu filesystem transport")
+    builtin_models_dir: Path | None = Field(
+        default=None, description="built-in base models to register; default: app/builtin_models"
+    )
+    admin_key: str | None = Field(
+        default=None, description="registered as an admin key at start-up"
+    )
+
+    max_upload_bytes: int = Field(default=200 * MiB, ge=1, description="a request body larger: 413")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="larger declared size: rejected"
+    )
+    max_files: int = Field(default=10_000, ge=1, description="files in one upload or archive")
+    max_archive_uncompressed_bytes: int = Field(default=1024 * MiB, ge=1)
+    max_predict_files: int = Field(default=256, ge=1)
+
+    predict_cache_size: int = Field(
+        default=8, ge=1, description="loaded classifiers kept in memory"
+    )
+    predict_device: str = Field(default="cpu", description="device the API predicts on")
+    worker_device: str = Field(default="auto", description="device training jobs run on")
+    checkpoint_every_s: float = Field(
+        default=300.0, gt=0, description="pretraining checkpoint interval"
+    )
+    job_stale_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="a running job without a heartbeat for this long is re-queued",
+    )
+    recovery_interval_s: float = Field(
+        default=60.0, gt=0, description="how often workers look for them"
+    )
+    broker_visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production":
+            if self.admin_key is not None and len(self.admin_key) < 24:
+                raise ValueError("MTL_ADMIN_KEY must be at least 24 characters in production")
+        elif self.environment != "development":
+            raise ValueError("MTL_ENVIRONMENT must be 'development' or 'production'")
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'mtl.sqlite3'}"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_data_dir / "broker"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_builtin_dir(self) -> Path:
+        if self.builtin_models_dir is not None:
+            return self.builtin_models_dir.expanduser().resolve()
+        return Path(__file__).parent / "builtin_models"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.resolved_data_dir / "images"
+
+    @property
+    def classifiers_dir(self) -> Path:
+        return self.resolved_data_dir / "classifiers"
+
+    @property
+    def base_models_dir(self) -> Path:
+        return self.resolved_data_dir / "base_models"
+
+    def ensure_dirs(self) -> None:
+        for d in (
+            self.resolved_data_dir,
+            self.images_dir,
+            self.classifiers_dir,
+            self.base_models_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.resolved_broker_url.startswith("filesystem"):
+            (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
+            (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,166 @@
+"""Checking uploaded images and archives before anything is stored. Uses PIL only (no torch):
+every image is fully decoded once, so truncated files and decompression bombs are caught here."""
+
+from __future__ import annotations
+
+import io
+import stat
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from PIL import Image, UnidentifiedImageError
+
+
+class UploadError(Exception):
+    """The upload as a whole is unusable; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class LabelledFile:
+    filename: str
+    label: str
+    data: bytes
+
+
+@dataclass
+class CheckedUpload:
+    good: list[LabelledFile] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_image(data: bytes, *, max_pixels: int) -> str | None:
+    """None when `data` is a fully decodable image within the pixel limit, else the reason."""
+    if not data:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    return (
+                        f"image too large: {width}x{height} pixels is over the limit of "
+                        f"{max_pixels} (MTL_MAX_IMAGE_PIXELS)"
+                    )
+                if width < 1 or height < 1:
+                    return "image has no pixels"
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"image too large (over MTL_MAX_IMAGE_PIXELS={max_pixels})"
+    except UnidentifiedImageError:
+        return "not a decodable image"
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"corrupt or truncated image: {exc}"
+    return None
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _safe_parts(name: str) -> list[str]:
+    """The member's path parts; raises on absolute paths and `..` (zip slip)."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UploadError(f"archive member {name!r} has an absolute path; refusing the archive")
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise UploadError(f"archive member {name!r} points outside the archive; refusing it")
+    return parts
+
+
+def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> CheckedUpload:
+    """Labelled files from a zip whose folders are the class names (one enclosing folder allowed).
+
+    The archive is refused as a whole for unsafe members (absolute paths, `..`, symlinks), more
+    than `max_files` members or more than `max_uncompressed` bytes once unpacked (zip bombs);
+    files outside a class folder and hidden files are listed as rejected.
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UploadError("archive is not a readable .zip file") from None
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        if not infos:
+            raise UploadError("archive is empty")
+        if len(infos) > max_files:
+            raise UploadError(
+                f"archive has {len(infos)} files; the limit is {max_files} (MTL_MAX_FILES)",
+                status=413,
+            )
+        members: list[tuple[zipfile.ZipInfo, list[str]]] = []
+        for info in infos:
+            parts = _safe_parts(info.filename)
+            if _is_symlink(info):
+                raise UploadError(
+                    f"archive member {info.filename!r} is a symbolic link; refusing the archive"
+                )
+            if parts:
+                members.append((info, parts))
+        declared = sum(i.file_size for i, _ in members)
+        if declared > max_uncompressed:
+            raise UploadError(
+                f"archive unpacks to {declared} bytes; the limit is "
+                f"{max_uncompressed} (MTL_MAX_ARCHIVE_UNCOMPRESSED_BYTES)",
+                status=413,
+            )
+        # One enclosing folder (as made by zipping a folder) is stripped.
+        visible = [p for _, p in members if not _hidden(p)]
+        tops = {p[0] for p in visible}
+        strip = 1 if len(tops) == 1 and all(len(p) >= 3 for p in visible) else 0
+        result = CheckedUpload()
+        total = 0
+        for info, parts in members:
+            rel = parts[strip:]
+            name = "/".join(parts)
+            if _hidden(parts):
+                result.rejected.append((name, "hidden or system file"))
+                continue
+            if len(rel) < 2:
+                result.rejected.append((name, "not inside a class folder"))
+                continue
+            label = "/".join(rel[:-1])
+            # Declared sizes can lie: read at most what is left of the budget, plus one byte.
+            try:
+                with zf.open(info) as fh:
+                    content = fh.read(max_uncompressed - total + 1)
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                ValueError,
+                NotImplementedError,
+                RuntimeError,
+            ) as exc:
+                result.rejected.append((name, f"cannot be extracted: {exc}"))
+                continue
+            total += len(content)
+            if total > max_uncompressed:
+                raise UploadError(
+                    "archive unpacks to more than the limit of "
+                    f"{max_uncompressed} bytes (MTL_MAX_ARCHIVE_UNCOMPRESSED_BYTES)",
+                    status=413,
+                )
+            result.good.append(LabelledFile(name, label, content))
+    return result
+
+
+def _hidden(parts: list[str]) -> bool:
+    return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
+
+
+def check_files(files: list[LabelledFile], *, max_pixels: int) -> CheckedUpload:
+    """Decode every file; good ones are kept, others listed with the reason."""
+    result = CheckedUpload()
+    for f in files:
+        reason = check_image(f.data, max_pixels=max_pixels)
+        if reason is None:
+            result.good.append(f)
+        else:
+            result.rejected.append((f.filename, reason))
+    return result

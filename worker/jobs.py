@@ -1,0 +1,502 @@
+"""What a job does, apart from Celery: claim the row, run a pure training function from `models/`
+with a progress callback, and record the outcome. The row is the source of truth.
+
+Ownership: claiming a queued job increments `attempts`, and every later write is conditional on
+that attempt still owning a running job. A worker that lost its job (re-queued after it went
+silent) therefore stops at its next step and can never complete it a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from app.base_models import base_model_dir, read_card
+from app.db import session_scope
+from app.settings import Settings
+from app.storage import ImageStore
+from app.tables import BaseModel, Classifier, Dataset, DatasetImage, Job, utcnow
+from worker.celery_app import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER, enqueue
+
+log = logging.getLogger(__name__)
+
+TASK_OF_KIND = {"training": TRAIN_CLASSIFIER, "pretraining": PRETRAIN_BASE_MODEL}
+MAX_ATTEMPTS = 3
+
+
+class JobFailed(Exception):
+    """The job cannot run as asked; the message is shown to the user."""
+
+
+@dataclass
+class Claim:
+    job_id: str
+    attempt: int
+    kind: str
+
+
+def worker_name() -> str:
+    import os
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_job(settings: Settings, job_id: str) -> Claim | None:
+    """Mark a queued job running for this worker; None when it is not ours to run."""
+    url = settings.resolved_database_url
+    now = utcnow()
+    with session_scope(url) as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+            .values(
+                status="running",
+                attempts=Job.attempts + 1,
+                worker=worker_name(),
+                heartbeat_at=now,
+                started_at=now,
+                finished_at=None,
+                error=None,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        job = session.get(Job, job_id)
+        assert job is not None
+        if job.kind == "training" and job.classifier_id:
+            session.execute(
+                update(Classifier)
+                .where(Classifier.id == job.classifier_id)
+                .values(status="training")
+            )
+        return Claim(job_id, job.attempts, job.kind)
+
+
+class Reporter:
+    """Progress and cancellation for one claimed job, written at most every `interval` seconds."""
+
+    def __init__(self, settings: Settings, claim: Claim, interval: float = 0.5) -> None:
+        self.url = settings.resolved_database_url
+        self.claim = claim
+        self.interval = interval
+        self._last_write = 0.0
+        self._last_check = 0.0
+        self._stop = False
+        self._start = time.monotonic()
+        self._first_step: int | None = None
+
+    def _owned(self) -> Any:
+        return and_(
+            Job.id == self.claim.job_id, Job.attempts == self.claim.attempt, Job.status == "running"
+        )
+
+    def progress(self, step: int, total: int, loss: float | None) -> None:
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step, self._start = step - 1, now
+        if now - self._last_write < self.interval and step < total:
+            return
+        self._last_write = now
+        done = step - (self._first_step or 0)
+        eta = (now - self._start) / done * (total - step) if done > 0 else None
+        clean_loss = loss if loss is not None and loss == loss else None  # NaN is not JSON
+        with session_scope(self.url) as session:
+            result = session.execute(
+                update(Job)
+                .where(self._owned())
+                .values(
+                    step=step,
+                    total_steps=total,
+                    loss=clean_loss,
+                    eta_seconds=None if eta is None else round(eta, 1),
+                    heartbeat_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                self._stop = True
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled or this attempt no longer owns it."""
+        now = time.monotonic()
+        if not self._stop and now - self._last_check >= self.interval:
+            self._last_check = now
+            with session_scope(self.url) as session:
+                row = session.execute(select(Job.cancel_requested).where(self._owned())).first()
+            self._stop = row is None or bool(row[0])
+        return self._stop
+
+    def finish(
+        self,
+        status: str,
+        *,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        on_owned: Callable[[Any], None] | None = None,
+    ) -> bool:
+        """Record the outcome, with `on_owned(session)` in the same transaction; False when this
+        attempt no longer owns the job (nothing is written then)."""
+        with session_scope(self.url) as session:
+            values: dict[str, Any] = {
+                "status": status,
+                "finished_at": utcnow(),
+                "error": error,
+                "eta_seconds": None,
+                "heartbeat_at": utcnow(),
+            }
+            if metrics is not None:
+                values["metrics"] = metrics
+            if status == "succeeded":
+                values["step"] = Job.total_steps
+            result = session.execute(update(Job).where(self._owned()).values(**values))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return False
+            if on_owned is not None:
+                on_owned(session)
+            return True
+
+
+def run_job(settings: Settings, job_id: str) -> str:
+    """Claim and run one job; returns what happened (for logs and tests)."""
+    from models.errors import MTLError, TrainingCancelled
+
+    claim = claim_job(settings, job_id)
+    if claim is None:
+        log.info("job %s is not queued (finished, cancelled or taken); skipping", job_id)
+        return "skipped"
+    reporter = Reporter(settings, claim)
+    runner = train_classifier if claim.kind == "training" else pretrain_base_model
+    try:
+        outcome = runner(settings, job_id, reporter)
+    except TrainingCancelled:
+        if reporter.finish("cancelled", on_owned=lambda s: _mark_product(s, job_id, "cancelled")):
+            return "cancelled"
+        return "lost"
+    except (JobFailed, MTLError) as exc:
+        reporter.finish(
+            "failed", error=str(exc), on_owned=lambda s: _mark_product(s, job_id, "failed")
+        )
+        return "failed"
+    except Exception as exc:
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        reporter.finish(
+            "failed",
+            error=f"internal error: {type(exc).__name__}: {exc}",
+            on_owned=lambda s: _mark_product(s, job_id, "failed"),
+        )
+        return "failed"
+    return outcome
+
+
+def _mark_product(session: Any, job_id: str, status: str) -> None:
+    job = session.get(Job, job_id)
+    if job.kind == "training" and job.classifier_id:
+        session.execute(
+            update(Classifier).where(Classifier.id == job.classifier_id).values(status=status)
+        )
+    elif job.kind == "pretraining" and job.base_model_id:
+        session.execute(
+            update(BaseModel).where(BaseModel.id == job.base_model_id).values(status=status)
+        )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _load_images(settings: Settings, dataset_id: str, *, channels: int, image_size: int) -> Any:
+    """The dataset as a `models.data.ImageSet` at the given channels and size."""
+    import numpy as np
+    import torch
+
+    from models.data import ImageSet, decode_image
+    from models.errors import DatasetError
+
+    with session_scope(settings.resolved_database_url) as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise JobFailed(f"dataset {dataset_id} was deleted before the job ran")
+        class_names = [c["name"] for c in dataset.classes]
+        rows = session.execute(
+            select(DatasetImage.sha256, DatasetImage.label, DatasetImage.filename)
+            .where(DatasetImage.dataset_id == dataset_id)
+            .order_by(DatasetImage.id)
+        ).all()
+    store = ImageStore(settings.images_dir)
+    index = {name: i for i, name in enumerate(class_names)}
+    arrays, labels = [], []
+    for sha, label, filename in rows:
+        try:
+            arrays.append(decode_image(store.path(sha), channels=channels, image_size=image_size))
+        except (DatasetError, FileNotFoundError) as exc:
+            raise JobFailed(
+                f"image {filename!r} of dataset {dataset_id} is unreadable: {exc}"
+            ) from None
+        labels.append(index[label])
+    return ImageSet(
+        images=torch.from_numpy(np.stack(arrays)),
+        labels=torch.tensor(labels, dtype=torch.long),
+        class_names=class_names,
+        source=f"dataset:{dataset_id}",
+    )
+
+
+def holdout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Per class, hold out round(n * fraction) images (at least 1 when fraction > 0), but only
+    from classes that keep at least one training image. Returns (train, holdout) indices."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    hold: list[int] = []
+    for c in sorted(set(labels)):
+        idx = [i for i, lbl in enumerate(labels) if lbl == c]
+        rng.shuffle(idx)
+        k = (
+            0
+            if fraction <= 0 or len(idx) < 2
+            else min(len(idx) - 1, max(1, round(len(idx) * fraction)))
+        )
+        hold.extend(idx[:k])
+        train.extend(idx[k:])
+    return sorted(train), sorted(hold)
+
+
+def classification_metrics(true: list[int], pred: list[int], labels: list[str]) -> dict[str, Any]:
+    n = len(labels)
+    matrix = [[0] * n for _ in range(n)]
+    for t, p in zip(true, pred, strict=True):
+        matrix[t][p] += 1
+    per_class = []
+    for c in range(n):
+        tp = matrix[c][c]
+        predicted = sum(matrix[r][c] for r in range(n))
+        support = sum(matrix[c])
+        per_class.append(
+            {
+                "label": labels[c],
+                "precision": round(tp / predicted, 4) if predicted else 0.0,
+                "recall": round(tp / support, 4) if support else 0.0,
+                "support": support,
+            }
+        )
+    correct = sum(matrix[c][c] for c in range(n))
+    return {
+        "holdout_accuracy": round(correct / max(1, len(true)), 4),
+        "per_class": per_class,
+        "confusion_matrix": matrix,
+    }
+
+
+# ----------------------------------------------------------------------------- the two jobs
+
+
+def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str:
+    """Fine-tune the job's base model on its dataset; metrics from a holdout split, then the
+    final classifier is trained on every image."""
+    import torch
+
+    from models.adaptation import adapt
+    from models.checkpoint import load_base_model, save_classifier
+    from models.config import AdaptConfig
+    from models.data import to_float
+    from models.training import resolve_device
+
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.classifier_id and job.base_model_id
+        params, dataset_id = dict(job.params), job.dataset_id
+        classifier_id, base_id = job.classifier_id, job.base_model_id
+        base = session.get(BaseModel, base_id)
+        if base is None or base.status != "ready":
+            raise JobFailed(f"base model {base_id} is not available")
+        base_dir = base_model_dir(settings, base.storage)
+    device = resolve_device(settings.worker_device)
+    net, card = load_base_model(base_dir, device=device)
+    data = _load_images(
+        settings, dataset_id, channels=card["channels"], image_size=card["image_size"]
+    )
+    config = AdaptConfig(
+        steps=params["steps"],
+        lr=params["learning_rate"],
+        batch_size=params["batch_size"],
+        head_init=params["head_init"],
+    )
+    labels = data.labels.tolist()
+    train_idx, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
+    total = config.steps * (2 if hold_idx else 1)
+    x_all = to_float(data.images).to(device)
+    y_all = data.labels.to(device)
+
+    def progress_from(offset: int) -> Callable[[int, int, float], None]:
+        return lambda step, _total, loss: reporter.progress(offset + step, total, loss)
+
+    reporter.progress(0, total, None)
+    metrics = None
+    if hold_idx:
+        tr = torch.tensor(train_idx, device=device)
+        ho = torch.tensor(hold_idx, device=device)
+        held_out = adapt(
+            net,
+            x_all[tr],
+            y_all[tr],
+            class_names=data.class_names,
+            config=config,
+            seed=params["seed"],
+            progress=progress_from(0),
+            should_stop=reporter.should_stop,
+        )
+        pred = held_out.predict_proba(x_all[ho]).argmax(1).cpu().tolist()
+        metrics = classification_metrics([labels[i] for i in hold_idx], pred, data.class_names)
+    clf = adapt(
+        net,
+        x_all,
+        y_all,
+        class_names=data.class_names,
+        config=config,
+        seed=params["seed"],
+        progress=progress_from(total - config.steps),
+        should_stop=reporter.should_stop,
+    )
+    out = settings.classifiers_dir / classifier_id
+    save_classifier(
+        out,
+        clf.cpu(),
+        {
+            "backbone": card["backbone"],
+            "channels": card["channels"],
+            "image_size": card["image_size"],
+            "base_model_id": base_id,
+            "params": params,
+            "metrics": metrics,
+            "data": {"dataset_id": dataset_id, "num_images": len(data)},
+        },
+    )
+
+    def record(session: Any) -> None:
+        session.execute(
+            update(Classifier)
+            .where(Classifier.id == classifier_id)
+            .values(status="ready", labels=data.class_names, metrics=metrics)
+        )
+
+    return (
+        "succeeded"
+        if reporter.finish("succeeded", metrics=metrics or {}, on_owned=record)
+        else "lost"
+    )
+
+
+def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> str:
+    """Pretrain a base model, resuming from its checkpoint when an earlier attempt left one."""
+    from models.checkpoint import load_checkpoint
+    from models.config import PretrainConfig
+    from models.errors import CheckpointError
+    from models.training import Progress, pretrain
+
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.base_model_id
+        params, dataset_id, base_id = dict(job.params), job.dataset_id, job.base_model_id
+        base = session.get(BaseModel, base_id)
+        assert base is not None
+        out_dir, name = base_model_dir(settings, base.storage), base.name
+    config = PretrainConfig.from_dict(params)
+    data = _load_images(
+        settings, dataset_id, channels=config.channels, image_size=config.image_size
+    )
+    resumed_from = 0
+    try:
+        _, previous = load_checkpoint(out_dir)
+        resumed_from = int(previous.get("training", {}).get("iteration", 0))
+    except CheckpointError:
+        pass
+
+    def on_progress(p: Progress) -> None:
+        reporter.progress(p.iteration, p.total, p.loss)
+
+    reporter.progress(resumed_from, config.iterations, None)
+    result = pretrain(
+        config,
+        data,
+        device=settings.worker_device,
+        out_dir=out_dir,
+        resume=True,
+        checkpoint_every_s=settings.checkpoint_every_s,
+        progress=on_progress,
+        should_stop=reporter.should_stop,
+        extra_card={"name": name, "dataset_id": dataset_id},
+    )
+    card = read_card(out_dir)
+    metrics = {
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "training_seconds": card["training"]["seconds"],
+        "resumed_from_iteration": resumed_from,
+        **(card.get("metrics") or {}),
+    }
+
+    def record(session: Any) -> None:
+        session.execute(
+            update(BaseModel).where(BaseModel.id == base_id).values(status="ready", metrics=metrics)
+        )
+
+    return "succeeded" if reporter.finish("succeeded", metrics=metrics, on_owned=record) else "lost"
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+def recover_orphans(settings: Settings) -> list[str]:
+    """Re-queue running jobs whose worker went silent (crash, kill, restart) and queued jobs whose
+    message was never sent; a job lost MAX_ATTEMPTS times fails instead. Returns re-queued ids."""
+    url = settings.resolved_database_url
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.job_stale_after_s)
+    requeued = []
+    with session_scope(url) as session:
+        candidates = session.execute(
+            select(Job.id, Job.kind, Job.status, Job.attempts).where(
+                or_(
+                    and_(Job.status == "running", Job.heartbeat_at < stale),
+                    and_(
+                        Job.status == "queued",
+                        Job.enqueued_at.is_(None),
+                        Job.created_at < now - timedelta(seconds=30),
+                    ),
+                )
+            )
+        ).all()
+    for job_id, kind, status, attempts in candidates:
+        with session_scope(url) as session:
+            guard = Job.heartbeat_at < stale if status == "running" else Job.enqueued_at.is_(None)
+            if status == "running" and attempts >= MAX_ATTEMPTS:
+                result = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == status, guard)
+                    .values(
+                        status="failed",
+                        finished_at=now,
+                        error=f"the worker running this job was lost {attempts} times",
+                    )
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    _mark_product(session, job_id, "failed")
+                continue
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == status, guard)
+                .values(status="queued", enqueued_at=now, worker=None)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+        enqueue(settings, TASK_OF_KIND[kind], job_id)
+        log.warning("re-queued job %s (was %s)", job_id, status)
+        requeued.append(job_id)
+    return requeued

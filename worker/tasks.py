@@ -1,0 +1,82 @@
+"""Celery tasks: thin wrappers that hand a job id to `worker.jobs`. Torch is first imported inside
+a task, in the worker's own process (solo pool: no fork after CUDA)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from celery.signals import worker_ready
+
+from app.settings import Settings
+from worker.celery_app import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
+
+log = logging.getLogger(__name__)
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    """Add the two job tasks to `app`, and start orphan recovery once the worker is ready."""
+
+    @app.task(name=TRAIN_CLASSIFIER, acks_late=True, ignore_result=True)
+    def train_classifier(job_id: str) -> str:
+        from worker.jobs import run_job
+
+        return run_job(settings, job_id)
+
+    @app.task(name=PRETRAIN_BASE_MODEL, acks_late=True, ignore_result=True)
+    def pretrain_base_model(job_id: str) -> str:
+        from worker.jobs import run_job
+
+        return run_job(settings, job_id)
+
+    @worker_ready.connect(weak=False)
+    def _start_recovery(**_: object) -> None:
+        threading.Thread(
+            target=recovery_loop, args=(settings,), daemon=True, name="mtl-recovery"
+        ).start()
+
+
+def recovery_loop(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Every `recovery_interval_s`, re-queue jobs whose worker was lost."""
+    from worker.jobs import recover_orphans
+
+    stop = stop or threading.Event()
+    while True:
+        try:
+            recover_orphans(settings)
+        except Exception:
+            log.exception("orphan recovery failed; retrying")
+        if stop.wait(settings.recovery_interval_s):
+            return
+
+
+def run_worker(settings: Settings, queues: list[str], *, loglevel: str = "INFO") -> None:
+    """Run a worker in this process (the solo pool: one job at a time, CUDA-safe)."""
+    import os
+    import socket
+
+    from PIL import Image
+
+    from worker.celery_app import make_celery
+
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    settings.ensure_dirs()
+    app = make_celery(settings)
+    register_tasks(app, settings)
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            ",".join(queues),
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            f"mtl-{os.getpid()}@{socket.gethostname()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
