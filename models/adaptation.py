@@ -77,6 +77,10 @@ def adapt(
         n = len(images)
         bs = n if config.batch_size <= 0 else min(config.batch_size, n)
         clf.train()
+        if config.bn_stats == "frozen":
+            for m in clf.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         loss_value = float("nan")
         for step in range(config.steps):
             if should_stop is not None and should_stop():
@@ -87,6 +91,10 @@ def adapt(
             else:
                 xb, yb = images, labels
             loss = F.cross_entropy(clf(xb), yb)
+            if not torch.isfinite(loss):
+                raise ConfigError(
+                    f"adaptation diverged at step {step + 1} (lr {config.lr}); lower the learning rate"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -86,6 +86,8 @@ class PretrainConfig:
 
 HeadInit = Literal["zeros", "prototype", "meta"]
 HEAD_INITS = ("zeros", "prototype", "meta")
+BNStats = Literal["frozen", "support"]
+BN_STATS = ("frozen", "support")
 
 
 @dataclass
@@ -94,8 +96,13 @@ class AdaptConfig:
     lr: float = 0.01
     batch_size: int = 0  # 0: every labelled image in each step
     head_init: HeadInit = "prototype"
+    # "frozen": batch norm keeps the base model's statistics while fine-tuning, so training and
+    # prediction normalise alike; "support": statistics are re-estimated from the support batches.
+    bn_stats: BNStats = "frozen"
 
     def __post_init__(self) -> None:
+        if self.bn_stats not in BN_STATS:
+            raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
         if self.head_init not in HEAD_INITS:
             raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
         if self.steps < 0 or self.lr < 0 or self.batch_size < 0:
@@ -105,6 +112,7 @@ class AdaptConfig:
     def from_card(cls, card: dict[str, Any], **overrides: Any) -> AdaptConfig:
         base = dict(card.get("adaptation", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "head_init") if k in base})
+        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "head_init", "bn_stats")
+                      if k in base})
 
 

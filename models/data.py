@@ -201,17 +201,21 @@ def load_image_folder(
     )
 
 
-def _omniglot_class_names(npz_path: Path, first_id: int, count: int) -> list[str]:
-    """`Alphabet/characterNN` names from alphabets.csv beside the npz, else `character<id>`."""
+def _omniglot_class_names(npz_path: Path, count: int) -> list[str]:
+    """`Alphabet/characterNN` names from alphabets.csv beside the npz (rows of the file's set, in
+    id order), else `character<index>`."""
     csv_path = npz_path.parent / "alphabets.csv"
-    by_id: dict[int, str] = {}
+    set_name = npz_path.stem.removeprefix("images_")
+    names: list[str] = []
     if csv_path.exists():
         with csv_path.open() as fh:
-            for row in csv.DictReader(fh):
-                first, last = int(row["first_character_id"]), int(row["last_character_id"])
-                for cid in range(first, last + 1):
-                    by_id[cid] = f"{row['alphabet']}/character{cid - first + 1:02d}"
-    return [by_id.get(first_id + i, f"character{first_id + i:04d}") for i in range(count)]
+            rows = [r for r in csv.DictReader(fh) if r["set"] == set_name]
+        for row in sorted(rows, key=lambda r: int(r["first_character_id"])):
+            first, last = int(row["first_character_id"]), int(row["last_character_id"])
+            names.extend(f"{row['alphabet']}/character{i:02d}" for i in range(1, last - first + 2))
+    if len(names) != count:
+        names = [f"character{i + 1:04d}" for i in range(count)]
+    return names
 
 
 def load_omniglot_npz(path: Path | str, *, image_size: int = 28) -> ImageSet:
@@ -222,9 +226,8 @@ def load_omniglot_npz(path: Path | str, *, image_size: int = 28) -> ImageSet:
     try:
         with np.load(path, allow_pickle=False) as data:
             raw = data["images"]
-            ids = data["labels"]
     except (ValueError, KeyError, OSError) as exc:
-        raise DatasetError(f"{path} is not an Omniglot npz file with 'images' and 'labels': {exc}") from None
+        raise DatasetError(f"{path} is not an Omniglot npz file with an 'images' array: {exc}") from None
     if raw.ndim != 4:
         raise DatasetError(f"{path}: expected images of shape (characters, drawers, H, W), got {raw.shape}")
     chars, drawers, h, w = raw.shape
@@ -237,7 +240,7 @@ def load_omniglot_npz(path: Path | str, *, image_size: int = 28) -> ImageSet:
     return ImageSet(
         images=images,
         labels=labels,
-        class_names=_omniglot_class_names(path, int(ids[0, 0]) + 1, chars),
+        class_names=_omniglot_class_names(path, chars),
         source=str(path),
     )
 

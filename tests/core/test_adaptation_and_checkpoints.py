@@ -1,0 +1,142 @@
+"""Adaptation to new tasks and checkpoint files."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.adaptation import adapt, evaluate
+from models.checkpoint import load_base_model, load_checkpoint, load_classifier, save_base_model, save_classifier
+from models.config import AdaptConfig
+from models.data import ImageSet
+from models.errors import CheckpointError, ConfigError
+from models.network import build_metanet
+
+
+def small_net(ways: int = 5):
+    """A small untrained base model whose batch-norm statistics, like a pretrained one's, fit
+    the data (frozen-statistics adaptation relies on that)."""
+    torch.manual_seed(0)
+    net = build_metanet(backbone="conv4", filters=8, channels=1, image_size=28, meta_ways=ways,
+                        num_base_classes=7, mean=[0.5], std=[0.3])
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batches
+    net.train()
+    with torch.no_grad():
+        for seed in range(3):
+            net(some_images(10, 4, seed=100 + seed)[0])
+    return net.eval()
+
+
+def some_images(n_classes: int, per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    base = torch.rand(n_classes, 1, 28, 28, generator=g)
+    x = (base[labels] + 0.1 * torch.rand(len(labels), 1, 28, 28, generator=g)).clamp(0, 1)
+    return x, labels
+
+
+@pytest.mark.parametrize("classes", [2, 5, 11])
+@pytest.mark.parametrize("head_init", ["zeros", "prototype"])
+def test_adapt_builds_a_head_of_any_size_and_learns_the_support(classes: int, head_init: str) -> None:
+    net = small_net()
+    x, y = some_images(classes, 3)
+    clf = adapt(net, x, y, config=AdaptConfig(steps=60, lr=0.03, head_init=head_init))
+    probs = clf.predict_proba(x)
+    assert probs.shape == (len(x), classes)
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(x)))
+    assert float((probs.argmax(1) == y).float().mean()) == 1.0
+
+
+def test_adapt_leaves_the_base_model_untouched_and_meta_head_needs_matching_ways() -> None:
+    net = small_net(ways=5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = some_images(5, 2)
+    adapt(net, x, y, config=AdaptConfig(steps=5, lr=0.5, head_init="meta", bn_stats="support"))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    x3, y3 = some_images(3, 2)
+    with pytest.raises(ConfigError, match="needs 5 classes"):
+        adapt(net, x3, y3, config=AdaptConfig(head_init="meta"))
+
+
+def test_prediction_of_an_image_does_not_depend_on_its_batch() -> None:
+    net = small_net()
+    x, y = some_images(4, 3)
+    clf = adapt(net, x, y, config=AdaptConfig(steps=10, lr=0.1, bn_stats="support"))
+    batch = clf.predict_proba(x)
+    for i in range(len(x)):
+        alone = clf.predict_proba(x[i : i + 1])
+        torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-6)
+
+
+def test_prototype_head_with_no_steps_is_nearest_class_mean() -> None:
+    net = small_net().eval()
+    x, y = some_images(4, 3, seed=1)
+    clf = adapt(net, x, y, config=AdaptConfig(steps=0, head_init="prototype"))
+    q, qy = some_images(4, 2, seed=1)
+    with torch.no_grad():
+        f, fq = net.features(x), net.features(q)
+    protos = torch.stack([f[y == c].mean(0) for c in range(4)])
+    nearest = torch.cdist(fq, protos).argmin(1)
+    assert torch.equal(clf.predict_proba(q).argmax(1), nearest)
+
+
+def test_evaluate_is_deterministic_and_reports_an_interval() -> None:
+    net = small_net()
+    x, y = some_images(6, 6, seed=2)
+    data = ImageSet(images=(x * 255).to(torch.uint8), labels=y, class_names=[str(i) for i in range(6)])
+    config = AdaptConfig(steps=3, lr=0.1)
+    a = evaluate(net, data, ways=3, shots=1, queries=2, episodes=5, config=config, seed=1)
+    b = evaluate(net, data, ways=3, shots=1, queries=2, episodes=5, config=config, seed=1)
+    assert a == b
+    assert 0.0 <= a.accuracy <= 1.0 and a.ci95 >= 0.0
+    t = evaluate(net, data, ways=3, shots=1, queries=2, episodes=2, config=config, transductive=True)
+    assert t.transductive
+
+
+def test_base_model_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
+    net = small_net()
+    torch.nn.init.normal_(net.meta_head.weight)
+    card = {"kind": "base_model", "backbone": {"name": "conv4", "filters": 8}, "channels": 1,
+            "image_size": 28, "meta_ways": 5, "base_classes": list("abcdefg"),
+            "normalization": {"mean": [0.9], "std": [0.3]}, "algorithm": "mtl-reptile"}
+    save_base_model(tmp_path / "ckpt", net, card)
+    loaded, loaded_card = load_base_model(tmp_path / "ckpt")
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+    assert loaded_card["algorithm"] == "mtl-reptile" and "weights_sha256" in loaded_card
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))
+
+
+def test_classifier_checkpoint_round_trip(tmp_path: Path) -> None:
+    net = small_net()
+    x, y = some_images(3, 2)
+    clf = adapt(net, x, y, class_names=["a", "b", "c"], config=AdaptConfig(steps=3, lr=0.1))
+    save_classifier(tmp_path / "clf", clf, {"backbone": {"name": "conv4", "filters": 8}, "channels": 1,
+                                             "image_size": 28})
+    loaded, card = load_classifier(tmp_path / "clf")
+    assert loaded.labels == ["a", "b", "c"] and card["kind"] == "classifier"
+    torch.testing.assert_close(loaded.predict_proba(x), clf.predict_proba(x))
+
+
+def test_a_pickle_renamed_to_safetensors_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    (folder / "model.json").write_text('{"kind": "base_model"}')
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        load_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_divergence_is_an_error_not_a_nan_classifier() -> None:
+    net = small_net()
+    x, y = some_images(5, 3)
+    with pytest.raises(ConfigError, match="diverged.*lower the learning rate"):
+        adapt(net, x, y, config=AdaptConfig(steps=60, lr=50.0, head_init="zeros"))
