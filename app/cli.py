@@ -120,6 +120,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt-lr", type=float, default=None, help="default: the checkpoint's card")
     p.add_argument("--adapt-batch", type=int, default=None, help="0: all support images")
     p.add_argument("--head-init", choices=["zeros", "prototype", "meta"], default=None)
+    p.add_argument("--bn-stats", choices=["frozen", "support"], default=None,
+                   help="batch-norm statistics while fine-tuning: the base model's, or the support set's")
     p.add_argument("--transductive", action="store_true",
                    help="batch-norm statistics from each episode's query batch (as the paper's code)")
     p.add_argument("--seed", type=int, default=0)
@@ -138,7 +140,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     net, card = load_base_model(args.checkpoint, device=device)
     data = load_dataset(args.dataset, image_size=card["image_size"], channels=card["channels"])
     config = AdaptConfig.from_card(card, steps=args.adapt_steps, lr=args.adapt_lr,
-                                   batch_size=args.adapt_batch, head_init=args.head_init)
+                                   batch_size=args.adapt_batch, head_init=args.head_init,
+                                   bn_stats=args.bn_stats)
     smallest = min(data.class_counts())
     results = []
     started = time.perf_counter()

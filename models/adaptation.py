@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.data import EpisodeSampler, ImageSet, to_float
 from models.config import AdaptConfig
+from models.data import EpisodeSampler, ImageSet, to_float
 from models.errors import ConfigError, TrainingCancelled
 from models.network import Classifier, MetaNet
+
 
 def _init_head(
     net: MetaNet, backbone: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,10 +108,9 @@ def decode_image(source: bytes | Path, *, channels: int, image_size: int) -> np.
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img.load()
-            if getattr(img, "is_animated", False):
-                img.seek(0)
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+            opened.load()
+            img: Image.Image = opened
             # Transparent pixels become white, as they look on screen, instead of black.
             if img.mode in ("RGBA", "LA", "P"):
                 img = img.convert("RGBA")
@@ -125,10 +125,7 @@ def decode_image(source: bytes | Path, *, channels: int, image_size: int) -> np.
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "not a decodable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise DatasetError(reason or "not a decodable image") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
 
 
@@ -338,8 +335,8 @@ class EpisodeSampler:
         while True:
             yield self.sample()
 
-    def get_state(self) -> dict:
-        return self.rng.bit_generator.state
+    def get_state(self) -> dict[str, Any]:
+        return dict(self.rng.bit_generator.state)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state

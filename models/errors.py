@@ -17,5 +17,5 @@ class CheckpointError(MTLError):
     """A checkpoint is missing, unreadable or inconsistent."""
 
 
-class TrainingCancelled(MTLError):  # noqa: N818 - reads as an event, not a failure
+class TrainingCancelled(MTLError):
     """Training stopped because the caller asked it to."""

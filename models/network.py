@@ -20,6 +20,9 @@ class MetaNet(nn.Module):
     the network, so every caller (CLI, worker, API) feeds the same thing.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -80,6 +83,9 @@ def build_metanet(
 class Classifier(nn.Module):
     """An adapted model: backbone and a C-way head; predicts in eval mode, so one image gets the
     same answer alone as in any batch (batch norm uses running statistics)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self, backbone: nn.Module, head: nn.Linear, mean: torch.Tensor, std: torch.Tensor,

@@ -15,10 +15,11 @@ import torch
 
 from models import algorithms as alg
 from models.checkpoint import load_checkpoint, save_base_model
+from models.config import PretrainConfig
 from models.data import EpisodeSampler, ImageSet, to_float
-from models.config import ALGORITHMS, PretrainConfig
 from models.errors import CheckpointError, ConfigError, TrainingCancelled
 from models.network import MetaNet, build_metanet
+
 
 @dataclass
 class Progress:
@@ -112,10 +113,10 @@ def train_step(
     if learner == "protonet":
         assert optimizer is not None
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.stack([alg.protonet_loss(net, t) for t in tasks]).mean()
-        loss.backward()
+        proto_loss = torch.stack([alg.protonet_loss(net, t) for t in tasks]).mean()
+        proto_loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return float(proto_loss.detach())
 
     theta = alg.current_params(net)
     beta = config.effective_beta
@@ -125,7 +126,7 @@ def train_step(
     transfer_weight = beta if authors else (1.0 - beta)
     meta: alg.Params = {}
     transfer: alg.Params = {}
-    losses = []
+    losses: list[float] = []
     if learner is not None and meta_weight > 0:
         kw = dict(inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                   inner_batch=config.inner_batch, rng=rng)

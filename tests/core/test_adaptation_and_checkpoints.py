@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from models.adaptation import adapt, evaluate
-from models.checkpoint import load_base_model, load_checkpoint, load_classifier, save_base_model, save_classifier
+from models.checkpoint import (
+    load_base_model,
+    load_checkpoint,
+    load_classifier,
+    save_base_model,
+    save_classifier,
+)
 from models.config import AdaptConfig
 from models.data import ImageSet
 from models.errors import CheckpointError, ConfigError
@@ -78,7 +84,7 @@ def test_prototype_head_with_no_steps_is_nearest_class_mean() -> None:
     net = small_net().eval()
     x, y = some_images(4, 3, seed=1)
     clf = adapt(net, x, y, config=AdaptConfig(steps=0, head_init="prototype"))
-    q, qy = some_images(4, 2, seed=1)
+    q, _qy = some_images(4, 2, seed=1)
     with torch.no_grad():
         f, fq = net.features(x), net.features(q)
     protos = torch.stack([f[y == c].mean(0) for c in range(4)])

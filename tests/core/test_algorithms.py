@@ -17,7 +17,6 @@ from models.network import MetaNet
 from models.training import train_step
 
 
-
 def tiny_net(seed: int = 0) -> MetaNet:
     torch.manual_seed(seed)
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh())
