@@ -113,7 +113,7 @@ def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> Check
         # One enclosing folder (as made by zipping a folder) is stripped.
         visible = [p for _, p in members if not _hidden(p)]
         tops = {p[0] for p in visible}
-        strip = 1 if len(tops) == 1 and all(len(p) >= 3 for p in visible) else 0
+        strip = 1 if len(tops) == 1 and any(len(p) >= 3 for p in visible) else 0
         result = CheckedUpload()
         total = 0
         for info, parts in members:

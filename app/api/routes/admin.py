@@ -31,6 +31,14 @@ PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def expected_name(name: str) -> str:
+    from dataclasses import fields
+
+    from models.config import PretrainConfig
+
+    return next(str(f.type) for f in fields(PretrainConfig) if f.name == name)
+
+
 def pretrain_config(algorithm: str, params: dict[str, Any], dataset: Dataset) -> Any:
     """Validate pretraining options against `models.config` and the dataset's shape."""
     from dataclasses import fields
@@ -48,21 +56,21 @@ def pretrain_config(algorithm: str, params: dict[str, Any], dataset: Dataset) ->
             f"unknown pretraining parameter(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known - {'algorithm'}))}",
         )
+    types = {f.name: PYTHON_TYPES.get(str(f.type)) for f in fields(PretrainConfig)}
+    for name, value in params.items():
+        expected = types.get(name)
+        if expected is not None and (
+            not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
+        ):
+            raise HTTPException(
+                422, f"pretraining parameter {name} must be {expected_name(name)}, got {value!r}"
+            )
     try:
         config = PretrainConfig(**{**params, "algorithm": algorithm})
     except ConfigError as exc:
         raise HTTPException(422, str(exc)) from None
     except TypeError as exc:
         raise HTTPException(422, f"bad pretraining parameters: {exc}") from None
-    for name, f in ((f.name, f) for f in fields(PretrainConfig)):
-        value = getattr(config, name)
-        expected = PYTHON_TYPES.get(str(f.type))
-        if expected is not None and (
-            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
-        ):
-            raise HTTPException(
-                422, f"pretraining parameter {name} must be {f.type}, got {value!r}"
-            )
     counts = [c["count"] for c in dataset.classes]
     if not config.replacement and config.ways > len(counts):
         raise HTTPException(

@@ -1,0 +1,402 @@
+"""The v1 API without a worker: every route, the auth matrix, and every bad input."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.settings import Settings
+from app.tables import Dataset, DatasetImage, Job
+from tests.service.conftest import new_key, random_png, small_zip, zip_bytes
+
+
+def upload_zip(client: Any, headers: dict[str, str], data: bytes, name: str = "set") -> Any:
+    return client.post("/v1/datasets", headers=headers, data={"name": name},
+                       files={"archive": ("set.zip", data, "application/zip")})
+
+
+def stored(settings: Settings) -> tuple[int, int, int]:
+    """(datasets, dataset images, image files) now stored."""
+    with session_scope(settings.resolved_database_url) as session:
+        datasets = session.scalar(select(func.count()).select_from(Dataset))
+        images = session.scalar(select(func.count()).select_from(DatasetImage))
+    files = sum(1 for p in settings.images_dir.rglob("*") if p.is_file())
+    return int(datasets or 0), int(images or 0), files
+
+
+def assert_error(response: Any, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    assert fragment.lower() in detail.lower(), detail
+
+
+# ----------------------------------------------------------------------------- health, auth
+
+
+def test_health_and_readiness(client: Any) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_auth_matrix(client: Any, settings: Settings, user: dict, admin: dict) -> None:
+    assert_error(client.get("/v1/datasets"), 401, "missing API key")
+    assert_error(client.get("/v1/datasets", headers={"Authorization": "Bearer mtl_x_y"}), 401,
+                 "unknown")
+    assert_error(client.get("/v1/datasets", headers={"Authorization": "Basic abc"}), 401, "key")
+    assert_error(client.post("/v1/admin/api-keys", headers=user, json={"tenant": "x"}), 403,
+                 "admin")
+    assert client.get("/v1/base-models", headers=user).status_code == 200
+
+    ds = upload_zip(client, user, small_zip()).json()
+    clf = client.post("/v1/classifiers", headers=user,
+                      json={"name": "c", "dataset_id": ds["id"]}).json()
+    other = new_key(settings, "someone-else")
+    for path in (f"/v1/datasets/{ds['id']}", f"/v1/classifiers/{clf['id']}",
+                 f"/v1/jobs/{clf['job_id']}"):
+        assert client.get(path, headers=user).status_code == 200
+        assert_error(client.get(path, headers=other), 404, "not found")
+    assert_error(client.delete(f"/v1/datasets/{ds['id']}", headers=other), 404, "not found")
+    assert_error(client.post(f"/v1/jobs/{clf['job_id']}/cancel", headers=other), 404, "not found")
+    assert client.get("/v1/datasets", headers=other).json() == []
+
+    # Admin-made keys: shown once, usable, revocable.
+    made = client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "acme"})
+    assert made.status_code == 201
+    body = made.json()
+    headers = {"Authorization": f"Bearer {body['key']}"}
+    assert [d["id"] for d in client.get("/v1/datasets", headers=headers).json()] == [ds["id"]]
+    assert client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin).status_code == 204
+    assert_error(client.get("/v1/datasets", headers=headers), 401, "unknown")
+    assert_error(client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin), 404,
+                 "no API key")
+    assert_error(client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "a b"}), 422,
+                 "tenant")
+
+
+def test_admin_key_from_settings(make_settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(admin_key="mtl_envkey_0123456789abcdefghijklmn")
+    with TestClient(create_app(settings)) as client:
+        headers = {"Authorization": "Bearer mtl_envkey_0123456789abcdefghijklmn"}
+        made = client.post("/v1/admin/api-keys", headers=headers, json={"tenant": "t"})
+        assert made.status_code == 201
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def test_dataset_lifecycle(client: Any, settings: Settings, user: dict) -> None:
+    members = {f"photos/cat/{i}.png": random_png(i) for i in range(3)}
+    members |= {f"photos/dog/{i}.png": random_png(10 + i) for i in range(2)}
+    members |= {"photos/dog/notes.txt": b"not an image", "photos/readme.md": b"x",
+                "photos/.DS_Store": b"\0", "photos/cat/broken.png": random_png(99)[:60],
+                "__MACOSX/photos/._cat": b"\0"}
+    r = upload_zip(client, user, zip_bytes(members), name="pets")
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["name"] == "pets" and ds["num_images"] == 5
+    assert ds["classes"] == [{"name": "cat", "count": 3}, {"name": "dog", "count": 2}]
+    reasons = {x["file"]: x["reason"] for x in ds["rejected"]}
+    assert "not a decodable image" in reasons["photos/dog/notes.txt"]
+    assert "truncated" in reasons["photos/cat/broken.png"] or "corrupt" in reasons[
+        "photos/cat/broken.png"]
+    assert "class folder" in reasons["photos/readme.md"]
+    assert {"photos/.DS_Store", "__MACOSX/photos/._cat"} <= set(reasons)
+
+    # files + labels; the same bytes are stored once (content-addressed).
+    files = [("files", (f"{i}.png", random_png(i), "image/png")) for i in range(4)]
+    r = client.post("/v1/datasets", headers=user, files=files,
+                    data={"name": "again", "labels": ["a", "a", "b", "b"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["classes"] == [{"name": "a", "count": 2}, {"name": "b", "count": 2}]
+    assert stored(settings) == (2, 9, 6)
+
+    listed = client.get("/v1/datasets", headers=user).json()
+    assert [d["id"] for d in listed] == [ds["id"], r.json()["id"]]
+    assert client.get(f"/v1/datasets/{ds['id']}", headers=user).json()["num_images"] == 5
+    assert client.delete(f"/v1/datasets/{ds['id']}", headers=user).status_code == 204
+    assert_error(client.get(f"/v1/datasets/{ds['id']}", headers=user), 404, "not found")
+    assert stored(settings) == (1, 4, 4)  # shared files stay, the dataset's own go
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid PNG signature and header declaring huge dimensions: a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def symlink_zip() -> bytes:
+    buf = BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for c in ("a", "b"):
+            zf.writestr(f"{c}/1.png", random_png(ord(c)))
+        info = zipfile.ZipInfo("a/link.png")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def bomb_zip() -> bytes:
+    buf = BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/1.png", random_png(1))
+        zf.writestr("b/1.png", b"\0" * 20_000_000)  # 20 MB that compresses to ~20 KB
+    return buf.getvalue()
+
+
+BAD_ARCHIVES = {
+    "traversal": (zip_bytes({"a/1.png": random_png(1), "../b/1.png": random_png(2)}), 422,
+                  "outside the archive"),
+    "absolute": (zip_bytes({"a/1.png": random_png(1), "/b/1.png": random_png(2)}), 422,
+                 "absolute path"),
+    "symlink": (symlink_zip(), 422, "symbolic link"),
+    "zip bomb": (bomb_zip(), 413, "unpacks to"),
+    "empty": (zip_bytes({}), 422, "empty"),
+    "single class": (zip_bytes({"a/1.png": random_png(1), "a/2.png": random_png(2)}), 422,
+                     "at least 2 classes"),
+    "only bad images": (zip_bytes({"a/1.png": b"x", "b/1.png": b"y"}), 422, "at least 2 classes"),
+    "not a zip": (b"PK this is not a zip", 422, "not a readable .zip"),
+    "too many files": (zip_bytes({f"c{i % 2}/{i}.png": b"x" for i in range(61)}), 413,
+                       "MTL_MAX_FILES"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARCHIVES))
+def test_bad_archives_store_nothing(client: Any, settings: Settings, user: dict,
+                                    case: str) -> None:
+    data, status, fragment = BAD_ARCHIVES[case]
+    assert_error(upload_zip(client, user, data), status, fragment)
+    assert stored(settings) == (0, 0, 0)
+
+
+def test_bad_images_are_listed(client: Any, settings: Settings, user: dict) -> None:
+    files = [("files", ("bomb.png", huge_png(100_000, 100_000), "image/png")),
+             ("files", ("big.png", huge_png(3000, 3000), "image/png")),
+             ("files", ("empty.png", b"", "image/png")),
+             ("files", ("ok1.png", random_png(1), "image/png")),
+             ("files", ("ok2.png", random_png(2), "image/png"))]
+    r = client.post("/v1/datasets", headers=user, files=files,
+                    data={"name": "x", "labels": ["a", "a", "a", "a", "b"]})
+    assert r.status_code == 201, r.text
+    reasons = {x["file"]: x["reason"] for x in r.json()["rejected"]}
+    assert set(reasons) == {"bomb.png", "big.png", "empty.png"}
+    assert "too large" in reasons["bomb.png"] and "too large" in reasons["big.png"]
+    assert stored(settings) == (1, 2, 2)
+
+
+def test_bad_uploads(client: Any, settings: Settings, user: dict) -> None:
+    two = [("files", ("1.png", random_png(1), "image/png")),
+           ("files", ("2.png", random_png(2), "image/png"))]
+    assert_error(client.post("/v1/datasets", headers=user, files=two,
+                             data={"name": "x", "labels": ["a"]}), 422, "2 files but 1 labels")
+    assert_error(client.post("/v1/datasets", headers=user, files=two,
+                             data={"name": "x", "labels": ["a", " "]}), 422, "label 2")
+    assert_error(client.post("/v1/datasets", headers=user, files=two, data={"labels": ["a", "b"]}),
+                 422, "'name' is required")
+    assert_error(client.post("/v1/datasets", headers=user, data={"name": "x"},
+                             files={"other": ("a", b"b")}), 422, "send an 'archive'")
+    assert_error(client.post("/v1/datasets", headers=user, json={"name": "x"}), 415, "multipart")
+    big = [("files", (f"{i}.bin", b"\0" * 1_000_000, "image/png")) for i in range(5)]
+    assert_error(client.post("/v1/datasets", headers=user, files=big,
+                             data={"name": "x", "labels": ["a"] * 5}), 413, "MTL_MAX_UPLOAD_BYTES")
+    many = [("files", (f"{i}.png", b"x", "image/png")) for i in range(61)]
+    assert_error(client.post("/v1/datasets", headers=user, files=many,
+                             data={"name": "x", "labels": ["a"] * 61}), 413, "MTL_MAX_FILES")
+    assert stored(settings) == (0, 0, 0)
+
+
+# ----------------------------------------------------------------------------- classifiers, jobs
+
+
+def test_classifier_and_job_lifecycle(client: Any, settings: Settings, user: dict) -> None:
+    ds = upload_zip(client, user, small_zip()).json()
+    r = client.post("/v1/classifiers", headers=user, json={"name": "c", "dataset_id": ds["id"]})
+    assert r.status_code == 202, r.text
+    created = r.json()
+    assert created["status"] == "queued"
+    clf = client.get(f"/v1/classifiers/{created['id']}", headers=user).json()
+    assert clf["labels"] == ["class0", "class1", "class2"] and clf["metrics"] is None
+    assert clf["base_model_id"] == "handwriting" or clf["base_model_id"] == "natural"
+    assert clf["params"]["steps"] > 0
+    job = client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()
+    assert job["kind"] == "training" and job["status"] == "queued" and job["attempts"] == 0
+    assert job["progress"] == {"step": 0, "total_steps": clf["params"]["steps"], "fraction": 0.0,
+                               "loss": None, "eta_seconds": None}
+    assert [j["id"] for j in client.get("/v1/jobs", headers=user).json()] == [job["id"]]
+    # The job was committed, then sent to its queue.
+    with session_scope(settings.resolved_database_url) as session:
+        assert session.get(Job, job["id"]).enqueued_at is not None  # type: ignore[union-attr]
+    assert queued_messages(settings, "training") == 1
+
+    files = {"files": ("a.png", random_png(1), "image/png")}
+    assert_error(client.post(f"/v1/classifiers/{created['id']}/predict", headers=user,
+                             files=files), 409, "not trained") if False else None
+    r = client.post(f"/v1/classifiers/{created['id']}/predict", headers=user, files=files)
+    assert_error(r, 409, "status 'ready'")
+
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=user).json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
+    assert client.get(f"/v1/classifiers/{created['id']}", headers=user).json()[
+        "status"] == "cancelled"
+    assert_error(client.post(f"/v1/jobs/{job['id']}/cancel", headers=user), 409, "already")
+    assert client.delete(f"/v1/classifiers/{created['id']}", headers=user).status_code == 204
+    assert_error(client.get(f"/v1/classifiers/{created['id']}", headers=user), 404, "not found")
+
+
+def queued_messages(settings: Settings, queue: str) -> int:
+    if settings.broker_url is None:
+        return sum(1 for p in (settings.broker_folder / "queue").iterdir()
+                   if p.name.endswith(f".{queue}.msg"))
+    import redis
+
+    return int(redis.Redis.from_url(settings.broker_url).llen(queue))
+
+
+def test_bad_classifier_requests(client: Any, user: dict) -> None:
+    ds = upload_zip(client, user, small_zip()).json()
+    post = lambda body: client.post("/v1/classifiers", headers=user, json=body)  # noqa: E731
+    assert_error(post({"name": "c", "dataset_id": "nope"}), 404, "dataset nope not found")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "base_model_id": "nope"}), 404,
+                 "base model nope")
+    assert_error(post({"dataset_id": ds["id"]}), 422, "name")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"steps": -1}}), 422,
+                 "steps")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"learning_rate": 99}}),
+                 422, "learning_rate")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"holdout_fraction": 0.9}}),
+                 422, "holdout_fraction")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"head_init": "x"}}), 422,
+                 "head_init")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"bogus": 1}}), 422,
+                 "bogus")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"head_init": "meta"}}),
+                 422, "head_init 'meta' needs exactly")
+    r = client.post("/v1/classifiers", headers={**user, "Content-Type": "application/json"},
+                    content=b'{"name": "c", "dataset_id": ')
+    assert_error(r, 422, "malformed JSON")
+    for path in ("/v1/classifiers/nope", "/v1/jobs/nope", "/v1/datasets/nope"):
+        assert_error(client.get(path, headers=user), 404, "not found")
+    assert_error(client.post("/v1/classifiers/nope/predict", headers=user,
+                             files={"files": ("a.png", b"x")}), 404, "not found")
+    assert_error(client.delete("/v1/classifiers/nope", headers=user), 404, "not found")
+
+
+# ----------------------------------------------------------------------------- base models, admin
+
+
+def test_base_models_and_default(client: Any, user: dict, admin: dict) -> None:
+    models = client.get("/v1/base-models", headers=user).json()
+    assert models and sum(m["is_default"] for m in models) == 1
+    names = {m["id"] for m in models}
+    assert "handwriting" in names
+    expected_default = "natural" if "natural" in names else models[0]["id"]
+    assert next(m for m in models if m["is_default"])["id"] == expected_default
+    hw = next(m for m in models if m["id"] == "handwriting")
+    assert hw["channels"] == 1 and hw["image_size"] == 28 and hw["status"] == "ready"
+
+    r = client.post("/v1/admin/base-models/handwriting/default", headers=admin)
+    assert r.status_code == 200 and r.json()["is_default"]
+    assert [m["id"] for m in client.get("/v1/base-models", headers=user).json()
+            if m["is_default"]] == ["handwriting"]
+    assert_error(client.post("/v1/admin/base-models/nope/default", headers=admin), 404,
+                 "not found")
+    assert_error(client.post("/v1/admin/base-models/handwriting/default", headers=user), 403,
+                 "admin")
+
+
+def test_pretraining_job_validation(client: Any, user: dict, admin: dict) -> None:
+    ds = upload_zip(client, user, small_zip(classes=3, per_class=4)).json()
+    post = lambda body: client.post("/v1/admin/pretraining-jobs", headers=admin,  # noqa: E731
+                                    json={"name": "b", "dataset_id": ds["id"], **body})
+    assert_error(post({"algorithm": "magic"}), 422, "unknown algorithm 'magic'")
+    assert_error(post({"algorithm": "mtl-reptile", "params": {"ways": 5}}), 422,
+                 "need 5 classes")
+    assert_error(post({"algorithm": "mtl-reptile", "params": {"ways": 3, "shots": 3,
+                                                              "queries": 3}}), 422,
+                 "smallest class")
+    assert_error(post({"algorithm": "mtl-reptile", "params": {"ways": 3, "beta": 2}}), 422,
+                 "beta")
+    assert_error(post({"algorithm": "mtl-reptile", "params": {"ways": 3, "iterations": "x"}}),
+                 422, "iterations")
+    assert_error(post({"algorithm": "mtl-reptile", "params": {"warp": 9}}), 422,
+                 "unknown pretraining parameter")
+    assert_error(client.post("/v1/admin/pretraining-jobs", headers=admin,
+                             json={"name": "b", "dataset_id": "nope", "algorithm": "maml"}),
+                 404, "not found")
+    r = post({"algorithm": "protonet", "params": {"ways": 3, "shots": 2, "queries": 2,
+                                                  "iterations": 5}})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    job = client.get(f"/v1/jobs/{body['job_id']}", headers=admin).json()
+    assert job["kind"] == "pretraining" and job["status"] == "queued"
+    assert job["progress"]["total_steps"] == 5
+    new = next(m for m in client.get("/v1/base-models", headers=admin).json()
+               if m["id"] == body["base_model_id"])
+    assert new["status"] == "training" and new["algorithm"] == "protonet"
+    # Other tenants do not see an admin tenant's base model.
+    assert body["base_model_id"] not in {m["id"] for m in
+                                         client.get("/v1/base-models", headers=user).json()}
+    assert_error(client.post(f"/v1/admin/base-models/{body['base_model_id']}/default",
+                             headers=admin), 409, "not ready")
+
+
+def test_nothing_half_stored_when_the_database_write_fails(
+        client: Any, settings: Settings, user: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.orm import Session
+
+    def fail(self: Session) -> None:
+        raise RuntimeError("database went away")
+
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setattr(Session, "commit", fail)
+    r = upload_zip(TestClient(client.app, raise_server_exceptions=False), user, small_zip())
+    assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+    monkeypatch.undo()
+    assert stored(settings) == (0, 0, 0)
+
+
+def test_migrations_are_in_sync(settings: Settings) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from app.bootstrap import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", settings.resolved_database_url)
+    command.check(cfg)  # raises when the tables and the migrations differ
+
+
+def test_migrations_up_and_down_on_empty_sqlite(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from app.bootstrap import alembic_config, migrate
+    from app.db import get_engine
+
+    settings = Settings(data_dir=tmp_path)
+    migrate(settings)
+    engine = get_engine(settings.resolved_database_url)
+    assert {"api_keys", "datasets", "dataset_images", "classifiers", "jobs", "base_models"} <= set(
+        inspect(engine).get_table_names())
+    command.downgrade(alembic_config(settings.resolved_database_url), "base")  # type: ignore[arg-type]
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
