@@ -61,7 +61,7 @@ def _postgres_backend() -> Backend:
                               "base_models, api_keys, alembic_version CASCADE"))
         engine.dispose()
         redis.Redis.from_url(redis_url).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _unavailable(f"PostgreSQL or Redis unreachable: {exc}")
     return Backend("postgres", pg, redis_url)
 
@@ -84,6 +84,8 @@ def builtin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     here in seconds on part of Omniglot background (good enough for 5-way Omniglot)."""
     if (REPO_BUILTINS / "handwriting" / "model.json").exists():
         return REPO_BUILTINS
+    if os.environ.get("MTL_TEST_BUILTIN_DIR"):  # a developer's shortcut: reuse a trained folder
+        return Path(os.environ["MTL_TEST_BUILTIN_DIR"])
     from models.config import PretrainConfig
     from models.data import load_omniglot_npz
     from models.training import pretrain

@@ -1,0 +1,133 @@
+"""End to end with real worker processes (`mtl worker`), on both setups."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from app.settings import Settings
+from tests.service.conftest import (
+    new_key,
+    omniglot_png,
+    omniglot_zip,
+    wait_for_job,
+)
+
+CHARACTERS = [3, 50, 120, 300, 600]  # Omniglot evaluation characters: never seen in pretraining
+
+
+def predict_accuracy(client: Any, headers: dict, classifier_id: str, drawings: range) -> float:
+    files = [("files", (f"ch{c}_{d}.png", omniglot_png(c, d), "image/png"))
+             for c in CHARACTERS for d in drawings]
+    r = client.post(f"/v1/classifiers/{classifier_id}/predict", headers=headers, files=files,
+                    data={"top_k": "3"})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(files)
+    correct = 0
+    for result in results:
+        probs = [p["probability"] for p in result["predictions"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        correct += result["predictions"][0]["label"] == "ch" + result["filename"].split("_")[0][2:]
+    return correct / len(results)
+
+
+def test_end_to_end_classifier(client: Any, settings: Settings, start_worker: Any) -> None:
+    """5 unseen characters x 5 drawings, trained by a worker on the handwriting base model;
+    predicting 10 other drawings of each is at least 80% right."""
+    user = new_key(settings, "acme")
+    worker = start_worker(settings)
+    r = client.post("/v1/datasets", headers=user, data={"name": "glyphs"},
+                    files={"archive": ("g.zip", omniglot_zip(CHARACTERS, range(5)))})
+    assert r.status_code == 201, r.text
+    assert r.json()["num_images"] == 25
+    r = client.post("/v1/classifiers", headers=user,
+                    json={"name": "glyphs", "dataset_id": r.json()["id"],
+                          "base_model_id": "handwriting"})
+    assert r.status_code == 202, r.text
+    created = r.json()
+    job = wait_for_job(client, user, created["job_id"], log=worker.log)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
+    assert job["started_at"] and job["finished_at"]
+    clf = client.get(f"/v1/classifiers/{created['id']}", headers=user).json()
+    assert clf["status"] == "ready"
+    assert clf["labels"] == sorted(f"ch{c}" for c in CHARACTERS)
+    metrics = clf["metrics"]
+    assert metrics is not None and len(metrics["confusion_matrix"]) == 5
+    assert sum(c["support"] for c in metrics["per_class"]) == 5  # one held-out drawing a class
+    accuracy = predict_accuracy(client, user, created["id"], range(10, 20))
+    assert accuracy >= 0.8, accuracy
+
+    # A file that does not decode is answered in its place; the others still are.
+    files = [("files", ("junk.png", b"junk", "image/png")),
+             ("files", ("ok.png", omniglot_png(CHARACTERS[0], 19), "image/png"))]
+    results = client.post(f"/v1/classifiers/{created['id']}/predict", headers=user,
+                          files=files).json()["results"]
+    assert results[0] == {"filename": "junk.png", "error": "not a decodable image"}
+    assert len(results[1]["predictions"]) == 5
+
+
+def test_tiny_dataset_trains_without_holdout(client: Any, settings: Settings,
+                                             start_worker: Any) -> None:
+    """One image a class: no holdout (metrics null), and the classifier still trains."""
+    user = new_key(settings, "acme")
+    worker = start_worker(settings)
+    ds = client.post("/v1/datasets", headers=user, data={"name": "one-shot"},
+                     files={"archive": ("g.zip", omniglot_zip(CHARACTERS[:3], range(1)))}).json()
+    created = client.post("/v1/classifiers", headers=user,
+                          json={"name": "c", "dataset_id": ds["id"],
+                                "base_model_id": "handwriting", "params": {"steps": 5}}).json()
+    job = wait_for_job(client, user, created["job_id"], log=worker.log)
+    assert job["status"] == "succeeded", job
+    assert client.get(f"/v1/classifiers/{created['id']}", headers=user).json()["metrics"] is None
+
+
+def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
+                                                start_worker: Any) -> None:
+    """Kill the worker mid-pretraining; a new worker resumes from the checkpoint and finishes.
+    The new base model then trains a classifier."""
+    admin = new_key(settings, "ops", admin=True)
+    ds = client.post("/v1/datasets", headers=admin, data={"name": "base classes"},
+                     files={"archive": ("g.zip", omniglot_zip(CHARACTERS, range(6)))}).json()
+    params = {"filters": 16, "ways": 5, "shots": 2, "queries": 2, "meta_batch": 1,
+              "inner_steps": 1, "iterations": 150}
+    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
+                    json={"name": "tiny", "dataset_id": ds["id"], "algorithm": "mtl-reptile",
+                          "params": params})
+    assert r.status_code == 202, r.text
+    job_id, base_id = r.json()["job_id"], r.json()["base_model_id"]
+    card = settings.base_models_dir / base_id / "model.json"
+
+    first = start_worker(settings)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if card.exists() and json.loads(card.read_text())["training"]["iteration"] > 0:
+            break
+        assert first.proc.poll() is None, first.log.read_text()[-3000:]
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no checkpoint was written:\n" + first.log.read_text()[-3000:])
+    first.kill()
+    checkpointed = json.loads(card.read_text())["training"]
+    assert not checkpointed["completed"], "the job finished before the worker was killed"
+    assert client.get(f"/v1/jobs/{job_id}", headers=admin).json()["status"] == "running"
+
+    second = start_worker(settings)
+    job = wait_for_job(client, admin, job_id, log=second.log)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert job["metrics"]["resumed_from_iteration"] >= checkpointed["iteration"] > 0
+    base = next(m for m in client.get("/v1/base-models", headers=admin).json()
+                if m["id"] == base_id)
+    assert base["status"] == "ready" and base["algorithm"] == "mtl-reptile"
+
+    created = client.post("/v1/classifiers", headers=admin,
+                          json={"name": "c", "dataset_id": ds["id"], "base_model_id": base_id,
+                                "params": {"steps": 5}}).json()
+    job = wait_for_job(client, admin, created["job_id"], log=second.log)
+    assert job["status"] == "succeeded", job
+    r = client.post(f"/v1/classifiers/{created['id']}/predict", headers=admin,
+                    files={"files": ("x.png", omniglot_png(CHARACTERS[0], 7), "image/png")})
+    assert r.status_code == 200 and len(r.json()["results"][0]["predictions"]) == 5
