@@ -83,7 +83,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, image_size=config.image_size, channels=config.channels)
     for file, reason in data.rejected:
         print(f"warning: skipped {file}: {reason}", file=sys.stderr)
-    command = "mtl " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("mtl") else None
+    command = "mtl " + " ".join(args.argv)
     bar = _progress_bar(config.iterations, f"pretrain {config.algorithm}")
 
     def on_progress(p: Progress) -> None:
@@ -94,7 +94,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         result = pretrain(config, data, device=args.device, out_dir=args.out, resume=args.resume,
                           checkpoint_every_s=args.checkpoint_every, progress=on_progress,
-                          extra_card={"command": command} if command else None)
+                          extra_card={"command": command})
     finally:
         bar.close()
     t = result.card["training"]
@@ -110,7 +110,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="episodic evaluation of a base model on unseen classes",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by mtl pretrain")
-    p.add_argument("--dataset", required=True, type=Path, help="unseen classes (.npz or folder)")
+    p.add_argument("--dataset", required=True, type=Path, action="append",
+                   help="unseen classes (.npz or folder); repeat to combine, e.g. val and test")
     p.add_argument("--ways", type=_int_list, default=[5], help="e.g. 5,20,35")
     p.add_argument("--shots", type=_int_list, default=[1, 5], help="e.g. 1,5")
     p.add_argument("--episodes", type=int, default=600)
@@ -127,18 +128,21 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--record", metavar="NAME", default=None,
+                   help="also store the results in the checkpoint's card as metrics[NAME]")
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from models.adaptation import AdaptConfig, evaluate
     from models.checkpoint import load_base_model
-    from models.data import load_dataset
+    from models.data import concat, load_dataset
     from models.training import resolve_device
 
     device = resolve_device(args.device)
     net, card = load_base_model(args.checkpoint, device=device)
-    data = load_dataset(args.dataset, image_size=card["image_size"], channels=card["channels"])
+    data = concat([load_dataset(path, image_size=card["image_size"], channels=card["channels"])
+                   for path in args.dataset])
     config = AdaptConfig.from_card(card, steps=args.adapt_steps, lr=args.adapt_lr,
                                    batch_size=args.adapt_batch, head_init=args.head_init,
                                    bn_stats=args.bn_stats)
@@ -147,12 +151,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for ways in args.ways:
         if ways > data.num_classes:
-            raise UsageError(f"{ways}-way needs {ways} classes; {args.dataset} has {data.num_classes}")
+            raise UsageError(f"{ways}-way needs {ways} classes; the data has {data.num_classes}")
         for shots in args.shots:
             queries = args.queries if args.queries is not None else min(15, smallest - shots)
             if queries < 1 or shots + queries > smallest:
                 raise UsageError(f"{shots} shots leave no query images: the smallest class of "
-                                 f"{args.dataset} has {smallest} images")
+                                 f"the data has {smallest} images")
             bar = _progress_bar(args.episodes, f"{ways}-way {shots}-shot")
 
             def on_episode(done: int, total: int, acc: float, bar: Any = bar) -> None:
@@ -169,13 +173,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = {
         "results": results,
         "checkpoint": str(args.checkpoint),
-        "config": {"dataset": str(args.dataset), "algorithm": card.get("algorithm"),
+        "config": {"dataset": [str(p) for p in args.dataset], "algorithm": card.get("algorithm"),
                    "combine": card.get("combine"), "adaptation": vars(config),
                    "transductive": args.transductive, "seed": args.seed, "device": str(device),
                    "seconds": round(time.perf_counter() - started, 1)},
     }
     mode = "transductive" if args.transductive else "non-transductive"
-    print(f"{card.get('algorithm')} on {args.dataset} ({mode}; adaptation {vars(config)})")
+    print(f"{card.get('algorithm')} on {' + '.join(map(str, args.dataset))} ({mode}; adaptation {vars(config)})")
     print(f"{'ways':>5} {'shots':>5} {'queries':>7} {'episodes':>8} {'accuracy':>9} {'ci95':>7}")
     for r in results:
         print(f"{r['ways']:>5} {r['shots']:>5} {r['queries']:>7} {r['episodes']:>8} "
@@ -183,6 +187,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.record:
+        from models.checkpoint import record_metrics
+
+        record_metrics(args.checkpoint, args.record,
+                       {**report, "command": "mtl " + " ".join(args.argv)})
     return 0
 
 
@@ -245,6 +254,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
     import uvicorn
@@ -259,6 +269,13 @@ def _serve(args: argparse.Namespace) -> int:
     worker = None
     if not args.no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with this handler that
+    # ends in the `finally` below, so the worker is stopped too instead of being orphaned.
+    signal.signal(signal.SIGTERM, stop)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     finally:
@@ -346,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in checkpoint cards as the exact command
     from models.errors import MTLError
 
     try:

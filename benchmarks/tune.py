@@ -15,6 +15,7 @@ Rows are appended to --out as JSON lines.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -24,8 +25,10 @@ import numpy as np
 import torch
 
 from models.adaptation import evaluate
+from models.checkpoint import load_base_model
 from models.config import AdaptConfig, PretrainConfig
 from models.data import ImageSet, data_root, load_dataset
+from models.errors import ConfigError
 from models.training import pretrain
 
 DEFAULT_ADAPT = [
@@ -68,19 +71,31 @@ def main() -> None:
     for spec in args.specs:
         spec.setdefault("image_size", base.image_size)
         spec.setdefault("channels", base.channels)
-        config = PretrainConfig(**spec)
-        t0 = time.perf_counter()
-        result = pretrain(config, base, device=args.device)
-        train_s = time.perf_counter() - t0
+        if "checkpoint" in spec:
+            net, card = load_base_model(spec["checkpoint"])
+            train_s = card["training"]["seconds"]
+            final_loss = card["history"][-1]["loss"] if card["history"] else None
+        else:
+            config = PretrainConfig(**spec)
+            key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+            t0 = time.perf_counter()
+            result = pretrain(config, base, device=args.device, out_dir=Path("runs/tune") / key)
+            train_s = time.perf_counter() - t0
+            net, final_loss = result.net, result.history[-1]["loss"]
+            print(f"trained {spec} in {train_s:.0f} s -> runs/tune/{key}", flush=True)
         for adapt in args.adapt:
-            cell = evaluate(result.net, val, ways=args.ways, shots=args.shots, queries=15,
-                            episodes=args.episodes, config=AdaptConfig(**adapt), seed=12345,
-                            device=args.device)
+            try:
+                cell = evaluate(net, val, ways=args.ways, shots=args.shots, queries=15,
+                                episodes=args.episodes, config=AdaptConfig(**adapt), seed=12345,
+                                device=args.device)
+            except ConfigError as exc:
+                print(json.dumps({"spec": spec, "adapt": adapt, "error": str(exc)}), flush=True)
+                continue
             row = {"dataset": args.dataset, "validation_classes": val.num_classes,
                    "base_classes": base.num_classes, "spec": spec, "adapt": adapt,
                    "ways": args.ways, "shots": args.shots, "episodes": args.episodes,
                    "accuracy": round(cell.accuracy, 4), "ci95": round(cell.ci95, 4),
-                   "train_seconds": round(train_s, 1), "final_loss": result.history[-1]["loss"],
+                   "train_seconds": round(train_s, 1), "final_loss": final_loss,
                    "machine": f"{platform.machine()} {torch.get_num_threads()} threads"}
             print(json.dumps(row), flush=True)
             with args.out.open("a") as fh:

@@ -86,6 +86,15 @@ def load_checkpoint(directory: Path | str) -> tuple[dict[str, torch.Tensor], dic
     return tensors, card
 
 
+def record_metrics(directory: Path | str, key: str, value: Any) -> None:
+    """Store `value` under `metrics[key]` in a checkpoint's card, leaving the weights alone."""
+    directory = Path(directory)
+    _, card = load_checkpoint(directory)
+    card.setdefault("metrics", {})[key] = value
+    text = json.dumps(card, indent=2)
+    _atomic_write(directory / CARD, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
 def save_base_model(
     directory: Path | str, net: MetaNet, card: dict[str, Any],
     extra_tensors: dict[str, torch.Tensor] | None = None,

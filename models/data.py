@@ -257,6 +257,29 @@ def load_dataset(
     return load_image_folder(path, image_size=image_size, channels=channels, max_per_class=max_per_class)
 
 
+def concat(sets: Sequence[ImageSet]) -> ImageSet:
+    """The classes of several image sets as one (e.g. miniImageNet val + test, 36 unseen classes)."""
+    if len(sets) == 1:
+        return sets[0]
+    shapes = {tuple(s.images.shape[1:]) for s in sets}
+    if len(shapes) != 1:
+        raise DatasetError(f"cannot combine image sets of different shapes: {sorted(shapes)}")
+    names: list[str] = []
+    labels = []
+    for s in sets:
+        labels.append(s.labels + len(names))
+        names.extend(s.class_names)
+    if len(set(names)) != len(names):
+        raise DatasetError("the combined data sets share class names")
+    return ImageSet(
+        images=torch.cat([s.images for s in sets]),
+        labels=torch.cat(labels),
+        class_names=names,
+        source="+".join(s.source for s in sets),
+        rejected=[r for s in sets for r in s.rejected],
+    )
+
+
 def split_classes(data: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, ImageSet]:
     """Split classes (not images) into a training set and `holdout` validation classes."""
     rng = np.random.default_rng(seed)
