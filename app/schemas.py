@@ -40,17 +40,44 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
-class ClassifierParams(Strict):
-    """How a classifier is fine-tuned; defaults chosen by measurement (see docs/service.md)."""
+# Used when neither the request nor the base model's card says otherwise (see docs/service.md).
+CLASSIFIER_DEFAULTS: dict[str, Any] = {
+    "steps": 50,
+    "learning_rate": 0.01,
+    "batch_size": 0,
+    "head_init": "prototype",
+    "bn_stats": "frozen",
+}
 
-    steps: int = Field(default=50, ge=0, le=10_000)
-    learning_rate: float = Field(default=0.01, ge=0.0, le=10.0)
-    batch_size: int = Field(
-        default=0, ge=0, le=4096, description="0: all training images every step"
+
+class ClassifierParams(Strict):
+    """How a classifier is fine-tuned. Fields left out take the base model's recommended values
+    (the `adaptation` of its card, measured when it was pretrained), else CLASSIFIER_DEFAULTS."""
+
+    steps: int | None = Field(default=None, ge=0, le=10_000)
+    learning_rate: float | None = Field(default=None, ge=0.0, le=10.0)
+    batch_size: int | None = Field(
+        default=None, ge=0, le=4096, description="0: all training images every step"
     )
     holdout_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    head_init: Literal["zeros", "prototype", "meta"] = "prototype"
+    head_init: Literal["zeros", "prototype", "meta"] | None = None
+    bn_stats: Literal["frozen", "support"] | None = None
+
+    def resolved(self, card_adaptation: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter filled in: request, then the base model's card, then the defaults."""
+        from_card = {
+            "steps": card_adaptation.get("steps"),
+            "learning_rate": card_adaptation.get("lr"),
+            "batch_size": card_adaptation.get("batch_size"),
+            "head_init": card_adaptation.get("head_init"),
+            "bn_stats": card_adaptation.get("bn_stats"),
+        }
+        out = self.model_dump()
+        for name, default in CLASSIFIER_DEFAULTS.items():
+            if out[name] is None:
+                out[name] = from_card[name] if from_card[name] is not None else default
+        return out
 
 
 class ClassifierCreate(Strict):

@@ -328,6 +328,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         lr=params["learning_rate"],
         batch_size=params["batch_size"],
         head_init=params["head_init"],
+        bn_stats=params.get("bn_stats") or "frozen",
     )
     labels = data.labels.tolist()
     train_idx, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])

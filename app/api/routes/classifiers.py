@@ -100,15 +100,14 @@ def create_classifier(
 
     dataset = get_owned_dataset(session, key, body.dataset_id)
     base = visible_base_model(session, key, body.base_model_id)
-    if body.params.head_init == "meta":
-        ways = read_card(base_model_dir(settings, base.storage)).get("meta_ways")
-        if ways != len(dataset.classes):
-            raise HTTPException(
-                422,
-                f"head_init 'meta' needs exactly {ways} classes (the base "
-                f"model's meta head); the dataset has {len(dataset.classes)}",
-            )
-    params = body.params.model_dump()
+    card = read_card(base_model_dir(settings, base.storage))
+    params = body.params.resolved(card.get("adaptation") or {})
+    if params["head_init"] == "meta" and card.get("meta_ways") != len(dataset.classes):
+        raise HTTPException(
+            422,
+            f"head_init 'meta' needs exactly {card.get('meta_ways')} classes (the base model's "
+            f"meta head); the dataset has {len(dataset.classes)}",
+        )
     clf = Classifier(
         tenant=key.tenant,
         name=body.name,
