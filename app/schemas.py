@@ -46,7 +46,7 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     "learning_rate": 0.01,
     "batch_size": 0,
     "head_init": "prototype",
-    "bn_stats": "frozen",
+    "bn_stats": "support",
 }
 
 

@@ -46,9 +46,7 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="pretraining checkpoint interval"
     )
     job_stale_after_s: float = Field(
-        default=900.0,
-        gt=0,
-        description="a running job without a heartbeat for this long is re-queued",
+        default=120.0, gt=0, description="a running job without a heartbeat this long is re-queued"
     )
     recovery_interval_s: float = Field(
         default=60.0, gt=0, description="how often workers look for them"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -174,6 +175,8 @@ def run_job(settings: Settings, job_id: str) -> str:
         return "skipped"
     reporter = Reporter(settings, claim)
     runner = train_classifier if claim.kind == "training" else pretrain_base_model
+    heartbeat = Heartbeat(settings, claim)
+    heartbeat.start()
     try:
         outcome = runner(settings, job_id, reporter)
     except TrainingCancelled:
@@ -193,7 +196,42 @@ def run_job(settings: Settings, job_id: str) -> str:
             on_owned=lambda s: _mark_product(s, job_id, "failed"),
         )
         return "failed"
+    finally:
+        heartbeat.stop()
     return outcome
+
+
+class Heartbeat(threading.Thread):
+    """Marks the claimed job alive every `job_stale_after_s / 6` seconds while it runs, however
+    long a step (loading data, one big iteration) takes. Stops when this attempt loses the job."""
+
+    def __init__(self, settings: Settings, claim: Claim) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{claim.job_id}")
+        self.url = settings.resolved_database_url
+        self.claim = claim
+        self.interval = max(0.2, settings.job_stale_after_s / 6)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                with session_scope(self.url) as session:
+                    result = session.execute(
+                        update(Job)
+                        .where(
+                            Job.id == self.claim.job_id,
+                            Job.attempts == self.claim.attempt,
+                            Job.status == "running",
+                        )
+                        .values(heartbeat_at=utcnow())
+                    )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    return
+            except Exception:  # a missed beat is retried at the next interval
+                log.exception("heartbeat for job %s failed", self.claim.job_id)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 def _mark_product(session: Any, job_id: str, status: str) -> None:

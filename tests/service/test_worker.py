@@ -59,6 +59,7 @@ def test_end_to_end_classifier(client: Any, settings: Settings, start_worker: An
     assert sum(c["support"] for c in metrics["per_class"]) == 5  # one held-out drawing a class
     accuracy = predict_accuracy(client, user, created["id"], range(10, 20))
     assert accuracy >= 0.8, accuracy
+    assert client.app.state.predict_service.cached_ids() == [created["id"]]
 
     # A file that does not decode is answered in its place; the others still are.
     files = [("files", ("junk.png", b"junk", "image/png")),
@@ -131,3 +132,27 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
     r = client.post(f"/v1/classifiers/{created['id']}/predict", headers=admin,
                     files={"files": ("x.png", omniglot_png(CHARACTERS[0], 7), "image/png")})
     assert r.status_code == 200 and len(r.json()["results"][0]["predictions"]) == 5
+
+
+def test_cancel_a_running_pretraining_job(client: Any, settings: Settings,
+                                          start_worker: Any) -> None:
+    admin = new_key(settings, "ops", admin=True)
+    ds = client.post("/v1/datasets", headers=admin, data={"name": "base classes"},
+                     files={"archive": ("g.zip", omniglot_zip(CHARACTERS, range(4)))}).json()
+    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
+                    json={"name": "long", "dataset_id": ds["id"], "algorithm": "mtl-reptile",
+                          "params": {"filters": 8, "ways": 5, "shots": 2, "queries": 2,
+                                     "meta_batch": 1, "inner_steps": 1, "iterations": 100000}})
+    job_id, base_id = r.json()["job_id"], r.json()["base_model_id"]
+    worker = start_worker(settings)
+    deadline = time.monotonic() + 120
+    while client.get(f"/v1/jobs/{job_id}", headers=admin).json()["progress"]["step"] < 2:
+        assert time.monotonic() < deadline, worker.log.read_text()[-3000:]
+        time.sleep(0.2)
+    running = client.post(f"/v1/jobs/{job_id}/cancel", headers=admin).json()
+    assert running["status"] == "running"  # stops at its next step
+    job = wait_for_job(client, admin, job_id, log=worker.log, timeout=60)
+    assert job["status"] == "cancelled" and job["progress"]["step"] < 100000
+    base = next(m for m in client.get("/v1/base-models", headers=admin).json()
+                if m["id"] == base_id)
+    assert base["status"] == "cancelled"
