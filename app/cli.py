@@ -344,9 +344,20 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks whose reports are committed under benchmarks/results")
+    bench = p.add_subparsers(dest="bench", required=True)
+    table1 = bench.add_parser("table1", help="the paper's Table 1 on unseen classes, all methods")
+    from benchmarks import table1 as table1_module
+
+    table1_module.add_arguments(table1)
+    table1.set_defaults(handler=table1_module.main)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_pretrain,
     _add_evaluate,
+    _add_bench,
     _add_serve,
     _add_worker,
     _add_migrate,

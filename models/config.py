@@ -77,6 +77,32 @@ class PretrainConfig:
         fixed = ALGORITHMS[self.algorithm][1]
         return self.beta if fixed is None else fixed
 
+    def passes_per_iteration(self) -> int:
+        """Image forward+backward passes one iteration performs: the unit of an equal budget.
+
+        MAML's second-order backward costs more time than a pass; it is counted as one pass per
+        image all the same, and its extra cost shows in the speed benchmark instead.
+        """
+        per_task_all = self.ways * (self.shots + self.queries)
+        learner, beta = self.meta_learner, self.effective_beta
+        authors = self.combine == "authors"
+        meta_on = learner not in (None, "protonet") and ((1 - beta) if authors else beta) > 0
+        transfer_on = learner != "protonet" and (beta if authors else (1 - beta)) > 0
+        passes = 0
+        if learner == "protonet":
+            passes += self.meta_batch * per_task_all
+        if meta_on:
+            if learner == "reptile":
+                batch = per_task_all if self.inner_batch <= 0 else min(self.inner_batch, per_task_all)
+                passes += self.meta_batch * self.inner_steps * batch
+            else:
+                support = self.ways * self.shots
+                batch = support if self.inner_batch <= 0 else min(self.inner_batch, support)
+                passes += self.meta_batch * (self.inner_steps * batch + self.ways * self.queries)
+        if transfer_on:
+            passes += self.meta_batch * per_task_all
+        return passes
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
         known = {f.name for f in fields(cls)}

@@ -1,0 +1,286 @@
+"""The paper's Table 1, reproduced: every method pretrained on the base classes with the same
+budget, then evaluated on the same seeded episodes of unseen classes.
+
+    mtl bench table1 --dataset omniglot|miniimagenet-lite --profile quick|full|gpu [--out DIR]
+
+Budget: every method gets the same number of image forward+backward passes
+(`PretrainConfig.passes_per_iteration` x iterations), so a method whose iteration does more work
+runs fewer iterations. Hyperparameters come from `METHODS` below, chosen on validation classes only
+(`benchmarks/tune.py`, results in `benchmarks/results/tuning-*.jsonl`).
+
+The run is resumable: checkpoints live in `runs/bench/<dataset>-<profile>/<method>` and finished
+cells are kept in `results.json`; running the same command again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["transfer", "protonet", "reptile", "mtl-reptile", "maml", "mtl-maml", "fomaml", "mtl-fomaml"]
+PAPER_COLUMNS = {"transfer": "Transfer", "protonet": "ProtoNet", "reptile": "Reptile",
+                 "mtl-reptile": "MTL-Reptile", "maml": "MAML", "mtl-maml": "MTL-MAML",
+                 "fomaml": "FOMAML", "mtl-fomaml": "MTL-FOMAML"}
+
+
+@dataclass
+class Profile:
+    image_size: int
+    channels: int
+    filters: int
+    budget_passes: int  # image forward+backward passes per method
+    episodes: int
+    ways: list[int]
+    shots: list[int]
+    max_shot_queries: int  # queries per class in the largest-shot cell
+    adapt_batch: int = 64  # cap on images per adaptation step, so 35-way 100-shot stays affordable
+    common: dict[str, Any] = field(default_factory=dict)
+
+
+PROFILES: dict[tuple[str, str], Profile] = {
+    # Seconds, for the test suite: checks the harness end to end, measures nothing.
+    ("omniglot", "smoke"): Profile(28, 1, 8, budget_passes=1_500, episodes=3, ways=[5],
+                                   shots=[1, 15], max_shot_queries=5),
+    ("omniglot", "quick"): Profile(28, 1, 32, budget_passes=300_000, episodes=100, ways=[5, 20, 35],
+                                   shots=[1, 5, 15], max_shot_queries=5),
+    ("omniglot", "full"): Profile(28, 1, 64, budget_passes=3_000_000, episodes=600, ways=[5, 20, 35],
+                                  shots=[1, 5, 15], max_shot_queries=5),
+    ("miniimagenet-lite", "quick"): Profile(84, 3, 32, budget_passes=60_000, episodes=50,
+                                            ways=[5, 20, 35], shots=[1, 5, 100], max_shot_queries=20,
+                                            common={"augment": True}),
+    ("miniimagenet-lite", "full"): Profile(84, 3, 32, budget_passes=600_000, episodes=600,
+                                           ways=[5, 20, 35], shots=[1, 5, 100], max_shot_queries=20,
+                                           common={"augment": True}),
+    # One H100 in about 10 minutes: see benchmarks/gpu_table1.sh.
+    ("miniimagenet-lite", "gpu"): Profile(84, 3, 64, budget_passes=3_000_000, episodes=200,
+                                          ways=[5, 20, 35], shots=[1, 5, 100], max_shot_queries=20,
+                                          common={"augment": True}),
+}
+
+# Shared meta-training settings, then per-method changes (chosen on validation classes).
+BASE_CONFIG: dict[str, Any] = {"ways": 5, "shots": 5, "queries": 5, "meta_batch": 5,
+                               "inner_steps": 5, "inner_lr": 0.05, "transfer_lr": 0.05,
+                               "outer_lr": 1.0, "beta": 0.5, "combine": "paper"}
+METHOD_CONFIG: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
+# How each method's base model adapts at test time (protonet: nearest class mean, no steps).
+ADAPTATION: dict[str, dict[str, Any]] = {
+    m: {"steps": 30, "lr": 0.1, "head_init": "zeros", "bn_stats": "support"} for m in METHODS
+}
+ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    desc = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        desc += f", {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def load_splits(dataset: str, profile: Profile) -> tuple[Any, Any]:
+    """(base classes, unseen classes): Omniglot background/evaluation; miniImageNet train/val+test."""
+    from models.data import concat, data_root, load_dataset
+
+    root = data_root()
+    if dataset == "omniglot":
+        return (load_dataset(root / "omniglot" / "images_background.npz", image_size=profile.image_size,
+                             channels=profile.channels),
+                load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=profile.image_size,
+                             channels=profile.channels))
+    mini = root / "miniimagenet-lite"
+    base = load_dataset(mini / "train", image_size=profile.image_size, channels=profile.channels)
+    unseen = concat([load_dataset(mini / s, image_size=profile.image_size, channels=profile.channels)
+                     for s in ("val", "test")])
+    return base, unseen
+
+
+def method_config(method: str, profile: Profile) -> Any:
+    from models.config import PretrainConfig
+
+    spec = {**BASE_CONFIG, **profile.common, **METHOD_CONFIG[method], "algorithm": method,
+            "image_size": profile.image_size, "channels": profile.channels, "filters": profile.filters,
+            "iterations": 1}
+    config = PretrainConfig(**spec)
+    config.iterations = max(1, profile.budget_passes // config.passes_per_iteration())
+    return config
+
+
+def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str) -> dict[str, Any]:
+    from models.adaptation import evaluate
+    from models.checkpoint import load_base_model, load_checkpoint
+    from models.config import AdaptConfig
+    from models.errors import CheckpointError
+    from models.training import pretrain, resolve_device
+
+    profile = PROFILES[(dataset, profile_name)]
+    dev = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    report: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    report.update({
+        "dataset": dataset, "profile": profile_name, "profile_settings": asdict(profile),
+        "budget": f"{profile.budget_passes} image forward+backward passes per method",
+        "machine": _machine(), "commit": _git_commit(),
+        "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}",
+        "unseen_classes": "Omniglot evaluation alphabets (659 characters)" if dataset == "omniglot"
+        else "miniImageNet-lite val + test (36 classes)",
+        "evaluation": "non-transductive; identical seeded episodes for every method",
+    })
+    report.setdefault("methods", {})
+    report.setdefault("cells", [])
+    base, unseen = load_splits(dataset, profile)
+    smallest = min(unseen.class_counts())
+    ckpt_root = (REPO / "runs" / "bench" if profile_name != "smoke" else out / "checkpoints") / f"{dataset}-{profile_name}"
+    started = time.perf_counter()
+    for method in methods:
+        config = method_config(method, profile)
+        ckpt = ckpt_root / method
+        try:
+            _, card = load_checkpoint(ckpt)
+            done = card["training"]["completed"]
+        except CheckpointError:
+            done = False
+        if not done:
+            print(f"[{method}] pretraining {config.iterations} iterations "
+                  f"({config.passes_per_iteration()} passes each)", file=sys.stderr, flush=True)
+            pretrain(config, base, device=dev, out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120)
+        net, card = load_base_model(ckpt, device=dev)
+        adapt = AdaptConfig(**{**ADAPTATION[method], "batch_size": profile.adapt_batch})
+        report["methods"][method] = {"config": asdict(config), "adaptation": asdict(adapt),
+                                     "train_seconds": card["training"]["seconds"],
+                                     "iterations": config.iterations}
+        for ways in profile.ways:
+            for shots in profile.shots:
+                if any(c["method"] == method and c["ways"] == ways and c["shots"] == shots
+                       for c in report["cells"]):
+                    continue
+                queries = profile.max_shot_queries if shots == max(profile.shots) else 15
+                queries = min(queries, smallest - shots)
+                t0 = time.perf_counter()
+                cell = evaluate(net, unseen, ways=ways, shots=shots, queries=queries,
+                                episodes=profile.episodes, config=adapt, seed=2019, device=dev)
+                row = {"method": method, **cell.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                report["cells"].append(row)
+                report["wall_clock_seconds"] = round(report.get("wall_clock_seconds", 0)
+                                                     + time.perf_counter() - started, 1)
+                started = time.perf_counter()
+                results_path.write_text(json.dumps(report, indent=2) + "\n")
+    results_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, out / "table1.md")
+    write_chart(report, out / "table1.png")
+    return report
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    methods = [m for m in METHODS if m in report["methods"]]
+    cells = {(c["method"], c["ways"], c["shots"]): c for c in report["cells"]}
+    rows = sorted({(c["ways"], c["shots"]) for c in report["cells"]})
+    lines = [f"# Table 1 on {report['dataset']} ({report['profile']} profile)", "",
+             f"Unseen classes: {report['unseen_classes']}. Budget: {report['budget']}. "
+             f"Evaluation: {report['evaluation']}. Accuracy % ± 95% CI; best per row in bold "
+             "(ties within the CI of the best are not marked).", "",
+             "| task | " + " | ".join(PAPER_COLUMNS[m] for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for ways, shots in rows:
+        accs = {m: cells[(m, ways, shots)]["accuracy"] for m in methods if (m, ways, shots) in cells}
+        best = max(accs, key=lambda m: accs[m]) if accs else None
+        out = []
+        for m in methods:
+            c = cells.get((m, ways, shots))
+            if c is None:
+                out.append("–")
+                continue
+            text = f"{100 * c['accuracy']:.2f} ± {100 * c['ci95']:.2f}"
+            out.append(f"**{text}**" if m == best else text)
+        episodes = next(iter(c["episodes"] for (m, w, s), c in cells.items() if (w, s) == (ways, shots)))
+        queries = next(iter(c["queries"] for (m, w, s), c in cells.items() if (w, s) == (ways, shots)))
+        lines.append(f"| {ways}-way {shots}-shot ({queries} q, {episodes} ep) | " + " | ".join(out) + " |")
+    lines += ["", f"Machine: {report['machine']}. Commit: {report['commit']}. "
+              f"Wall clock: {report.get('wall_clock_seconds', 0) / 60:.0f} min. "
+              f"Command: `{report['command']}`.", ""]
+    lines.append("Pretraining per method (iterations at an equal pass budget, seconds):")
+    for m in methods:
+        info = report["methods"][m]
+        lines.append(f"- {m}: {info['iterations']} iterations, {info['train_seconds']:.0f} s; "
+                     f"adaptation {info['adaptation']}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ways_list = sorted({c["ways"] for c in report["cells"]})
+    fig, axes = plt.subplots(1, len(ways_list), figsize=(5 * len(ways_list), 4), squeeze=False)
+    for ax, ways in zip(axes[0], ways_list, strict=True):
+        for m in METHODS:
+            pts = sorted((c["shots"], c["accuracy"], c["ci95"]) for c in report["cells"]
+                         if c["method"] == m and c["ways"] == ways)
+            if not pts:
+                continue
+            xs, ys, es = zip(*pts, strict=True)
+            ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o",
+                        capsize=3, label=PAPER_COLUMNS[m],
+                        linestyle="-" if m.startswith("mtl") else "--")
+        ax.set_xscale("log")
+        ax.set_title(f"{ways}-way")
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{report['dataset']}, {report['profile']} profile (unseen classes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["omniglot", "miniimagenet-lite"], required=True)
+    p.add_argument("--profile", choices=["smoke", "quick", "full", "gpu"], default="quick")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: benchmarks/results/table1-<dataset>-<profile>")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    p.add_argument("--device", default="auto")
+
+
+def main(args: argparse.Namespace) -> int:
+    if (args.dataset, args.profile) not in PROFILES:
+        raise SystemExit(f"error: no {args.profile} profile for {args.dataset}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
+    out = args.out or REPO / "benchmarks" / "results" / f"table1-{args.dataset}-{args.profile}"
+    report = run(args.dataset, args.profile, out, methods, args.device)
+    print((out / "table1.md").read_text())
+    print(f"wrote {out}/results.json, table1.md, table1.png "
+          f"({report.get('wall_clock_seconds', 0) / 60:.0f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
