@@ -1,0 +1,58 @@
+"""Small pure pieces of the service: holdout split, metrics, archive reading, settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.schemas import ClassifierParams
+from app.settings import Settings
+from app.uploads import UploadError, read_archive
+from tests.service.conftest import random_png, zip_bytes
+from worker.jobs import classification_metrics, holdout_split
+
+
+def test_holdout_keeps_a_training_image_in_every_class() -> None:
+    labels = [0] * 5 + [1] * 2 + [2]
+    train, hold = holdout_split(labels, 0.2, seed=0)
+    assert sorted(train + hold) == list(range(8))
+    held = [labels[i] for i in hold]
+    assert held.count(0) == 1 and held.count(1) == 1 and held.count(2) == 0
+    assert {labels[i] for i in train} == {0, 1, 2}
+    assert holdout_split(labels, 0.0, seed=0) == (list(range(8)), [])
+    assert holdout_split([0, 1, 2], 0.5, seed=0) == ([0, 1, 2], [])
+
+
+def test_classification_metrics() -> None:
+    m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
+    assert m["holdout_accuracy"] == 0.75
+    assert m["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert m["per_class"][0] == {"label": "a", "precision": 1.0, "recall": 0.5, "support": 2}
+    assert m["per_class"][1] == {"label": "b", "precision": 0.6667, "recall": 1.0, "support": 2}
+
+
+def test_archive_layouts() -> None:
+    flat = read_archive(zip_bytes({"a/1.png": random_png(1), "b/1.png": random_png(2)}),
+                        max_files=10, max_uncompressed=10**7)
+    assert sorted(f.label for f in flat.good) == ["a", "b"]
+    enclosed = read_archive(zip_bytes({"top/a/1.png": random_png(1), "top/b/1.png": b"x"}),
+                            max_files=10, max_uncompressed=10**7)
+    assert sorted(f.label for f in enclosed.good) == ["a", "b"]
+    with pytest.raises(UploadError, match="outside"):
+        read_archive(zip_bytes({"a/../../x.png": b"x"}), max_files=10, max_uncompressed=10**7)
+
+
+def test_classifier_params_resolution() -> None:
+    card = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
+    resolved = ClassifierParams(steps=7).resolved(card)
+    assert resolved["steps"] == 7 and resolved["learning_rate"] == 0.0
+    assert resolved["bn_stats"] == "frozen" and resolved["batch_size"] == 0
+    assert ClassifierParams().resolved({})["steps"] == 50
+
+
+def test_settings_refuse_unsafe_production_values() -> None:
+    with pytest.raises(ValidationError, match="24 characters"):
+        Settings(environment="production", admin_key="short")
+    with pytest.raises(ValidationError):
+        Settings(environment="staging")
+    assert Settings(environment="production", admin_key="x" * 24).admin_key
