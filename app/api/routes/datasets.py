@@ -6,6 +6,7 @@ from collections import Counter
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.forms import file_fields, read_form, text_field
@@ -132,17 +133,41 @@ async def create_dataset(
             "a dataset needs at least 2 classes with at least one good image; "
             f"this upload has {len(counts)}" + (f" (rejected: {why})" if why else ""),
         )
-    store = ImageStore(settings.images_dir)
+    # Writing files and rows blocks: off the event loop.
+    ds = await run_in_threadpool(
+        store_dataset,
+        session=session,
+        store=ImageStore(settings.images_dir),
+        tenant=key.tenant,
+        name=name,
+        files=checked.good,
+        rejected=rejected,
+    )
+    return to_public(ds)
+
+
+def store_dataset(
+    *,
+    session: Session,
+    store: ImageStore,
+    tenant: str,
+    name: str,
+    files: list[LabelledFile],
+    rejected: list[tuple[str, str]],
+) -> Dataset:
+    """Store the image files, then the rows in one transaction; on any failure the files this
+    call added are removed again, so nothing is half-stored."""
+    counts = Counter(f.label for f in files)
     created: list[str] = []
     try:
         rows = []
-        for f in checked.good:
+        for f in files:
             digest, new = store.put(f.data)
             if new:
                 created.append(digest)
             rows.append(DatasetImage(sha256=digest, filename=f.filename, label=f.label))
         ds = Dataset(
-            tenant=key.tenant,
+            tenant=tenant,
             name=name,
             num_images=len(rows),
             classes=[{"name": c, "count": counts[c]} for c in sorted(counts)],
@@ -153,10 +178,10 @@ async def create_dataset(
         session.commit()
     except BaseException:
         session.rollback()
-        for digest in created:  # nothing half-stored: files this upload added go too
+        for digest in created:
             store.delete(digest)
         raise
-    return to_public(ds)
+    return ds
 
 
 @router.get("", response_model=list[DatasetPublic])
