@@ -83,7 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MTL model-customization service", version="1", lifespan=lifespan)
     app.state.settings = settings
     app.state.predict_service = PredictService(
-        cache_size=settings.predict_cache_size, device=settings.predict_device
+        cache_size=settings.predict_cache_size,
+        device=settings.predict_device,
+        max_wait_s=settings.predict_batch_wait_ms / 1000,
+        max_batch=settings.predict_max_batch,
     )
     app.include_router(api_router)
 

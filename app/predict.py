@@ -1,13 +1,18 @@
-"""Predicting in the API process: a bounded LRU cache of loaded classifiers, run off the event loop.
+"""Predicting in the API process: a bounded LRU cache of loaded classifiers, run off the event loop,
+with concurrent requests to one classifier micro-batched into one forward pass.
 
-`PredictService.predict` is the one entry point routes call, so a per-classifier micro-batcher
-(gathering concurrent requests into one forward pass) can later go behind it without route changes.
+Each request decodes its own images in a worker thread; the decoded images then join the
+classifier's pending batch, which is run after at most `max_wait_s` (or at once when it reaches
+`max_batch` images) as one forward pass in a thread, and every request gets its own rows back.
+Prediction is in eval mode, so an image's answer does not depend on what it was batched with.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +21,34 @@ from starlette.concurrency import run_in_threadpool
 Ranked = list[tuple[str, float]]
 
 
+@dataclass
+class _Pending:
+    directory: Path
+    requests: list[tuple[Any, asyncio.Future[Any]]] = field(default_factory=list)
+    size: int = 0
+    flush: asyncio.TimerHandle | None = None
+
+
 class PredictService:
-    def __init__(self, *, cache_size: int, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        cache_size: int,
+        device: str = "cpu",
+        max_wait_s: float = 0.005,
+        max_batch: int = 64,
+    ) -> None:
         self.cache_size = cache_size
         self.device = device
+        self.max_wait_s = max_wait_s
+        self.max_batch = max_batch
+        self.forward_passes = 0
         self._cache: OrderedDict[str, tuple[float, Any, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ loaded classifiers
 
     def _classifier(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]]:
         from models.checkpoint import load_classifier
@@ -48,42 +75,103 @@ class PredictService:
         with self._lock:
             return list(self._cache)
 
-    def predict_sync(
-        self, classifier_id: str, directory: Path, images: list[bytes], top_k: int
-    ) -> list[Ranked | str]:
-        """Top-k (label, probability) per image, or the reason an image could not be decoded."""
+    # ------------------------------------------------------------------ steps, in threads
+
+    def _decode(
+        self, classifier_id: str, directory: Path, images: list[bytes]
+    ) -> tuple[Any, list[str | None], list[str]]:
+        """uint8 (n, C, H, W) of the decodable images, the reason per image that is not, labels."""
         import numpy as np
         import torch
 
-        from models.data import decode_image, to_float
+        from models.data import decode_image
         from models.errors import DatasetError
 
         clf, card = self._classifier(classifier_id, directory)
-        out: list[Ranked | str] = []
-        arrays: list[np.ndarray] = []
-        slots: list[int] = []
+        arrays: list[Any] = []
+        errors: list[str | None] = []
         for data in images:
             try:
                 arrays.append(
                     decode_image(data, channels=card["channels"], image_size=card["image_size"])
                 )
-                slots.append(len(out))
-                out.append([])
+                errors.append(None)
             except DatasetError as exc:
-                out.append(str(exc))
-        if arrays:
-            x = to_float(torch.from_numpy(np.stack(arrays))).to(self.device)
-            with torch.inference_mode():
-                probs = clf.predict_proba(x).cpu()
-            k = min(top_k, probs.shape[1])
-            values, indices = probs.topk(k, dim=1)
-            for slot, vs, ix in zip(slots, values.tolist(), indices.tolist(), strict=True):
-                out[slot] = [
-                    (clf.labels[i], round(float(v), 6)) for v, i in zip(vs, ix, strict=True)
-                ]
-        return out
+                errors.append(str(exc))
+        batch = torch.from_numpy(np.stack(arrays)) if arrays else None
+        return batch, errors, list(clf.labels)
+
+    def _forward(self, classifier_id: str, directory: Path, batch: Any) -> Any:
+        import torch
+
+        from models.data import to_float
+
+        clf, _ = self._classifier(classifier_id, directory)
+        self.forward_passes += 1
+        with torch.inference_mode():
+            return clf.predict_proba(to_float(batch.to(self.device))).cpu()
+
+    # ------------------------------------------------------------------ the batcher
+
+    async def _probabilities(self, classifier_id: str, directory: Path, batch: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        pending = self._pending.get(classifier_id)
+        if pending is None:
+            pending = self._pending[classifier_id] = _Pending(directory)
+            pending.flush = loop.call_later(self.max_wait_s, self._start_flush, classifier_id)
+        pending.requests.append((batch, future))
+        pending.size += len(batch)
+        if pending.size >= self.max_batch:
+            self._start_flush(classifier_id)
+        return await future
+
+    def _start_flush(self, classifier_id: str) -> None:
+        pending = self._pending.pop(classifier_id, None)
+        if pending is None:
+            return
+        if pending.flush is not None:
+            pending.flush.cancel()
+        task = asyncio.ensure_future(self._flush(classifier_id, pending))
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, classifier_id: str, pending: _Pending) -> None:
+        import torch
+
+        batches = [b for b, _ in pending.requests]
+        try:
+            probs = await run_in_threadpool(
+                self._forward, classifier_id, pending.directory, torch.cat(batches)
+            )
+        except Exception as exc:  # every waiting request gets the error
+            for _, future in pending.requests:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for batch, future in pending.requests:
+            if not future.done():
+                future.set_result(probs[start : start + len(batch)])
+            start += len(batch)
 
     async def predict(
         self, classifier_id: str, directory: Path, images: list[bytes], top_k: int
     ) -> list[Ranked | str]:
-        return await run_in_threadpool(self.predict_sync, classifier_id, directory, images, top_k)
+        """Top-k (label, probability) per image, or the reason an image could not be decoded."""
+        batch, errors, labels = await run_in_threadpool(
+            self._decode, classifier_id, directory, images
+        )
+        out: list[Ranked | str] = []
+        if batch is None:
+            return [e or "" for e in errors]
+        probs = await self._probabilities(classifier_id, directory, batch)
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        rows = iter(zip(values.tolist(), indices.tolist(), strict=True))
+        for error in errors:
+            if error is not None:
+                out.append(error)
+            else:
+                vs, ix = next(rows)
+                out.append([(labels[i], round(float(v), 6)) for v, i in zip(vs, ix, strict=True)])
+        return out

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     predict_cache_size: int = Field(
         default=8, ge=1, description="loaded classifiers kept in memory"
     )
+    predict_batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="how long a predict waits to share a forward pass"
+    )
+    predict_max_batch: int = Field(default=64, ge=1, description="images in one forward pass")
     predict_device: str = Field(default="cpu", description="device the API predicts on")
     worker_device: str = Field(default="auto", description="device training jobs run on")
     checkpoint_every_s: float = Field(

@@ -1,0 +1,63 @@
+"""The predict service: concurrent requests share one forward pass; the cache is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.predict import PredictService
+from tests.service.conftest import random_png
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(builtin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from models.adaptation import adapt
+    from models.checkpoint import load_base_model, save_classifier
+    from models.config import AdaptConfig
+
+    net, card = load_base_model(builtin_dir / "handwriting")
+    x = torch.rand(6, card["channels"], card["image_size"], card["image_size"],
+                   generator=torch.Generator().manual_seed(0))
+    clf = adapt(net, x, torch.tensor([0, 0, 1, 1, 2, 2]), class_names=["a", "b", "c"],
+                config=AdaptConfig(steps=0))
+    out = tmp_path_factory.mktemp("clf") / "c1"
+    save_classifier(out, clf, {"backbone": card["backbone"], "channels": card["channels"],
+                               "image_size": card["image_size"]})
+    return out
+
+
+def test_concurrent_requests_share_one_forward_pass(classifier_dir: Path) -> None:
+    requests = [[random_png(i)] for i in range(3)] + [[b"junk", random_png(9)]]
+
+    async def concurrently() -> tuple[PredictService, list]:
+        service = PredictService(cache_size=2, max_wait_s=0.2)
+        service._classifier("c1", classifier_dir)  # loaded first, so all requests meet in time
+        results = await asyncio.gather(*(service.predict("c1", classifier_dir, r, 3)
+                                         for r in requests))
+        return service, results
+
+    service, results = asyncio.run(concurrently())
+    assert service.forward_passes == 1
+    assert results[3][0] == "not a decodable image"
+    for got, images in zip(results, requests, strict=True):
+        alone = asyncio.run(PredictService(cache_size=1).predict("c1", classifier_dir, images, 3))
+        for a, b in zip(got, alone, strict=True):
+            if isinstance(a, str):
+                assert a == b
+                continue
+            assert [label for label, _ in a] == [label for label, _ in b]
+            assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-4)
+            assert [p for _, p in a] == sorted((p for _, p in a), reverse=True)
+
+
+def test_cache_is_bounded(classifier_dir: Path) -> None:
+    service = PredictService(cache_size=2, max_wait_s=0.0)
+    for name in ("x", "y", "z"):
+        asyncio.run(service.predict(name, classifier_dir, [random_png(1)], 1))
+    assert service.cached_ids() == ["y", "z"]
+    service.evict("y")
+    assert service.cached_ids() == ["z"]
