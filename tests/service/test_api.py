@@ -354,6 +354,19 @@ def test_pretraining_job_validation(client: Any, user: dict, admin: dict) -> Non
                                          client.get("/v1/base-models", headers=user).json()}
     assert_error(client.post(f"/v1/admin/base-models/{body['base_model_id']}/default",
                              headers=admin), 409, "not ready")
+    new_model = {"name": "c", "base_model_id": body["base_model_id"]}
+    r = client.post("/v1/classifiers", headers=user, json={**new_model, "dataset_id": ds["id"]})
+    assert_error(r, 404, "not found")  # another tenant's base model
+    r = client.post("/v1/classifiers", headers=admin,
+                    json={**new_model, "dataset_id": admin_dataset(client, admin)})
+    assert_error(r, 409, "not ready")
+    # Admin keys see every tenant's jobs; user keys only their own.
+    assert body["job_id"] in {j["id"] for j in client.get("/v1/jobs", headers=admin).json()}
+    assert body["job_id"] not in {j["id"] for j in client.get("/v1/jobs", headers=user).json()}
+
+
+def admin_dataset(client: Any, admin: dict[str, str]) -> str:
+    return str(upload_zip(client, admin, small_zip()).json()["id"])
 
 
 def test_nothing_half_stored_when_the_database_write_fails(
