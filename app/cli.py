@@ -31,8 +31,10 @@ def _int_list(text: str) -> list[int]:
 def _progress_bar(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
+    # Logs (no terminal) get a line every 30 s instead of a redraw several times a second.
+    tty = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, file=sys.stderr,
-                disable=None)
+                mininterval=0.1 if tty else 30.0)
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -87,9 +89,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     bar = _progress_bar(config.iterations, f"pretrain {config.algorithm}")
 
     def on_progress(p: Progress) -> None:
-        bar.n = p.iteration
         bar.set_postfix(loss=f"{p.loss:.3f}", refresh=False)
-        bar.refresh()
+        bar.update(p.iteration - bar.n)
 
     try:
         result = pretrain(config, data, device=args.device, out_dir=args.out, resume=args.resume,

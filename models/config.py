@@ -118,13 +118,15 @@ BN_STATS = ("frozen", "support")
 
 @dataclass
 class AdaptConfig:
-    steps: int = 50
-    lr: float = 0.01
+    # Defaults measured on held-out Omniglot background alphabets (benchmarks/results/tuning-*.jsonl):
+    # zeros + re-estimated statistics + lr 0.1 beat prototype heads and frozen statistics.
+    steps: int = 30
+    lr: float = 0.1
     batch_size: int = 0  # 0: every labelled image in each step
-    head_init: HeadInit = "prototype"
-    # "frozen": batch norm keeps the base model's statistics while fine-tuning, so training and
-    # prediction normalise alike; "support": statistics are re-estimated from the support batches.
-    bn_stats: BNStats = "frozen"
+    head_init: HeadInit = "zeros"
+    # "support": batch-norm statistics are re-estimated from the support batches while
+    # fine-tuning (then frozen for prediction); "frozen": the base model's statistics are kept.
+    bn_stats: BNStats = "support"
 
     def __post_init__(self) -> None:
         if self.bn_stats not in BN_STATS:

@@ -15,7 +15,7 @@ import torch
 
 from models import algorithms as alg
 from models.checkpoint import load_checkpoint, save_base_model
-from models.config import PretrainConfig
+from models.config import AdaptConfig, PretrainConfig
 from models.data import EpisodeSampler, ImageSet, to_float
 from models.errors import CheckpointError, ConfigError, TrainingCancelled
 from models.network import MetaNet, build_metanet
@@ -164,8 +164,8 @@ def default_adaptation(config: PretrainConfig) -> dict[str, Any]:
     """How `adapt` should fine-tune from this base model unless told otherwise (set by measurement;
     see the README)."""
     if config.meta_learner == "protonet":
-        return {"steps": 0, "lr": 0.0, "head_init": "prototype"}
-    return {"steps": 50, "lr": 0.01, "head_init": "prototype"}
+        return {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
+    return asdict(AdaptConfig())
 
 
 def _training_state(

@@ -1,0 +1,115 @@
+"""Meta-training cost: time per iteration of each algorithm against plain supervised passes.
+
+For every algorithm the same meta-batch of tasks is drawn; the reference is one plain supervised
+step (forward, backward, SGD) over all of the iteration's images as one batch, in the same run.
+Two ratios are reported:
+
+- `ratio_to_one_step`: iteration time / one supervised step over the same images. Reptile with k
+  inner steps is bound to be near k+1 here: it does k+1 times the arithmetic.
+- `overhead_per_pass`: iteration time / (the iteration's image passes x the time of one supervised
+  pass per image). This is the cost of the meta-learning machinery itself (functional calls,
+  per-task loops, parameter arithmetic); the goal is at most 1.25 for Reptile, FOMAML and the MTL
+  variants. MAML's second-order backward costs more than a pass by nature; its number is reported.
+
+    python -m benchmarks.speed_training [--device cpu] [--repeats 5] [--out benchmarks/results/speed-training.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.table1 import _git_commit, _machine
+from models.config import PretrainConfig
+from models.data import EpisodeSampler, ImageSet, data_root, load_dataset
+from models.network import build_metanet
+from models.training import _make_tasks, resolve_device, train_step
+
+ALGORITHMS = ["transfer", "protonet", "reptile", "fomaml", "maml", "mtl-reptile", "mtl-fomaml", "mtl-maml"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(data: ImageSet, algorithm: str, device: torch.device, repeats: int, image_size: int,
+            channels: int, filters: int) -> dict[str, float | int | str]:
+    config = PretrainConfig(algorithm=algorithm, image_size=image_size, channels=channels, filters=filters,
+                            iterations=1000)
+    net = build_metanet(backbone=config.backbone, filters=filters, channels=channels, image_size=image_size,
+                        meta_ways=config.ways, num_base_classes=data.num_classes, mean=[0.5] * channels,
+                        std=[0.25] * channels).to(device)
+    sampler = EpisodeSampler(data.labels, ways=config.ways, shots=config.shots, queries=config.queries, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3) if algorithm == "protonet" else None
+    sup_opt = torch.optim.SGD(net.parameters(), lr=1e-4)
+    iter_times, step_times = [], []
+    n_images = 0
+    for r in range(repeats + 1):  # the first round warms up allocators and kernels
+        tasks = _make_tasks(data, sampler, config, device, gen)
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step(net, tasks, config, iteration=r, rng=rng, optimizer=opt)
+        _sync(device)
+        t1 = time.perf_counter()
+        x = torch.cat([t.all_x for t in tasks])
+        y = torch.cat([t.base_y for t in tasks])
+        _sync(device)
+        t2 = time.perf_counter()
+        sup_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x, head="transfer"), y).backward()
+        sup_opt.step()
+        _sync(device)
+        t3 = time.perf_counter()
+        n_images = len(x)
+        if r > 0:
+            iter_times.append(t1 - t0)
+            step_times.append(t3 - t2)
+    t_iter = statistics.median(iter_times)
+    t_step = statistics.median(step_times)
+    passes = config.passes_per_iteration()
+    return {
+        "algorithm": algorithm,
+        "images_per_iteration": n_images,
+        "passes_per_iteration": passes,
+        "iteration_ms": round(1000 * t_iter, 1),
+        "supervised_step_ms": round(1000 * t_step, 1),
+        "ratio_to_one_step": round(t_iter / t_step, 2),
+        "overhead_per_pass": round(t_iter / (t_step * passes / n_images), 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--filters", type=int, default=32)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed-training.json"))
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    data = load_dataset(data_root() / "omniglot" / "images_background.npz", image_size=28, channels=1)
+    rows = [measure(data, a, device, args.repeats, 28, 1, args.filters) for a in ALGORITHMS]
+    print(f"{'algorithm':<12} {'passes':>6} {'iter ms':>8} {'step ms':>8} {'x step':>7} {'per pass':>9}")
+    for r in rows:
+        print(f"{r['algorithm']:<12} {r['passes_per_iteration']:>6} {r['iteration_ms']:>8} "
+              f"{r['supervised_step_ms']:>8} {r['ratio_to_one_step']:>7} {r['overhead_per_pass']:>9}")
+    report = {"benchmark": "meta-training cost per iteration", "data": "Omniglot background, 28x28",
+              "config": "conv4, 5-way, 5 shots + 5 queries per class, meta-batch 5, 5 inner steps",
+              "filters": args.filters, "device": str(device), "machine": _machine(), "commit": _git_commit(),
+              "command": f"python -m benchmarks.speed_training --device {args.device} --repeats {args.repeats}",
+              "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
