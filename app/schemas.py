@@ -40,19 +40,24 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
-# Used when neither the request nor the base model's card says otherwise (see docs/service.md).
-CLASSIFIER_DEFAULTS: dict[str, Any] = {
-    "steps": 50,
-    "learning_rate": 0.01,
-    "batch_size": 0,
-    "head_init": "prototype",
-    "bn_stats": "support",
-}
+def classifier_defaults() -> dict[str, Any]:
+    """Used when neither the request nor the base model's card says otherwise: the defaults of
+    `models.config.AdaptConfig`, chosen by measurement (see docs/service.md). Torch-free."""
+    from models.config import AdaptConfig
+
+    d = AdaptConfig()
+    return {
+        "steps": d.steps,
+        "learning_rate": d.lr,
+        "batch_size": d.batch_size,
+        "head_init": d.head_init,
+        "bn_stats": d.bn_stats,
+    }
 
 
 class ClassifierParams(Strict):
     """How a classifier is fine-tuned. Fields left out take the base model's recommended values
-    (the `adaptation` of its card, measured when it was pretrained), else CLASSIFIER_DEFAULTS."""
+    (the `adaptation` of its card, measured when it was pretrained), else classifier_defaults()."""
 
     steps: int | None = Field(default=None, ge=0, le=10_000)
     learning_rate: float | None = Field(default=None, ge=0.0, le=10.0)
@@ -74,7 +79,7 @@ class ClassifierParams(Strict):
             "bn_stats": card_adaptation.get("bn_stats"),
         }
         out = self.model_dump()
-        for name, default in CLASSIFIER_DEFAULTS.items():
+        for name, default in classifier_defaults().items():
             if out[name] is None:
                 out[name] = from_card[name] if from_card[name] is not None else default
         return out

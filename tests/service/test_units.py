@@ -47,7 +47,10 @@ def test_classifier_params_resolution() -> None:
     resolved = ClassifierParams(steps=7).resolved(card)
     assert resolved["steps"] == 7 and resolved["learning_rate"] == 0.0
     assert resolved["bn_stats"] == "frozen" and resolved["batch_size"] == 0
-    assert ClassifierParams().resolved({})["steps"] == 50
+    from models.config import AdaptConfig
+
+    assert ClassifierParams().resolved({})["steps"] == AdaptConfig().steps
+    assert ClassifierParams().resolved({})["learning_rate"] == AdaptConfig().lr
 
 
 def test_settings_refuse_unsafe_production_values() -> None:
