@@ -274,9 +274,10 @@ def _serve(args: argparse.Namespace) -> int:
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(0)
 
-    # uvicorn re-raises the SIGTERM it caught once it has shut down; with this handler that
-    # ends in the `finally` below, so the worker is stopped too instead of being orphaned.
+    # uvicorn re-raises the SIGTERM or SIGINT it caught once it has shut down; with these
+    # handlers that ends in the `finally` below, so the worker is stopped instead of orphaned.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     finally:
