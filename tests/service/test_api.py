@@ -238,7 +238,8 @@ def test_classifier_and_job_lifecycle(client: Any, settings: Settings, user: dic
     assert clf["params"]["steps"] > 0
     job = client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()
     assert job["kind"] == "training" and job["status"] == "queued" and job["attempts"] == 0
-    assert job["progress"] == {"step": 0, "total_steps": clf["params"]["steps"], "fraction": 0.0,
+    # A holdout pass, then the final pass on every image.
+    assert job["progress"] == {"step": 0, "total_steps": 2 * clf["params"]["steps"], "fraction": 0.0,
                                "loss": None, "eta_seconds": None}
     assert [j["id"] for j in client.get("/v1/jobs", headers=user).json()] == [job["id"]]
     # The job was committed, then sent to its queue.

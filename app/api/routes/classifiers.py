@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select, update
@@ -87,6 +88,11 @@ def visible_base_model(session: SessionDep, key: ApiKey, base_model_id: str | No
     return base
 
 
+def will_hold_out(params: dict[str, Any], classes: list[dict[str, Any]]) -> bool:
+    """Whether training measures on a holdout first (then it trains twice; see worker.jobs)."""
+    return params["holdout_fraction"] > 0 and any(c["count"] >= 2 for c in classes)
+
+
 @router.post("", status_code=202, response_model=ClassifierCreated)
 def create_classifier(
     body: ClassifierCreate,
@@ -127,7 +133,7 @@ def create_classifier(
         dataset_id=dataset.id,
         classifier_id=clf.id,
         base_model_id=base.id,
-        total_steps=params["steps"],
+        total_steps=params["steps"] * (2 if will_hold_out(params, dataset.classes) else 1),
     )
     session.add(job)
     session.flush()
