@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint
+.PHONY: setup run quick-pretrain test lint
 
 $(BIN)/mtl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,16 @@ $(BIN)/mtl: pyproject.toml
 
 setup: $(BIN)/mtl
 
-# A short MTL pretraining on the Omniglot background alphabets, then 5-way 1-shot evaluation
-# on the unseen evaluation alphabets.
+# The main job: the service, embedded (SQLite + a filesystem broker + one worker under var/),
+# with the built-in base models registered at first start. API on http://127.0.0.1:8000/docs.
 run: setup
+	MTL_DATA_DIR=$${MTL_DATA_DIR:-var} $(BIN)/mtl serve
+
+# A short MTL pretraining on the Omniglot background alphabets, then evaluation on the unseen
+# evaluation alphabets (about 5 minutes on 2 CPU cores).
+quick-pretrain: setup
 	$(BIN)/mtl pretrain --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_background.npz \
-	    --algorithm mtl-reptile --iterations 300 --out runs/omniglot-quick
+	    --algorithm mtl-reptile --filters 32 --iterations 1000 --out runs/omniglot-quick
 	$(BIN)/mtl evaluate --checkpoint runs/omniglot-quick \
 	    --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_evaluation.npz \
 	    --ways 5,20 --shots 1,5 --episodes 200 --json runs/omniglot-quick/eval.json

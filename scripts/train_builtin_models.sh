@@ -12,7 +12,7 @@ which="${1:-all}"
 if [[ "$which" == handwriting || "$which" == all ]]; then
   out=app/builtin_models/handwriting
   "$MTL" pretrain --dataset "$DATA/omniglot/images_background.npz" --algorithm mtl-reptile \
-    --image-size 28 --channels 1 --filters 32 --iterations "${HW_ITERATIONS:-600}" \
+    --image-size 28 --channels 1 --filters 32 --iterations "${HW_ITERATIONS:-3000}" \
     --device "${DEVICE:-auto}" --out "$out"
   "$MTL" evaluate --checkpoint "$out" --dataset "$DATA/omniglot/images_evaluation.npz" \
     --ways 5,20 --shots 1,5 --episodes "${EPISODES:-200}" --record unseen_classes
@@ -21,8 +21,8 @@ fi
 if [[ "$which" == natural || "$which" == all ]]; then
   out=app/builtin_models/natural
   "$MTL" pretrain --dataset "$DATA/miniimagenet-lite/train" --algorithm mtl-reptile \
-    --image-size 84 --channels 3 --filters 32 --augment --meta-batch 4 --inner-steps 3 \
-    --iterations "${NAT_ITERATIONS:-300}" --device "${DEVICE:-auto}" --out "$out"
+    --image-size 84 --channels 3 --filters 32 --augment \
+    --iterations "${NAT_ITERATIONS:-500}" --device "${DEVICE:-auto}" --out "$out"
   # Unseen classes: val + test (36 classes), as in the paper.
   "$MTL" evaluate --checkpoint "$out" --dataset "$DATA/miniimagenet-lite/val" \
     --dataset "$DATA/miniimagenet-lite/test" --ways 5 --shots 1,5 \

@@ -53,7 +53,7 @@ def test_short_mtl_pretraining_on_omniglot_beats_80_percent_5way_1shot(shared_da
     out = tmp_path / "omniglot"
     started = time.perf_counter()
     code = main(["pretrain", "--dataset", str(shared_data / "omniglot" / "images_background.npz"),
-                 "--algorithm", "mtl-reptile", "--filters", "32", "--iterations", "250",
+                 "--algorithm", "mtl-reptile", "--filters", "32", "--iterations", "1000",
                  "--out", str(out), "--device", "cpu"])
     train_seconds = time.perf_counter() - started
     assert code == 0
