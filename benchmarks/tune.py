@@ -73,6 +73,7 @@ def main() -> None:
         spec.setdefault("channels", base.channels)
         if "checkpoint" in spec:
             net, card = load_base_model(spec["checkpoint"])
+            card_config = card["hyperparameters"]
             train_s = card["training"]["seconds"]
             final_loss = card["history"][-1]["loss"] if card["history"] else None
         else:
@@ -82,6 +83,7 @@ def main() -> None:
             result = pretrain(config, base, device=args.device, out_dir=Path("runs/tune") / key)
             train_s = time.perf_counter() - t0
             net, final_loss = result.net, result.history[-1]["loss"]
+            card_config = result.card["hyperparameters"]
             print(f"trained {spec} in {train_s:.0f} s -> runs/tune/{key}", flush=True)
         for adapt in args.adapt:
             try:
@@ -92,6 +94,7 @@ def main() -> None:
                 print(json.dumps({"spec": spec, "adapt": adapt, "error": str(exc)}), flush=True)
                 continue
             row = {"dataset": args.dataset, "validation_classes": val.num_classes,
+                   "config": card_config,
                    "base_classes": base.num_classes, "spec": spec, "adapt": adapt,
                    "ways": args.ways, "shots": args.shots, "episodes": args.episodes,
                    "accuracy": round(cell.accuracy, 4), "ci95": round(cell.ci95, 4),
