@@ -175,8 +175,11 @@ def _training_state(
     state_json = {"sampler": sampler.get_state(), "rng": rng.bit_generator.state}
     tensors = {"torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}
     if optimizer is not None:
-        for i, (p_state) in enumerate(optimizer.state.values()):
-            for key, value in p_state.items():
+        # Keyed by the parameter's position, as _restore_optimizer reads it back; parameters that
+        # never had a gradient (protonet's unused heads) have no state.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for i, p in enumerate(params):
+            for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu()
     return state_json, tensors
 
