@@ -1,0 +1,512 @@
+"""Service speed, measured against a real `mtl serve` (embedded: SQLite + filesystem broker + one
+worker) on 127.0.0.1 with a temporary MTL_DATA_DIR, started and stopped by this script.
+
+- `train`: time to a custom classifier, from `POST /v1/classifiers` to the job's `succeeded`
+  (5 Omniglot evaluation characters x 5 drawings, handwriting base model, defaults, CPU), the job
+  polled every 100 ms. Goal: p50 at most 10 s.
+- `predict`: one 84x84 image per `POST /v1/classifiers/{id}/predict` (natural base model, a
+  classifier trained on 5 miniImageNet-lite val classes) at concurrency 1, 8 and 32, against the
+  same classifier's raw in-process forward at batch 1. Goals: p50 at concurrency 1 at most
+  1.5x the raw forward + 5 ms; throughput at concurrency 32 at least 5x that at concurrency 1.
+- `many`: 1,000 classifiers registered (rows written with the app's own tables and session, the
+  checkpoint folders hard links of one trained classifier's files); predict on ones not in the
+  cache: cold latency, the cache bound, and the API process's resident memory before and after.
+
+    python -m benchmarks.speed_service train|predict|many|all [--builtin-dir app/builtin_models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+MTL = [sys.executable, "-m", "app.cli"]
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    load1, load5, load15 = os.getloadavg()
+    busy = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True,
+                          text=True).stdout.splitlines()[1:6]
+    heavy = [line.strip()[:160] for line in busy
+             if float(line.split()[0]) >= 20.0 and "benchmarks.speed_service" not in line]
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average_1_5_15": [round(load1, 2), round(load5, 2), round(load15, 2)],
+        "other_heavy_processes": heavy,
+        "shared": bool(heavy) or load1 > 0.5,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def write_report(name: str, report: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"speed-{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """`mtl serve` (API + one worker) on loopback with a fresh data directory."""
+
+    def __init__(self, data_dir: Path, builtin_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MTL_DATA_DIR": str(data_dir),
+                    "MTL_BUILTIN_MODELS_DIR": str(builtin_dir), **(env or {})}
+        self.log = open(data_dir.parent / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([*MTL, "serve", "--host", "127.0.0.1", "--port",
+                                      str(self.port)], cwd=REPO, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mtl serve exited; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError("mtl serve did not become ready in 120 s")
+        key = subprocess.run([*MTL, "keys", "create", "--tenant", "bench"], cwd=REPO, env=self.env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def rss_mib(self) -> float:
+        """Resident memory of the API process (uvicorn runs in the `mtl serve` process)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@contextmanager
+def service(builtin_dir: Path, threads: int | None) -> Iterator[tuple[Service, Path]]:
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    tmp = Path(tempfile.mkdtemp(prefix="mtl-speed-"))
+    data_dir = tmp / "var"
+    data_dir.mkdir()
+    svc = Service(data_dir, builtin_dir, env)
+    try:
+        yield svc, data_dir
+    finally:
+        svc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def upload(svc: Service, name: str, members: dict[str, bytes]) -> str:
+    r = httpx.post(svc.url + "/v1/datasets", headers=svc.headers, data={"name": name},
+                   files={"archive": ("d.zip", zip_of(members), "application/zip")}, timeout=120)
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+def train(svc: Service, dataset_id: str, base: str, *, poll_s: float = 0.1,
+          timeout_s: float = 600) -> tuple[str, float, dict[str, Any]]:
+    """Create a classifier; (its id, seconds from the POST to `succeeded`, the final job)."""
+    with httpx.Client(base_url=svc.url, headers=svc.headers, timeout=30) as client:
+        t0 = time.perf_counter()
+        r = client.post("/v1/classifiers", json={"name": "bench", "dataset_id": dataset_id,
+                                                 "base_model_id": base})
+        r.raise_for_status()
+        created = r.json()
+        deadline = t0 + timeout_s
+        while time.perf_counter() < deadline:
+            job = client.get(f"/v1/jobs/{created['job_id']}").json()
+            if job["status"] == "succeeded":
+                return created["id"], time.perf_counter() - t0, job
+            if job["status"] in ("failed", "cancelled"):
+                raise RuntimeError(f"training job {job['status']}: {job.get('error')}")
+            time.sleep(poll_s)
+    raise RuntimeError(f"training did not finish in {timeout_s} s")
+
+
+def _seconds_between(a: str, b: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+# ----------------------------------------------------------------------------- 2. train
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    from models.data import data_root
+
+    with np.load(data_root() / "omniglot" / "images_evaluation.npz") as npz:
+        images = npz["images"]  # bool (characters, 20, 105, 105), True = paper
+    rng = np.random.default_rng(0)
+    characters = rng.permutation(len(images))[: 5 * (args.runs + 1)].reshape(args.runs + 1, 5)
+    rows = []
+    with service(args.builtin_dir, args.torch_threads) as (svc, _):
+        datasets = [upload(svc, f"glyphs{i}", {f"chars/ch{c}/{d}.png": png(images[c, d].astype(
+            np.uint8) * 255) for c in chars for d in range(5)}) for i, chars in enumerate(characters)]
+        for i, dataset_id in enumerate(datasets):
+            _, seconds, job = train(svc, dataset_id, "handwriting")
+            rows.append({
+                "run": i, "warm_up": i == 0, "seconds": round(seconds, 3),
+                "queued_s": round(_seconds_between(job["created_at"], job["started_at"]), 3),
+                "running_s": round(_seconds_between(job["started_at"], job["finished_at"]), 3),
+                "steps": job["progress"]["total_steps"],
+            })
+            print(f"run {i}{' (warm-up)' if i == 0 else ''}: {seconds:.2f} s "
+                  f"(queued {rows[-1]['queued_s']:.2f} s, running {rows[-1]['running_s']:.2f} s)")
+    timed = [r["seconds"] for r in rows if not r["warm_up"]]
+    summary = {"p50_s": round(percentile(timed, 50), 2), "p95_s": round(percentile(timed, 95), 2),
+               "min_s": round(min(timed), 2), "max_s": round(max(timed), 2),
+               "median_queued_s": round(statistics.median(r["queued_s"] for r in rows[1:]), 2),
+               "median_running_s": round(statistics.median(r["running_s"] for r in rows[1:]), 2),
+               "first_run_s": rows[0]["seconds"]}
+    print(f"\n{'runs':>4} {'p50 s':>7} {'p95 s':>7} {'queued':>7} {'running':>8} {'first':>6}")
+    print(f"{len(timed):>4} {summary['p50_s']:>7} {summary['p95_s']:>7} "
+          f"{summary['median_queued_s']:>7} {summary['median_running_s']:>8} "
+          f"{summary['first_run_s']:>6}")
+    goal = {"p50_at_most_s": 10.0, "met": summary["p50_s"] <= 10.0}
+    print(f"goal p50 <= 10 s: {'met' if goal['met'] else 'missed'}")
+    return {"benchmark": "time to a custom classifier (POST /v1/classifiers to succeeded)",
+            "setup": "embedded mtl serve (SQLite, filesystem broker, one worker), CPU; 5 Omniglot "
+                     "evaluation characters x 5 drawings per run (a different dataset each run, "
+                     "uploaded before timing), handwriting base model, default params, job polled "
+                     "every 100 ms; run 0 is a warm-up (the worker imports torch then) and is not "
+                     "in the percentiles",
+            "summary": summary, "goal": goal, "runs": rows}
+
+
+# ----------------------------------------------------------------------------- 3. predict
+
+
+def _jpeg_84(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").resize((84, 84)).save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
+
+
+def natural_classifier(svc: Service, per_class: int) -> tuple[str, list[bytes]]:
+    """Train a classifier on 5 miniImageNet-lite val classes; (its id, other images of them)."""
+    from models.data import data_root
+
+    folders = sorted((data_root() / "miniimagenet-lite" / "val").iterdir())[:5]
+    members, queries = {}, []
+    for folder in folders:
+        files = sorted(folder.glob("*.jpg"))
+        for f in files[:per_class]:
+            members[f"val/{folder.name}/{f.name}"] = _jpeg_84(f)
+        queries += [_jpeg_84(f) for f in files[per_class : per_class + 20]]
+    dataset_id = upload(svc, "natural5", members)
+    clf_id, seconds, _ = train(svc, dataset_id, "natural")
+    print(f"trained classifier {clf_id} on 5 x {per_class} images in {seconds:.1f} s")
+    return clf_id, queries
+
+
+def raw_forward_ms(directory: Path, image: bytes, repeats: int, threads: int | None) -> float:
+    """Median ms of the classifier's in-process forward (predict_proba) at batch 1, with the
+    server's number of torch threads."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    from models.checkpoint import load_classifier
+    from models.data import decode_image, to_float
+
+    clf, card = load_classifier(directory)
+    x = to_float(torch.from_numpy(decode_image(image, channels=card["channels"],
+                                               image_size=card["image_size"])[None]))
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 10):
+            t0 = time.perf_counter()
+            clf.predict_proba(x)
+            if i >= 10:
+                times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+async def _load(url: str, headers: dict[str, str], images: list[bytes], concurrency: int,
+                requests: int) -> tuple[list[float], float]:
+    """`requests` predicts, `concurrency` at a time; (latencies in s, wall seconds)."""
+    latencies: list[float] = []
+    todo = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60) as client:
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            r = await client.post(url, files={"files": ("q.jpg", images[i % len(images)],
+                                                        "image/jpeg")}, data={"top_k": "1"})
+            latencies.append(time.perf_counter() - t0)
+            r.raise_for_status()
+
+        async def lane() -> None:
+            for i in todo:
+                await one(i)
+
+        for i in range(min(requests, 2 * concurrency)):  # warm connections and the cache
+            await one(i)
+        latencies.clear()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return latencies, wall
+
+
+def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    with service(args.builtin_dir, args.torch_threads) as (svc, data_dir):
+        clf_id, images = natural_classifier(svc, args.train_per_class)
+        raw = raw_forward_ms(data_dir / "classifiers" / clf_id, images[0], repeats=200,
+                             threads=args.torch_threads)
+        url = f"{svc.url}/v1/classifiers/{clf_id}/predict"
+        for concurrency in args.concurrency:
+            latencies, wall = asyncio.run(_load(url, svc.headers, images, concurrency,
+                                                args.requests))
+            ms = [1000 * v for v in latencies]
+            rows.append({"concurrency": concurrency, "requests": len(ms),
+                         "p50_ms": round(percentile(ms, 50), 2),
+                         "p95_ms": round(percentile(ms, 95), 2),
+                         "p99_ms": round(percentile(ms, 99), 2),
+                         "throughput_rps": round(len(ms) / wall, 1)})
+    print(f"raw in-process forward, batch 1: {raw:.2f} ms (median of 200)")
+    print(f"{'conc':>4} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+    for r in rows:
+        print(f"{r['concurrency']:>4} {r['requests']:>8} {r['p50_ms']:>8} {r['p95_ms']:>8} "
+              f"{r['p99_ms']:>8} {r['throughput_rps']:>7}")
+    by = {r["concurrency"]: r for r in rows}
+    goals: dict[str, Any] = {}
+    if 1 in by:
+        bound = 1.5 * raw + 5
+        goals["p50_c1"] = {"limit_ms": round(bound, 2), "measured_ms": by[1]["p50_ms"],
+                           "met": by[1]["p50_ms"] <= bound}
+    if 1 in by and 32 in by:
+        ratio = by[32]["throughput_rps"] / by[1]["throughput_rps"]
+        goals["throughput_c32_over_c1"] = {"at_least": 5.0, "measured": round(ratio, 2),
+                                           "met": ratio >= 5.0}
+    for name, g in goals.items():
+        print(f"goal {name}: {'met' if g['met'] else 'missed'} ({g})")
+    return {"benchmark": "predict over HTTP, one 84x84 image per request",
+            "setup": f"embedded mtl serve, CPU; natural base model; classifier trained through the "
+                     f"API on 5 miniImageNet-lite val classes x {args.train_per_class} images; "
+                     f"requests are 84x84 JPEGs of 20 other images of each class, top_k=1, "
+                     f"httpx.AsyncClient in this process (same machine), {2} warm-up requests per "
+                     f"connection first; raw forward = models.checkpoint.load_classifier + "
+                     f"predict_proba on one decoded image under torch.inference_mode",
+            "raw_forward_batch1_ms": round(raw, 2),
+            "torch_threads_server_and_raw": args.torch_threads or "torch default",
+            "levels": rows, "goals": goals,
+            "settings": {"MTL_PREDICT_BATCH_WAIT_MS": svc_setting("predict_batch_wait_ms"),
+                         "MTL_PREDICT_MAX_BATCH": svc_setting("predict_max_batch")}}
+
+
+def svc_setting(name: str) -> Any:
+    from app.settings import Settings
+
+    return getattr(Settings(), name)
+
+
+# ----------------------------------------------------------------------------- 4. many
+
+
+def register_copies(data_dir: Path, source_id: str, count: int) -> list[str]:
+    """`count` more ready classifiers: rows copied from `source_id`, checkpoint files hard-linked."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.settings import Settings
+    from app.tables import Classifier
+
+    settings = Settings(data_dir=data_dir)
+    ids = []
+    with session_scope(settings.resolved_database_url) as session:
+        src = session.scalars(select(Classifier).where(Classifier.id == source_id)).one()
+        for i in range(count):
+            clf = Classifier(tenant=src.tenant, name=f"copy{i}", dataset_id=src.dataset_id,
+                             base_model_id=src.base_model_id, job_id=src.job_id, status="ready",
+                             labels=list(src.labels), params=dict(src.params), metrics=src.metrics)
+            session.add(clf)
+            session.flush()
+            folder = settings.classifiers_dir / clf.id
+            folder.mkdir()
+            for f in (settings.classifiers_dir / source_id).iterdir():
+                os.link(f, folder / f.name)
+            ids.append(clf.id)
+    return ids
+
+
+def bench_many(args: argparse.Namespace) -> dict[str, Any]:
+    with service(args.builtin_dir, args.torch_threads) as (svc, data_dir):
+        rss_start = svc.rss_mib()
+        clf_id, images = natural_classifier(svc, args.train_per_class)
+        ids = [clf_id, *register_copies(data_dir, clf_id, args.classifiers - 1)]
+        folder_bytes = sum(f.stat().st_size for f in (data_dir / "classifiers" / clf_id).iterdir())
+        with httpx.Client(base_url=svc.url, headers=svc.headers, timeout=60) as client:
+
+            def predict(cid: str, i: int) -> float:
+                t0 = time.perf_counter()
+                r = client.post(f"/v1/classifiers/{cid}/predict", data={"top_k": "1"},
+                                files={"files": ("q.jpg", images[i % len(images)], "image/jpeg")})
+                r.raise_for_status()
+                return 1000 * (time.perf_counter() - t0)
+
+            listed = len(client.get("/v1/classifiers").json())
+            for i in range(10):  # the registered one is warm, and so are the code paths
+                predict(clf_id, i)
+            rss_before = svc.rss_mib()
+            warm = [predict(clf_id, i) for i in range(args.cold)]
+            rng = np.random.default_rng(0)
+            cold_ids = [ids[int(j)] for j in rng.choice(np.arange(1, len(ids)), args.cold,
+                                                        replace=False)]
+            cold = [predict(cid, i) for i, cid in enumerate(cold_ids)]
+            rss_after = svc.rss_mib()
+            # Every cold classifier again: each load evicts the oldest, so the bound holds.
+            more = [ids[int(j)] for j in rng.choice(np.arange(1, len(ids)), 100, replace=False)]
+            for i, cid in enumerate(more):
+                predict(cid, i)
+            rss_after_more = svc.rss_mib()
+    cache_size = svc_setting("predict_cache_size")
+    summary = {"classifiers_registered": listed, "cold_requests": len(cold),
+               "cold_p50_ms": round(percentile(cold, 50), 2),
+               "cold_p95_ms": round(percentile(cold, 95), 2),
+               "warm_p50_ms": round(percentile(warm, 50), 2),
+               "cache_bound_classifiers": cache_size,
+               "checkpoint_bytes_per_classifier": folder_bytes,
+               "rss_mib_at_start": rss_start, "rss_mib_before": rss_before, "rss_mib_after_cold": rss_after,
+               "rss_mib_after_100_more_cold": rss_after_more}
+    print(f"{'classifiers':>11} {'cold p50 ms':>11} {'cold p95 ms':>11} {'warm p50 ms':>11} "
+          f"{'cache':>5} {'RSS MiB before/after/+100':>26}")
+    print(f"{listed:>11} {summary['cold_p50_ms']:>11} {summary['cold_p95_ms']:>11} "
+          f"{summary['warm_p50_ms']:>11} {cache_size:>5} "
+          f"{f'{rss_before} / {rss_after} / {rss_after_more}':>26}")
+    return {"benchmark": "predict on a classifier not in the cache, 1,000 registered",
+            "setup": f"embedded mtl serve, CPU; one classifier trained through the API (natural "
+                     f"base model, 5 miniImageNet-lite val classes x {args.train_per_class}); "
+                     f"{args.classifiers - 1} more rows written with app.db/app.tables, their "
+                     f"checkpoint folders hard links of its files; each cold request is one 84x84 "
+                     f"JPEG to a classifier never requested before (sequential); warm = the "
+                     f"trained one, in the cache; RSS is VmRSS of the API process (mtl serve "
+                     f"runs uvicorn in-process), at start before torch is imported, after 10 "
+                     f"warm predicts, after the cold ones and after 100 more cold ones",
+            "summary": summary, "cold_ms": [round(v, 2) for v in cold]}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("benchmark", choices=["train", "predict", "many", "all"])
+    p.add_argument("--builtin-dir", type=Path, default=REPO / "app" / "builtin_models",
+                   help="folder with handwriting/ and natural/ base models")
+    p.add_argument("--runs", type=int, default=10, help="train: timed runs (after one warm-up)")
+    p.add_argument("--requests", type=int, default=200, help="predict: requests per level")
+    p.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")],
+                   default=[1, 8, 32])
+    p.add_argument("--train-per-class", type=int, default=10,
+                   help="predict/many: training images per class")
+    p.add_argument("--classifiers", type=int, default=1000, help="many: classifiers registered")
+    p.add_argument("--cold", type=int, default=20, help="many: cold requests")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="OMP_NUM_THREADS for the server, and the raw forward's threads "
+                        "(default: torch's default, one per core)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    args.builtin_dir = args.builtin_dir.resolve()
+    names = ["train", "predict", "many"] if args.benchmark == "all" else [args.benchmark]
+    runners = {"train": (bench_train, "time-to-classifier"), "predict": (bench_predict, "predict"),
+               "many": (bench_many, "many-classifiers")}
+    command = "python -m benchmarks.speed_service " + " ".join(argv or sys.argv[1:])
+    for name in names:
+        before = machine()
+        started = time.perf_counter()
+        report = runners[name][0](args)
+        report.update({"machine": before, "machine_after": machine(), "commit": git_commit(),
+                       "command": command, "wall_s": round(time.perf_counter() - started, 1),
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_report(runners[name][1], report, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
