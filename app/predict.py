@@ -4,7 +4,10 @@ with concurrent requests to one classifier micro-batched into one forward pass.
 Each request decodes its own images in a worker thread; the decoded images then join the
 classifier's pending batch, which is run after at most `max_wait_s` (or at once when it reaches
 `max_batch` images) as one forward pass in a thread, and every request gets its own rows back.
-Prediction is in eval mode, so an image's answer does not depend on what it was batched with.
+The wait is only worth it when another request could still join: a batch also runs at once when
+no other request to its classifier is decoding and none of its forward passes is running, so a
+lone request pays no wait. Prediction is in eval mode, so an image's answer does not depend on
+what it was batched with.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class PredictService:
         self._cache: OrderedDict[str, tuple[float, Any, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
+        # Per classifier, touched only on the event loop: requests still decoding (they may join
+        # the pending batch) and forward passes running (the next batch grows meanwhile).
+        self._decoding: dict[str, int] = {}
+        self._running: dict[str, int] = {}
         self._tasks: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ loaded classifiers
@@ -122,9 +129,12 @@ class PredictService:
             pending.flush = loop.call_later(self.max_wait_s, self._start_flush, classifier_id)
         pending.requests.append((batch, future))
         pending.size += len(batch)
-        if pending.size >= self.max_batch:
+        if pending.size >= self.max_batch or self._nothing_to_wait_for(classifier_id):
             self._start_flush(classifier_id)
         return await future
+
+    def _nothing_to_wait_for(self, classifier_id: str) -> bool:
+        return not self._decoding.get(classifier_id) and not self._running.get(classifier_id)
 
     def _start_flush(self, classifier_id: str) -> None:
         pending = self._pending.pop(classifier_id, None)
@@ -140,6 +150,7 @@ class PredictService:
         import torch
 
         batches = [b for b, _ in pending.requests]
+        self._running[classifier_id] = self._running.get(classifier_id, 0) + 1
         try:
             probs = await run_in_threadpool(
                 self._forward, classifier_id, pending.directory, torch.cat(batches)
@@ -149,19 +160,43 @@ class PredictService:
                 if not future.done():
                     future.set_exception(exc)
             return
+        finally:
+            self._forward_done(classifier_id)
         start = 0
         for batch, future in pending.requests:
             if not future.done():
                 future.set_result(probs[start : start + len(batch)])
             start += len(batch)
 
+    def _forward_done(self, classifier_id: str) -> None:
+        self._running[classifier_id] -= 1
+        if not self._running[classifier_id]:
+            del self._running[classifier_id]
+            if classifier_id in self._pending and self._nothing_to_wait_for(classifier_id):
+                self._start_flush(classifier_id)
+
+    def _decoded(self, classifier_id: str, *, joining: bool) -> None:
+        self._decoding[classifier_id] -= 1
+        if not self._decoding[classifier_id]:
+            del self._decoding[classifier_id]
+            # A batch that waited only for a request that will not join need not wait any longer.
+            pending = classifier_id in self._pending
+            if not joining and pending and self._nothing_to_wait_for(classifier_id):
+                self._start_flush(classifier_id)
+
     async def predict(
         self, classifier_id: str, directory: Path, images: list[bytes], top_k: int
     ) -> list[Ranked | str]:
         """Top-k (label, probability) per image, or the reason an image could not be decoded."""
-        batch, errors, labels = await run_in_threadpool(
-            self._decode, classifier_id, directory, images
-        )
+        self._decoding[classifier_id] = self._decoding.get(classifier_id, 0) + 1
+        try:
+            batch, errors, labels = await run_in_threadpool(
+                self._decode, classifier_id, directory, images
+            )
+        except BaseException:
+            self._decoded(classifier_id, joining=False)
+            raise
+        self._decoded(classifier_id, joining=batch is not None)
         out: list[Ranked | str] = []
         if batch is None:
             return [e or "" for e in errors]
