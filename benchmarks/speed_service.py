@@ -305,8 +305,9 @@ def raw_forward_ms(directory: Path, image: bytes, repeats: int, threads: int | N
 
 
 async def _load(url: str, headers: dict[str, str], images: list[bytes], concurrency: int,
-                requests: int) -> tuple[list[float], float]:
-    """`requests` predicts, `concurrency` at a time; (latencies in s, wall seconds)."""
+                requests: int, *, get: bool = False) -> tuple[list[float], float]:
+    """`requests` predicts (or GETs of `url`), `concurrency` at a time; (latencies in s, wall
+    seconds)."""
     latencies: list[float] = []
     todo = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -314,8 +315,9 @@ async def _load(url: str, headers: dict[str, str], images: list[bytes], concurre
 
         async def one(i: int) -> None:
             t0 = time.perf_counter()
-            r = await client.post(url, files={"files": ("q.jpg", images[i % len(images)],
-                                                        "image/jpeg")}, data={"top_k": "1"})
+            r = await (client.get(url) if get else client.post(
+                url, files={"files": ("q.jpg", images[i % len(images)], "image/jpeg")},
+                data={"top_k": "1"}))
             latencies.append(time.perf_counter() - t0)
             r.raise_for_status()
 
@@ -348,11 +350,23 @@ def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
                          "p95_ms": round(percentile(ms, 95), 2),
                          "p99_ms": round(percentile(ms, 99), 2),
                          "throughput_rps": round(len(ms) / wall, 1)})
+        # The same route stack without the image and the forward pass: what HTTP, the API key
+        # lookup and the classifier row cost alone, as a ceiling for predict's throughput.
+        ceiling = {}
+        for concurrency in (1, max(args.concurrency)):
+            latencies, wall = asyncio.run(_load(f"{svc.url}/v1/classifiers/{clf_id}",
+                                                svc.headers, images, concurrency, args.requests,
+                                                get=True))
+            ceiling[concurrency] = {"p50_ms": round(1000 * percentile(latencies, 50), 2),
+                                    "throughput_rps": round(len(latencies) / wall, 1)}
     print(f"raw in-process forward, batch 1: {raw:.2f} ms (median of 200)")
     print(f"{'conc':>4} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}")
     for r in rows:
         print(f"{r['concurrency']:>4} {r['requests']:>8} {r['p50_ms']:>8} {r['p95_ms']:>8} "
               f"{r['p99_ms']:>8} {r['throughput_rps']:>7}")
+    for c, v in ceiling.items():
+        print(f"GET /v1/classifiers/{{id}} (no image, no forward) at concurrency {c}: "
+              f"p50 {v['p50_ms']} ms, {v['throughput_rps']} req/s")
     by = {r["concurrency"]: r for r in rows}
     goals: dict[str, Any] = {}
     if 1 in by:
@@ -375,6 +389,7 @@ def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
             "raw_forward_batch1_ms": round(raw, 2),
             "torch_threads_server_and_raw": args.torch_threads or "torch default",
             "levels": rows, "goals": goals,
+            "reference_authenticated_get": {str(c): v for c, v in ceiling.items()},
             "settings": {"MTL_PREDICT_BATCH_WAIT_MS": svc_setting("predict_batch_wait_ms"),
                          "MTL_PREDICT_MAX_BATCH": svc_setting("predict_max_batch")}}
 
