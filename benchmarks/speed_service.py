@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="OMP_NUM_THREADS for the server, and the raw forward's threads "
                         "(default: torch's default, one per core)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--suffix", default="", help="appended to the report's name, for a variant")
     args = p.parse_args(argv)
     args.builtin_dir = args.builtin_dir.resolve()
     names = ["train", "predict", "many"] if args.benchmark == "all" else [args.benchmark]
@@ -519,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
         report.update({"machine": before, "machine_after": machine(), "commit": git_commit(),
                        "command": command, "wall_s": round(time.perf_counter() - started, 1),
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        write_report(runners[name][1], report, args.out_dir)
+        report["environment"] = {k: v for k, v in os.environ.items()
+                                 if k.startswith("MTL_PREDICT") or k == "OMP_NUM_THREADS"}
+        write_report(runners[name][1] + args.suffix, report, args.out_dir)
     return 0
 
 
