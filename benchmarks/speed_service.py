@@ -280,9 +280,10 @@ def natural_classifier(svc: Service, per_class: int) -> tuple[str, list[bytes]]:
     return clf_id, queries
 
 
-def raw_forward_ms(directory: Path, image: bytes, repeats: int, threads: int | None) -> float:
-    """Median ms of the classifier's in-process forward (predict_proba) at batch 1, with the
-    server's number of torch threads."""
+def raw_forward_ms(directory: Path, image: bytes, repeats: int, threads: int | None,
+                   batch: int = 1) -> float:
+    """Median ms of the classifier's in-process forward (predict_proba) at `batch` copies of one
+    image, with the server's number of torch threads."""
     import torch
 
     if threads is not None:
@@ -294,6 +295,7 @@ def raw_forward_ms(directory: Path, image: bytes, repeats: int, threads: int | N
     clf, card = load_classifier(directory)
     x = to_float(torch.from_numpy(decode_image(image, channels=card["channels"],
                                                image_size=card["image_size"])[None]))
+    x = x.expand(batch, -1, -1, -1).contiguous()
     times = []
     with torch.inference_mode():
         for i in range(repeats + 10):
@@ -340,6 +342,10 @@ def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
         clf_id, images = natural_classifier(svc, args.train_per_class)
         raw = raw_forward_ms(data_dir / "classifiers" / clf_id, images[0], repeats=200,
                              threads=args.torch_threads)
+        # Does a batch cost less per image than batch 1? That is all batching can save.
+        per_image = {b: round(raw_forward_ms(data_dir / "classifiers" / clf_id, images[0],
+                                             repeats=20, threads=args.torch_threads, batch=b) / b,
+                              2) for b in (1, 8, 32)}
         url = f"{svc.url}/v1/classifiers/{clf_id}/predict"
         for concurrency in args.concurrency:
             latencies, wall = asyncio.run(_load(url, svc.headers, images, concurrency,
@@ -359,7 +365,8 @@ def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
                                                 get=True))
             ceiling[concurrency] = {"p50_ms": round(1000 * percentile(latencies, 50), 2),
                                     "throughput_rps": round(len(latencies) / wall, 1)}
-    print(f"raw in-process forward, batch 1: {raw:.2f} ms (median of 200)")
+    print(f"raw in-process forward, batch 1: {raw:.2f} ms (median of 200); ms per image at "
+          f"batch 1/8/32: {' / '.join(str(v) for v in per_image.values())}")
     print(f"{'conc':>4} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}")
     for r in rows:
         print(f"{r['concurrency']:>4} {r['requests']:>8} {r['p50_ms']:>8} {r['p95_ms']:>8} "
@@ -387,6 +394,7 @@ def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
                      f"connection first; raw forward = models.checkpoint.load_classifier + "
                      f"predict_proba on one decoded image under torch.inference_mode",
             "raw_forward_batch1_ms": round(raw, 2),
+            "raw_forward_ms_per_image_by_batch": {str(b): v for b, v in per_image.items()},
             "torch_threads_server_and_raw": args.torch_threads or "torch default",
             "levels": rows, "goals": goals,
             "reference_authenticated_get": {str(c): v for c, v in ceiling.items()},
