@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -105,7 +106,10 @@ def main() -> None:
     report = {"benchmark": "meta-training cost per iteration", "data": "Omniglot background, 28x28",
               "config": "conv4, 5-way, 5 shots + 5 queries per class, meta-batch 5, 5 inner steps",
               "filters": args.filters, "device": str(device), "machine": _machine(), "commit": _git_commit(),
-              "command": f"python -m benchmarks.speed_training --device {args.device} --repeats {args.repeats}",
+              "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.speed_training --device {args.device} --repeats {args.repeats}",
+              "load_average_at_end": os.getloadavg(),
+              "note": "ratios compare timings taken alternately in the same process; other jobs were "
+                      "running on the machine when the load average exceeds the core count",
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
