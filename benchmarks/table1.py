@@ -143,7 +143,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         "dataset": dataset, "profile": profile_name, "profile_settings": asdict(profile),
         "budget": f"{profile.budget_passes} image forward+backward passes per method",
         "machine": _machine(), "commit": _git_commit(),
-        "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}",
+        "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
+        + (f" --methods {','.join(methods)}" if methods != METHODS else ""),
         "unseen_classes": "Omniglot evaluation alphabets (659 characters)" if dataset == "omniglot"
         else "miniImageNet-lite val + test (36 classes)",
         "evaluation": "non-transductive; identical seeded episodes for every method",
