@@ -23,6 +23,9 @@ from models.network import Classifier, MetaNet, build_metanet
 WEIGHTS = "model.safetensors"
 CARD = "model.json"
 FORMAT_VERSION = 1
+# Read once: os.umask can only be read by setting it, which is not thread-safe later on.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def code_version() -> str:
@@ -39,6 +42,9 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600; give the file the permissions a plain open() would (umask applies),
+        # so workers and API processes running as other users can read checkpoints.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
