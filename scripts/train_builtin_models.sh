@@ -29,5 +29,5 @@ if [[ "$which" == natural || "$which" == all ]]; then
   # Unseen classes: val + test (36 classes), as in the paper.
   "$MTL" evaluate --checkpoint "$out" --dataset "$DATA/miniimagenet-lite/val" \
     --dataset "$DATA/miniimagenet-lite/test" --ways 5 --shots 1,5 \
-    --episodes "${EPISODES_NATURAL:-100}" --record unseen_classes
+    --episodes "${EPISODES_NATURAL:-50}" --record unseen_classes
 fi
