@@ -255,9 +255,11 @@ def pretrain(
             history = list(card.get("history", []))
             sampler.set_state(state["sampler"])
             rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(tensors["_state.torch_rng"])
-            gen.set_state(tensors["_state.aug_rng"])
-            if optimizer is not None:
+            # A finished run keeps no random or optimiser state: there is nothing left to train.
+            if not state["completed"]:
+                torch.set_rng_state(tensors["_state.torch_rng"])
+                gen.set_state(tensors["_state.aug_rng"])
+            if optimizer is not None and not state["completed"]:
                 _restore_optimizer(optimizer, {k[len("_state."):]: v for k, v in tensors.items()
                                                if k.startswith("_state.opt.")})
 
