@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--queries", type=int, default=15)
     p.add_argument("--adapt", type=json.loads, default=DEFAULT_ADAPT)
     p.add_argument("--device", default="cpu")
     p.add_argument("specs", nargs="+", type=json.loads)
@@ -87,7 +88,7 @@ def main() -> None:
             print(f"trained {spec} in {train_s:.0f} s -> runs/tune/{key}", flush=True)
         for adapt in args.adapt:
             try:
-                cell = evaluate(net, val, ways=args.ways, shots=args.shots, queries=15,
+                cell = evaluate(net, val, ways=args.ways, shots=args.shots, queries=args.queries,
                                 episodes=args.episodes, config=AdaptConfig(**adapt), seed=12345,
                                 device=args.device)
             except ConfigError as exc:
