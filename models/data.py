@@ -10,7 +10,7 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,10 +86,6 @@ class ImageSet:
         h.update(self.labels.numpy().tobytes())
         h.update(self.images.contiguous().numpy().tobytes())
         return h.hexdigest()
-
-    def float_images(self, index: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.images if index is None else self.images[index]
-        return x.float().div_(255.0)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -280,13 +276,6 @@ def concat(sets: Sequence[ImageSet]) -> ImageSet:
     )
 
 
-def split_classes(data: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Split classes (not images) into a training set and `holdout` validation classes."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(data.num_classes).tolist()
-    return data.subset(sorted(order[holdout:])), data.subset(sorted(order[:holdout]))
-
-
 # ----------------------------------------------------------------------------- episodes
 
 
@@ -353,10 +342,6 @@ class EpisodeSampler:
             query=torch.from_numpy(np.concatenate(query)),
             query_labels=torch.from_numpy(np.repeat(arange, self.queries)),
         )
-
-    def __iter__(self) -> Iterable[Episode]:
-        while True:
-            yield self.sample()
 
     def get_state(self) -> dict[str, Any]:
         return dict(self.rng.bit_generator.state)
