@@ -39,21 +39,15 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.table1 import git_commit
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 MTL = [sys.executable, "-m", "app.cli"]
 
 
+
 # ----------------------------------------------------------------------------- the machine
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, Any]:

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.table1 import _git_commit, _machine
+from benchmarks.table1 import git_commit, machine_description
 from models.config import PretrainConfig
 from models.data import EpisodeSampler, ImageSet, data_root, load_dataset
 from models.network import build_metanet
-from models.training import _make_tasks, resolve_device, train_step
+from models.training import resolve_device, sample_tasks, train_step
 
 ALGORITHMS = ["transfer", "protonet", "reptile", "fomaml", "maml", "mtl-reptile", "mtl-fomaml", "mtl-maml"]
 
@@ -56,7 +56,7 @@ def measure(data: ImageSet, algorithm: str, device: torch.device, repeats: int, 
     iter_times, step_times = [], []
     n_images = 0
     for r in range(repeats + 1):  # the first round warms up allocators and kernels
-        tasks = _make_tasks(data, sampler, config, device, gen)
+        tasks = sample_tasks(data, sampler, config, device, gen)
         _sync(device)
         t0 = time.perf_counter()
         train_step(net, tasks, config, iteration=r, rng=rng, optimizer=opt)
@@ -105,7 +105,7 @@ def main() -> None:
               f"{r['supervised_step_ms']:>8} {r['ratio_to_one_step']:>7} {r['overhead_per_pass']:>9}")
     report = {"benchmark": "meta-training cost per iteration", "data": "Omniglot background, 28x28",
               "config": "conv4, 5-way, 5 shots + 5 queries per class, meta-batch 5, 5 inner steps",
-              "filters": args.filters, "device": str(device), "machine": _machine(), "commit": _git_commit(),
+              "filters": args.filters, "device": str(device), "machine": machine_description(), "commit": git_commit(),
               "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.speed_training --device {args.device} --repeats {args.repeats}",
               "load_average_at_end": os.getloadavg(),
               "note": "ratios compare timings taken alternately in the same process; other jobs were "

@@ -81,7 +81,7 @@ ADAPTATION: dict[str, dict[str, Any]] = {
 ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -89,7 +89,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _machine() -> str:
+def machine_description() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -142,7 +142,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     report.update({
         "dataset": dataset, "profile": profile_name, "profile_settings": asdict(profile),
         "budget": f"{profile.budget_passes} image forward+backward passes per method",
-        "machine": _machine(), "commit": _git_commit(),
+        "machine": machine_description(), "commit": git_commit(),
         "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
         + (f" --methods {','.join(methods)}" if methods != METHODS else ""),
         "unseen_classes": "Omniglot evaluation alphabets (659 characters)" if dataset == "omniglot"

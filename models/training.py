@@ -75,10 +75,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[:, :, dy : dy + h, dx : dx + w]
 
 
-def _make_tasks(
+def sample_tasks(
     data: ImageSet, sampler: EpisodeSampler, config: PretrainConfig, device: torch.device,
     gen: torch.Generator,
 ) -> list[alg.Task]:
+    """One meta-batch of tasks on `device`: the images every algorithm's iteration trains on."""
     tasks = []
     for _ in range(config.meta_batch):
         ep = sampler.sample()
@@ -309,7 +310,7 @@ def pretrain(
         if should_stop is not None and should_stop():
             save(iteration, elapsed_before + time.perf_counter() - t0, completed=False)
             raise TrainingCancelled(f"pretraining stopped at iteration {iteration}")
-        tasks = _make_tasks(on_device, sampler, config, device, gen)
+        tasks = sample_tasks(on_device, sampler, config, device, gen)
         loss = train_step(net, tasks, config, iteration=iteration, rng=rng, optimizer=optimizer)
         if not np.isfinite(loss):
             raise ConfigError(
