@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -71,3 +71,14 @@ def get_predict_service(request: Request) -> PredictService:
 
 
 PredictServiceDep = Annotated[PredictService, Depends(get_predict_service)]
+
+
+T = TypeVar("T")
+
+
+def get_tenant_row(session: Session, key: ApiKey, model: type[T], row_id: str, noun: str) -> T:
+    """The tenant's row of `model` with this id; another tenant's row is answered like a missing one."""
+    row = session.get(model, row_id)
+    if row is None or getattr(row, "tenant", None) != key.tenant:
+        raise HTTPException(404, f"{noun} {row_id} not found")
+    return row

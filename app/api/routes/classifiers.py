@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from app.api.forms import file_fields, read_form, text_field
 from app.api.routes.datasets import get_owned as get_owned_dataset
 from app.base_models import base_model_dir, read_card
-from app.deps import CurrentKey, PredictServiceDep, SessionDep, SettingsDep
+from app.deps import CurrentKey, PredictServiceDep, SessionDep, SettingsDep, get_tenant_row
 from app.schemas import (
     ClassifierCreate,
     ClassifierCreated,
@@ -66,10 +66,7 @@ def to_public(clf: Classifier) -> ClassifierPublic:
 
 
 def get_owned(session: SessionDep, key: ApiKey, classifier_id: str) -> Classifier:
-    clf = session.get(Classifier, classifier_id)
-    if clf is None or clf.tenant != key.tenant:
-        raise HTTPException(404, f"classifier {classifier_id} not found")
-    return clf
+    return get_tenant_row(session, key, Classifier, classifier_id, "classifier")
 
 
 def visible_base_model(session: SessionDep, key: ApiKey, base_model_id: str | None) -> BaseModel:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.forms import file_fields, read_form, text_field
-from app.deps import CurrentKey, SessionDep, SettingsDep
+from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
 from app.schemas import DatasetPublic, as_utc
 from app.storage import ImageStore
 from app.tables import Dataset, DatasetImage
@@ -63,10 +63,7 @@ def to_public(ds: Dataset) -> DatasetPublic:
 
 
 def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
-    if ds is None or ds.tenant != key.tenant:
-        raise HTTPException(404, f"dataset {dataset_id} not found")
-    return ds
+    return get_tenant_row(session, key, Dataset, dataset_id, "dataset")
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_UPLOAD_DOC)
