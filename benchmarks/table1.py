@@ -75,8 +75,11 @@ BASE_CONFIG: dict[str, Any] = {"ways": 5, "shots": 5, "queries": 5, "meta_batch"
                                "outer_lr": 1.0, "beta": 0.5, "combine": "paper"}
 METHOD_CONFIG: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
 # How each method's base model adapts at test time (protonet: nearest class mean, no steps).
+# min_epochs: many-shot tasks get more steps, so that every support image is seen 20 times
+# (20-way 15-shot on validation alphabets: benchmarks/results/tuning-omniglot-min-epochs.jsonl).
 ADAPTATION: dict[str, dict[str, Any]] = {
-    m: {"steps": 30, "lr": 0.1, "head_init": "zeros", "bn_stats": "support"} for m in METHODS
+    m: {"steps": 30, "lr": 0.1, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support"}
+    for m in METHODS
 }
 ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
 

@@ -72,10 +72,11 @@ def adapt(
     backbone = copy.deepcopy(net.backbone)
     head = _init_head(net, backbone, images, labels, num_classes, config.head_init)
     clf = Classifier(backbone, head, net.mean, net.std, names)
-    if config.steps > 0:
+    n = len(images)
+    steps = config.steps_for(n)
+    if steps > 0:
         gen = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.SGD(clf.parameters(), lr=config.lr)
-        n = len(images)
         bs = n if config.batch_size <= 0 else min(config.batch_size, n)
         clf.train()
         if config.bn_stats == "frozen":
@@ -83,7 +84,7 @@ def adapt(
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         loss_value = float("nan")
-        for step in range(config.steps):
+        for step in range(steps):
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(f"adaptation stopped at step {step}")
             if bs < n:
@@ -101,7 +102,7 @@ def adapt(
             optimizer.step()
             loss_value = float(loss.detach())
             if progress is not None:
-                progress(step + 1, config.steps, loss_value)
+                progress(step + 1, steps, loss_value)
     return clf.eval()
 
 

@@ -3,6 +3,7 @@ with these without loading the ML stack."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -125,6 +126,10 @@ class AdaptConfig:
     steps: int = 30
     lr: float = 0.1
     batch_size: int = 0  # 0: every labelled image in each step
+    # With batches smaller than the labelled set, `steps` alone under-trains many-shot tasks
+    # (20-way 15-shot on validation alphabets: 80.9% at 30 steps of 64 images, 93.3% at 100), so
+    # the step count grows until every image has been seen this many times (see `steps_for`).
+    min_epochs: float = 0.0
     head_init: HeadInit = "zeros"
     # "support": batch-norm statistics are re-estimated from the support batches while
     # fine-tuning (then frozen for prediction); "frozen": the base model's statistics are kept.
@@ -135,14 +140,22 @@ class AdaptConfig:
             raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
         if self.head_init not in HEAD_INITS:
             raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
-        if self.steps < 0 or self.lr < 0 or self.batch_size < 0:
-            raise ConfigError("adaptation steps, lr and batch size must not be negative")
+        if self.steps < 0 or self.lr < 0 or self.batch_size < 0 or self.min_epochs < 0:
+            raise ConfigError("adaptation steps, lr, batch size and min_epochs must not be negative")
+
+    def steps_for(self, num_images: int) -> int:
+        """SGD steps to take on `num_images` labelled images: `steps`, or more where that would
+        show each image fewer than `min_epochs` times."""
+        if self.steps == 0 or num_images <= 0:
+            return self.steps
+        batch = num_images if self.batch_size <= 0 else min(self.batch_size, num_images)
+        return max(self.steps, math.ceil(self.min_epochs * num_images / batch))
 
     @classmethod
     def from_card(cls, card: dict[str, Any], **overrides: Any) -> AdaptConfig:
         base = dict(card.get("adaptation", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "head_init", "bn_stats")
+        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "min_epochs", "head_init", "bn_stats")
                       if k in base})
 
 
