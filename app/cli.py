@@ -121,6 +121,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt-steps", type=int, default=None, help="default: the checkpoint's card")
     p.add_argument("--adapt-lr", type=float, default=None, help="default: the checkpoint's card")
     p.add_argument("--adapt-batch", type=int, default=None, help="0: all support images")
+    p.add_argument("--adapt-min-epochs", type=float, default=None,
+                   help="take more steps where needed to show each support image this many times")
     p.add_argument("--head-init", choices=["zeros", "prototype", "meta"], default=None)
     p.add_argument("--bn-stats", choices=["frozen", "support"], default=None,
                    help="batch-norm statistics while fine-tuning: the base model's, or the support set's")
@@ -145,7 +147,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = concat([load_dataset(path, image_size=card["image_size"], channels=card["channels"])
                    for path in args.dataset])
     config = AdaptConfig.from_card(card, steps=args.adapt_steps, lr=args.adapt_lr,
-                                   batch_size=args.adapt_batch, head_init=args.head_init,
+                                   batch_size=args.adapt_batch, min_epochs=args.adapt_min_epochs,
+                                   head_init=args.head_init,
                                    bn_stats=args.bn_stats)
     smallest = min(data.class_counts())
     results = []

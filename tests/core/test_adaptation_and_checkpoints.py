@@ -58,6 +58,20 @@ def test_adapt_builds_a_head_of_any_size_and_learns_the_support(classes: int, he
     assert float((probs.argmax(1) == y).float().mean()) == 1.0
 
 
+@pytest.mark.parametrize(("images", "batch", "min_epochs", "expected"),
+                         [(10, 64, 20, 30), (300, 64, 20, 94), (300, 0, 20, 30), (300, 64, 0, 30)])
+def test_min_epochs_adds_steps_only_where_batches_are_smaller_than_the_support(
+        images: int, batch: int, min_epochs: float, expected: int) -> None:
+    x, y = some_images(images // 5, 5)
+    config = AdaptConfig(steps=30, lr=0.01, batch_size=batch, min_epochs=min_epochs)
+    assert config.steps_for(images) == expected
+    seen: list[int] = []
+    adapt(small_net(), x, y, config=config, progress=lambda step, total, _loss: seen.append(total))
+    assert len(seen) == expected and set(seen) == {expected}
+    with pytest.raises(ConfigError, match="must not be negative"):
+        AdaptConfig(min_epochs=-1)
+
+
 def test_adapt_leaves_the_base_model_untouched_and_meta_head_needs_matching_ways() -> None:
     net = small_net(ways=5)
     before = {k: v.clone() for k, v in net.state_dict().items()}
