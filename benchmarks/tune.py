@@ -28,7 +28,7 @@ from models.adaptation import evaluate
 from models.checkpoint import load_base_model
 from models.config import AdaptConfig, PretrainConfig
 from models.data import ImageSet, data_root, load_dataset
-from models.errors import ConfigError
+from models.errors import CheckpointError, ConfigError
 from models.training import pretrain
 
 DEFAULT_ADAPT = [
@@ -65,6 +65,8 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--adapt", type=json.loads, default=DEFAULT_ADAPT)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--budget-passes", type=int, default=0,
+                   help="specs without 'iterations' get this many image passes' worth of iterations")
     p.add_argument("specs", nargs="+", type=json.loads)
     args = p.parse_args()
     base, val = omniglot_split(args.val_alphabets, 0) if args.dataset == "omniglot" else mini_split()
@@ -78,14 +80,27 @@ def main() -> None:
             train_s = card["training"]["seconds"]
             final_loss = card["history"][-1]["loss"] if card["history"] else None
         else:
+            if args.budget_passes and "iterations" not in spec:
+                # An equal budget of image passes, as in the Table 1 harness.
+                spec["iterations"] = max(1, args.budget_passes
+                                         // PretrainConfig(**spec).passes_per_iteration())
             config = PretrainConfig(**spec)
             key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-            t0 = time.perf_counter()
-            result = pretrain(config, base, device=args.device, out_dir=Path("runs/tune") / key)
-            train_s = time.perf_counter() - t0
-            net, final_loss = result.net, result.history[-1]["loss"]
-            card_config = result.card["hyperparameters"]
-            print(f"trained {spec} in {train_s:.0f} s -> runs/tune/{key}", flush=True)
+            ckpt = Path("runs/tune") / key
+            try:  # the same spec was trained before (e.g. for another --ways/--shots): reuse it
+                net, card = load_base_model(ckpt)
+                if not card["training"]["completed"]:
+                    raise CheckpointError("unfinished")
+                train_s = card["training"]["seconds"]
+                final_loss = card["history"][-1]["loss"] if card["history"] else None
+                card_config = card["hyperparameters"]
+            except CheckpointError:
+                t0 = time.perf_counter()
+                result = pretrain(config, base, device=args.device, out_dir=ckpt)
+                train_s = time.perf_counter() - t0
+                net, final_loss = result.net, result.history[-1]["loss"]
+                card_config = result.card["hyperparameters"]
+                print(f"trained {spec} in {train_s:.0f} s -> {ckpt}", flush=True)
         for adapt in args.adapt:
             try:
                 cell = evaluate(net, val, ways=args.ways, shots=args.shots, queries=args.queries,
