@@ -27,6 +27,9 @@ def make_celery(settings: Settings) -> Celery:
             data_folder_out=queue,
             processed_folder=str(settings.broker_folder / "processed"),
             store_processed=False,
+            # kombu polls the folder once a second by default: most of a small job's time to
+            # result (docs/speed.md). Listing one local folder ten times a second is cheap.
+            polling_interval=0.1,
         )
     app.conf.update(
         broker_transport_options=transport,
