@@ -17,6 +17,8 @@ SPECS=(
   "{\"algorithm\": \"mtl-reptile\", \"beta\": 0.5, \"inner_steps\": 2, $COMMON}"
   "{\"algorithm\": \"mtl-reptile\", \"beta\": 0.25, \"inner_steps\": 2, $COMMON}"
   "{\"algorithm\": \"reptile\", \"inner_steps\": 5, $COMMON}"
+  # FOMAML's outer step is a gradient step: outer_lr 0.1 (benchmarks/table1.py, METHOD_CONFIG).
+  "{\"algorithm\": \"mtl-fomaml\", \"beta\": 0.5, \"inner_steps\": 5, ${COMMON/\"outer_lr\": 1.0/\"outer_lr\": 0.1}}"
 )
 # Each spec is trained once (runs/tune/<hash>) and reused by the second cell.
 PY=${PY:-.venv/bin/python}
@@ -24,3 +26,9 @@ $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes 100000 \
     --ways 5 --shots 1 --queries 15 --episodes 100 --adapt "$ADAPT" "${SPECS[@]}"
 $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes 100000 \
     --ways 20 --shots 5 --queries 15 --episodes 40 --adapt "$ADAPT" "${SPECS[@]}"
+# Reference outside the equal budget: MTL-Reptile with Transfer's 2000 iterations (6x its passes).
+EQUAL_ITERATIONS="{\"algorithm\": \"mtl-reptile\", \"beta\": 0.5, \"inner_steps\": 5, \"iterations\": 2000, $COMMON}"
+$PY -m benchmarks.tune --dataset omniglot --out "$OUT" \
+    --ways 5 --shots 1 --queries 15 --episodes 100 --adapt "$ADAPT" "$EQUAL_ITERATIONS"
+$PY -m benchmarks.tune --dataset omniglot --out "$OUT" \
+    --ways 20 --shots 5 --queries 15 --episodes 40 --adapt "$ADAPT" "$EQUAL_ITERATIONS"
