@@ -50,6 +50,7 @@ def classifier_defaults() -> dict[str, Any]:
         "steps": d.steps,
         "learning_rate": d.lr,
         "batch_size": d.batch_size,
+        "min_epochs": d.min_epochs,
         "head_init": d.head_init,
         "bn_stats": d.bn_stats,
     }
@@ -64,6 +65,11 @@ class ClassifierParams(Strict):
     batch_size: int | None = Field(
         default=None, ge=0, le=4096, description="0: all training images every step"
     )
+    min_epochs: float | None = Field(
+        default=None, ge=0.0, le=1000.0,
+        description="with batch_size below the image count: take more steps until every image "
+        "was seen this many times (0: exactly `steps`)",
+    )
     holdout_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     head_init: Literal["zeros", "prototype", "meta"] | None = None
@@ -75,6 +81,7 @@ class ClassifierParams(Strict):
             "steps": card_adaptation.get("steps"),
             "learning_rate": card_adaptation.get("lr"),
             "batch_size": card_adaptation.get("batch_size"),
+            "min_epochs": card_adaptation.get("min_epochs"),
             "head_init": card_adaptation.get("head_init"),
             "bn_stats": card_adaptation.get("bn_stats"),
         }

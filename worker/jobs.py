@@ -365,12 +365,15 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         steps=params["steps"],
         lr=params["learning_rate"],
         batch_size=params["batch_size"],
+        # Jobs queued before min_epochs existed have no such key.
+        min_epochs=params.get("min_epochs") or 0.0,
         head_init=params["head_init"],
         bn_stats=params.get("bn_stats") or "frozen",
     )
     labels = data.labels.tolist()
     train_idx, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
-    total = config.steps * (2 if hold_idx else 1)
+    final_steps = config.steps_for(len(labels))
+    total = final_steps + (config.steps_for(len(train_idx)) if hold_idx else 0)
     x_all = to_float(data.images).to(device)
     y_all = data.labels.to(device)
 
@@ -401,7 +404,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         class_names=data.class_names,
         config=config,
         seed=params["seed"],
-        progress=progress_from(total - config.steps),
+        progress=progress_from(total - final_steps),
         should_stop=reporter.should_stop,
     )
     out = settings.classifiers_dir / classifier_id

@@ -278,6 +278,8 @@ def test_bad_classifier_requests(client: Any, user: dict) -> None:
     assert_error(post({"dataset_id": ds["id"]}), 422, "name")
     assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"steps": -1}}), 422,
                  "steps")
+    assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"min_epochs": -1}}), 422,
+                 "min_epochs")
     assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"learning_rate": 99}}),
                  422, "learning_rate")
     assert_error(post({"name": "c", "dataset_id": ds["id"], "params": {"holdout_fraction": 0.9}}),

@@ -51,6 +51,9 @@ def test_classifier_params_resolution() -> None:
 
     assert ClassifierParams().resolved({})["steps"] == AdaptConfig().steps
     assert ClassifierParams().resolved({})["learning_rate"] == AdaptConfig().lr
+    assert ClassifierParams().resolved({})["min_epochs"] == AdaptConfig().min_epochs == 0
+    assert ClassifierParams().resolved({"min_epochs": 20})["min_epochs"] == 20
+    assert ClassifierParams(min_epochs=3).resolved({"min_epochs": 20})["min_epochs"] == 3
 
 
 def test_settings_refuse_unsafe_production_values() -> None:

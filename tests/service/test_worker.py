@@ -72,16 +72,19 @@ def test_end_to_end_classifier(client: Any, settings: Settings, start_worker: An
 
 def test_tiny_dataset_trains_without_holdout(client: Any, settings: Settings,
                                              start_worker: Any) -> None:
-    """One image a class: no holdout (metrics null), and the classifier still trains."""
+    """One image a class: no holdout (metrics null), and the classifier still trains; with
+    batches smaller than the data, min_epochs adds steps (3 images, batch 2, 4 epochs: 6)."""
     user = new_key(settings, "acme")
     worker = start_worker(settings)
     ds = client.post("/v1/datasets", headers=user, data={"name": "one-shot"},
                      files={"archive": ("g.zip", omniglot_zip(CHARACTERS[:3], range(1)))}).json()
     created = client.post("/v1/classifiers", headers=user,
                           json={"name": "c", "dataset_id": ds["id"],
-                                "base_model_id": "handwriting", "params": {"steps": 5}}).json()
+                                "base_model_id": "handwriting",
+                                "params": {"steps": 5, "batch_size": 2, "min_epochs": 4}}).json()
     job = wait_for_job(client, user, created["job_id"], log=worker.log)
     assert job["status"] == "succeeded", job
+    assert (job["progress"]["step"], job["progress"]["total_steps"]) == (6, 6), job["progress"]
     assert client.get(f"/v1/classifiers/{created['id']}", headers=user).json()["metrics"] is None
 
 
