@@ -127,8 +127,9 @@ class AdaptConfig:
     lr: float = 0.1
     batch_size: int = 0  # 0: every labelled image in each step
     # With batches smaller than the labelled set, `steps` alone under-trains many-shot tasks
-    # (20-way 15-shot on validation alphabets: 80.9% at 30 steps of 64 images, 93.3% at 100), so
-    # the step count grows until every image has been seen this many times (see `steps_for`).
+    # (20-way 15-shot on validation alphabets: 83.3% at 30 steps of 64 images, 93.7% with
+    # min_epochs 20; benchmarks/results/tuning-omniglot-min-epochs.jsonl), so the step count
+    # grows until every image has been seen this many times (see `steps_for`).
     min_epochs: float = 0.0
     head_init: HeadInit = "zeros"
     # "support": batch-norm statistics are re-estimated from the support batches while
