@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from models.adaptation import evaluate
 from models.checkpoint import load_base_model
 from models.config import AdaptConfig, PretrainConfig
 from models.data import ImageSet, data_root, load_dataset
-from models.errors import CheckpointError, ConfigError
+from models.errors import ConfigError
 from models.training import pretrain
 
 DEFAULT_ADAPT = [
@@ -87,20 +86,13 @@ def main() -> None:
             config = PretrainConfig(**spec)
             key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
             ckpt = Path("runs/tune") / key
-            try:  # the same spec was trained before (e.g. for another --ways/--shots): reuse it
-                net, card = load_base_model(ckpt)
-                if not card["training"]["completed"]:
-                    raise CheckpointError("unfinished")
-                train_s = card["training"]["seconds"]
-                final_loss = card["history"][-1]["loss"] if card["history"] else None
-                card_config = card["hyperparameters"]
-            except CheckpointError:
-                t0 = time.perf_counter()
-                result = pretrain(config, base, device=args.device, out_dir=ckpt)
-                train_s = time.perf_counter() - t0
-                net, final_loss = result.net, result.history[-1]["loss"]
-                card_config = result.card["hyperparameters"]
-                print(f"trained {spec} in {train_s:.0f} s -> {ckpt}", flush=True)
+            # pretrain's resume skips a finished run (e.g. the same spec for another
+            # --ways/--shots) and continues an unfinished one.
+            result = pretrain(config, base, device=args.device, out_dir=ckpt, resume=ckpt.exists())
+            net, final_loss = result.net, result.history[-1]["loss"]
+            card_config = result.card["hyperparameters"]
+            train_s = result.card["training"]["seconds"]
+            print(f"{spec}: {train_s:.0f} s of training -> {ckpt}", flush=True)
         for adapt in args.adapt:
             try:
                 cell = evaluate(net, val, ways=args.ways, shots=args.shots, queries=args.queries,
