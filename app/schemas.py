@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.config import AdaptConfig  # torch-free
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -40,20 +43,24 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+# API parameter name -> `AdaptConfig` field, for every adaptation setting: the API says
+# `learning_rate` where the model code says `lr`.
+ADAPT_FIELDS = {("learning_rate" if f.name == "lr" else f.name): f.name for f in fields(AdaptConfig)}
+# Stored by jobs queued before these settings existed; their behaviour then, not today's default.
+_LEGACY_ADAPT_PARAMS: dict[str, Any] = {"min_epochs": 0.0, "bn_stats": "frozen"}
+
+
 def classifier_defaults() -> dict[str, Any]:
     """Used when neither the request nor the base model's card says otherwise: the defaults of
-    `models.config.AdaptConfig`, chosen by measurement (see docs/service.md). Torch-free."""
-    from models.config import AdaptConfig
-
+    `models.config.AdaptConfig`, chosen by measurement (see docs/service.md)."""
     d = AdaptConfig()
-    return {
-        "steps": d.steps,
-        "learning_rate": d.lr,
-        "batch_size": d.batch_size,
-        "min_epochs": d.min_epochs,
-        "head_init": d.head_init,
-        "bn_stats": d.bn_stats,
-    }
+    return {api: getattr(d, name) for api, name in ADAPT_FIELDS.items()}
+
+
+def adapt_config(params: dict[str, Any]) -> AdaptConfig:
+    """The `AdaptConfig` of a classifier's resolved parameters (as stored with its job)."""
+    values = {**_LEGACY_ADAPT_PARAMS, **{k: v for k, v in params.items() if v is not None}}
+    return AdaptConfig(**{name: values[api] for api, name in ADAPT_FIELDS.items()})
 
 
 class ClassifierParams(Strict):
@@ -77,14 +84,7 @@ class ClassifierParams(Strict):
 
     def resolved(self, card_adaptation: dict[str, Any]) -> dict[str, Any]:
         """Every parameter filled in: request, then the base model's card, then the defaults."""
-        from_card = {
-            "steps": card_adaptation.get("steps"),
-            "learning_rate": card_adaptation.get("lr"),
-            "batch_size": card_adaptation.get("batch_size"),
-            "min_epochs": card_adaptation.get("min_epochs"),
-            "head_init": card_adaptation.get("head_init"),
-            "bn_stats": card_adaptation.get("bn_stats"),
-        }
+        from_card = {api: card_adaptation.get(name) for api, name in ADAPT_FIELDS.items()}
         out = self.model_dump()
         for name, default in classifier_defaults().items():
             if out[name] is None:

@@ -22,6 +22,7 @@ from sqlalchemy import and_, or_, select, update
 
 from app.base_models import base_model_dir, read_card
 from app.db import session_scope
+from app.schemas import adapt_config
 from app.settings import Settings
 from app.storage import ImageStore
 from app.tables import BaseModel, Classifier, Dataset, DatasetImage, Job, utcnow
@@ -286,9 +287,14 @@ def _load_images(settings: Settings, dataset_id: str, *, channels: int, image_si
     )
 
 
+def holdout_size(count: int, fraction: float) -> int:
+    """Images held out of a class of `count`: round(count * fraction), at least 1 when fraction
+    > 0, but never the class's last training image."""
+    return 0 if fraction <= 0 or count < 2 else min(count - 1, max(1, round(count * fraction)))
+
+
 def holdout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Per class, hold out round(n * fraction) images (at least 1 when fraction > 0), but only
-    from classes that keep at least one training image. Returns (train, holdout) indices."""
+    """Per class, hold out `holdout_size` images. Returns (train, holdout) indices."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -297,14 +303,19 @@ def holdout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[i
     for c in sorted(set(labels)):
         idx = [i for i, lbl in enumerate(labels) if lbl == c]
         rng.shuffle(idx)
-        k = (
-            0
-            if fraction <= 0 or len(idx) < 2
-            else min(len(idx) - 1, max(1, round(len(idx) * fraction)))
-        )
+        k = holdout_size(len(idx), fraction)
         hold.extend(idx[:k])
         train.extend(idx[k:])
     return sorted(train), sorted(hold)
+
+
+def training_steps(params: dict[str, Any], class_counts: list[int]) -> int:
+    """SGD steps a classifier's job takes: on the training split when a holdout is measured,
+    then on every image (the same count the job's progress reports)."""
+    config = adapt_config(params)
+    held = sum(holdout_size(n, params["holdout_fraction"]) for n in class_counts)
+    total = config.steps_for(sum(class_counts))
+    return total + (config.steps_for(sum(class_counts) - held) if held else 0)
 
 
 def classification_metrics(true: list[int], pred: list[int], labels: list[str]) -> dict[str, Any]:
@@ -343,7 +354,6 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
 
     from models.adaptation import adapt
     from models.checkpoint import load_base_model, save_classifier
-    from models.config import AdaptConfig
     from models.data import to_float
     from models.training import resolve_device
 
@@ -361,19 +371,10 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     data = _load_images(
         settings, dataset_id, channels=card["channels"], image_size=card["image_size"]
     )
-    config = AdaptConfig(
-        steps=params["steps"],
-        lr=params["learning_rate"],
-        batch_size=params["batch_size"],
-        # Jobs queued before min_epochs existed have no such key.
-        min_epochs=params.get("min_epochs") or 0.0,
-        head_init=params["head_init"],
-        bn_stats=params.get("bn_stats") or "frozen",
-    )
+    config = adapt_config(params)
     labels = data.labels.tolist()
     train_idx, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
-    final_steps = config.steps_for(len(labels))
-    total = final_steps + (config.steps_for(len(train_idx)) if hold_idx else 0)
+    total = training_steps(params, [labels.count(c) for c in range(len(data.class_names))])
     x_all = to_float(data.images).to(device)
     y_all = data.labels.to(device)
 
@@ -404,7 +405,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         class_names=data.class_names,
         config=config,
         seed=params["seed"],
-        progress=progress_from(total - final_steps),
+        progress=progress_from(total - config.steps_for(len(labels))),
         should_stop=reporter.should_stop,
     )
     out = settings.classifiers_dir / classifier_id

@@ -226,6 +226,19 @@ def test_bad_uploads(client: Any, settings: Settings, user: dict) -> None:
 # ----------------------------------------------------------------------------- classifiers, jobs
 
 
+def test_job_counts_min_epochs_steps_from_creation(client: Any, user: dict) -> None:
+    """With batches smaller than the data, min_epochs adds steps, counted from the start: 3 classes
+    of 3 images, 1 each held out; holdout pass 6 images x 4 epochs / batch 2 = 12 steps, final
+    pass 9 x 4 / 2 = 18."""
+    ds = upload_zip(client, user, small_zip()).json()
+    r = client.post("/v1/classifiers", headers=user,
+                    json={"name": "c", "dataset_id": ds["id"],
+                          "params": {"steps": 5, "batch_size": 2, "min_epochs": 4}})
+    assert r.status_code == 202, r.text
+    job = client.get(f"/v1/jobs/{r.json()['job_id']}", headers=user).json()
+    assert job["progress"]["total_steps"] == 12 + 18
+
+
 def test_classifier_and_job_lifecycle(client: Any, settings: Settings, user: dict) -> None:
     ds = upload_zip(client, user, small_zip()).json()
     r = client.post("/v1/classifiers", headers=user, json={"name": "c", "dataset_id": ds["id"]})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.schemas import ClassifierParams
+from app.schemas import ClassifierParams, adapt_config
 from app.settings import Settings
 from app.uploads import UploadError, read_archive
 from tests.service.conftest import random_png, zip_bytes
-from worker.jobs import classification_metrics, holdout_split
+from worker.jobs import classification_metrics, holdout_split, training_steps
 
 
 def test_holdout_keeps_a_training_image_in_every_class() -> None:
@@ -54,6 +54,21 @@ def test_classifier_params_resolution() -> None:
     assert ClassifierParams().resolved({})["min_epochs"] == AdaptConfig().min_epochs == 0
     assert ClassifierParams().resolved({"min_epochs": 20})["min_epochs"] == 20
     assert ClassifierParams(min_epochs=3).resolved({"min_epochs": 20})["min_epochs"] == 3
+
+
+def test_adapt_config_from_stored_params() -> None:
+    from models.config import AdaptConfig
+
+    params = ClassifierParams(learning_rate=0.3, min_epochs=2).resolved({"head_init": "prototype"})
+    assert adapt_config(params) == AdaptConfig(lr=0.3, min_epochs=2, head_init="prototype")
+    # Params stored by jobs queued before min_epochs and bn_stats existed keep their behaviour then.
+    legacy = {k: v for k, v in params.items() if k not in ("min_epochs", "bn_stats")}
+    assert (adapt_config(legacy).min_epochs, adapt_config(legacy).bn_stats) == (0.0, "frozen")
+    # Steps: a holdout pass on what is left, then the final pass on every image.
+    params = ClassifierParams(steps=5, batch_size=2, min_epochs=4).resolved({})
+    assert training_steps(params, [3, 3, 3]) == 12 + 18
+    assert training_steps(params, [1, 1, 1]) == 6  # nothing to hold out: one pass
+    assert training_steps({**params, "holdout_fraction": 0.0}, [3, 3, 3]) == 18
 
 
 def test_settings_refuse_unsafe_production_values() -> None:

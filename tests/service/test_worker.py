@@ -82,6 +82,8 @@ def test_tiny_dataset_trains_without_holdout(client: Any, settings: Settings,
                           json={"name": "c", "dataset_id": ds["id"],
                                 "base_model_id": "handwriting",
                                 "params": {"steps": 5, "batch_size": 2, "min_epochs": 4}}).json()
+    # The API's count at creation is the worker's.
+    assert client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()["progress"]["total_steps"] == 6
     job = wait_for_job(client, user, created["job_id"], log=worker.log)
     assert job["status"] == "succeeded", job
     assert (job["progress"]["step"], job["progress"]["total_steps"]) == (6, 6), job["progress"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select, update
@@ -25,6 +24,7 @@ from app.schemas import (
 from app.tables import ApiKey, BaseModel, Classifier, Job, utcnow
 from app.uploads import check_image
 from worker.celery_app import TRAIN_CLASSIFIER
+from worker.jobs import training_steps
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
 log = logging.getLogger(__name__)
@@ -85,11 +85,6 @@ def visible_base_model(session: SessionDep, key: ApiKey, base_model_id: str | No
     return base
 
 
-def will_hold_out(params: dict[str, Any], classes: list[dict[str, Any]]) -> bool:
-    """Whether training measures on a holdout first (then it trains twice; see worker.jobs)."""
-    return params["holdout_fraction"] > 0 and any(c["count"] >= 2 for c in classes)
-
-
 @router.post("", status_code=202, response_model=ClassifierCreated)
 def create_classifier(
     body: ClassifierCreate,
@@ -130,7 +125,7 @@ def create_classifier(
         dataset_id=dataset.id,
         classifier_id=clf.id,
         base_model_id=base.id,
-        total_steps=params["steps"] * (2 if will_hold_out(params, dataset.classes) else 1),
+        total_steps=training_steps(params, [c["count"] for c in dataset.classes]),
     )
     session.add(job)
     session.flush()
