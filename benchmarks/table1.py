@@ -1,7 +1,7 @@
 """The paper's Table 1, reproduced: every method pretrained on the base classes with the same
 budget, then evaluated on the same seeded episodes of unseen classes.
 
-    mtl bench table1 --dataset omniglot|miniimagenet-lite --profile quick|full|gpu [--out DIR]
+    mtl bench table1 --dataset omniglot|miniimagenet-lite --profile quick|cpu|full|gpu [--out DIR]
 
 Budget: every method gets the same number of image forward+backward passes
 (`PretrainConfig.passes_per_iteration` x iterations), so a method whose iteration does more work
