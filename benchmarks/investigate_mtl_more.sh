@@ -2,7 +2,7 @@
 # Follow-up to investigate_mtl_budget.sh, on the same VALIDATION classes (6 held-out Omniglot
 # background alphabets), same 100,000-pass budget, adaptation and episodes: one thing it left
 # untried, the authors' combination (theta + 0.5 * ((1 - beta) * eps * meta + beta * transfer);
-# here beta weights the transfer term). A wider backbone (64 filters) is still untried.
+# here beta weights the transfer term). The wider backbone: investigate_mtl_wide.sh.
 # Rows -> benchmarks/results/tuning-omniglot-mtl-more.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
