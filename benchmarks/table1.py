@@ -213,10 +213,16 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                                                      + time.perf_counter() - started, 1)
                 started = time.perf_counter()
                 results_path.write_text(json.dumps(report, indent=2) + "\n")
-    results_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, out)
+    return report
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """results.json, table1.md and table1.png of a report, in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, out / "table1.md")
     write_chart(report, out / "table1.png")
-    return report
 
 
 class MergeError(ValueError):
@@ -263,10 +269,7 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
     merged["commit"] = ", ".join(dict.fromkeys(r.get("commit", "unknown") for _, r in reports))
     merged["command"] = (f"mtl bench table1 --dataset {dataset} --profile {profile_name} --merge "
                          + " ".join(str(p) for p in parts))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
-    write_markdown(merged, out / "table1.md")
-    write_chart(merged, out / "table1.png")
+    write_report(merged, out)
     return merged
 
 

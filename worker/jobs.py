@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -374,7 +375,8 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     config = adapt_config(params)
     labels = data.labels.tolist()
     train_idx, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
-    total = training_steps(params, [labels.count(c) for c in range(len(data.class_names))])
+    total = training_steps(params, list(Counter(labels).values()))
+    final_steps = config.steps_for(len(labels))
     x_all = to_float(data.images).to(device)
     y_all = data.labels.to(device)
 
@@ -405,7 +407,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         class_names=data.class_names,
         config=config,
         seed=params["seed"],
-        progress=progress_from(total - config.steps_for(len(labels))),
+        progress=progress_from(total - final_steps),
         should_stop=reporter.should_stop,
     )
     out = settings.classifiers_dir / classifier_id
