@@ -47,16 +47,23 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, type=Path,
                    help="Omniglot .npz file, or a folder of class subfolders")
     p.add_argument("--algorithm", default=from_defaults["algorithm"],
-                   help="transfer, protonet, reptile, maml, fomaml, mtl-reptile, mtl-maml, mtl-fomaml")
+                   help="transfer, protonet, reptile, maml, fomaml, mtl-reptile, mtl-maml, mtl-fomaml, mtl-protonet")
     p.add_argument("--out", required=True, type=Path, help="output folder for the checkpoint")
     p.add_argument("--backbone", default=from_defaults["backbone"], help="conv4 or resnet12")
     for name, typ in [("filters", int), ("image_size", int), ("channels", int), ("ways", int),
                       ("shots", int), ("queries", int), ("meta_batch", int), ("inner_steps", int),
                       ("inner_batch", int), ("inner_lr", float), ("outer_lr", float),
                       ("transfer_lr", float), ("beta", float), ("iterations", int),
-                      ("protonet_lr", float), ("seed", int)]:
+                      ("protonet_lr", float), ("transfer_batch", int), ("momentum", float),
+                      ("weight_decay", float), ("cosine_scale", float), ("seed", int)]:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=from_defaults[name])
     p.add_argument("--combine", choices=["paper", "authors"], default=from_defaults["combine"])
+    p.add_argument("--meta-schedule", choices=["constant", "linear"], default=from_defaults["meta_schedule"],
+                   help="the meta step's multiplier over training (linear: annealed to 0, as Reptile)")
+    p.add_argument("--transfer-schedule", choices=["constant", "cosine"],
+                   default=from_defaults["transfer_schedule"], help="the transfer learning rate's decay")
+    p.add_argument("--transfer-head", choices=["zeros", "standard", "cosine"],
+                   default=from_defaults["transfer_head"], help="the C_base-way transfer head's kind and init")
     p.add_argument("--replacement", action="store_true",
                    help="draw a task's classes with replacement (as the authors' code)")
     p.add_argument("--augment", action="store_true", help="random flips and shifts")
@@ -124,6 +131,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt-min-epochs", type=float, default=None,
                    help="take more steps where needed to show each support image this many times")
     p.add_argument("--head-init", choices=["zeros", "prototype", "meta"], default=None)
+    p.add_argument("--prototype-scale", type=float, default=None,
+                   help="the prototype head's logit scale (default: the checkpoint's card)")
     p.add_argument("--bn-stats", choices=["frozen", "support"], default=None,
                    help="batch-norm statistics while fine-tuning: the base model's, or the support set's")
     p.add_argument("--transductive", action="store_true",
@@ -148,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                    for path in args.dataset])
     config = AdaptConfig.from_card(card, steps=args.adapt_steps, lr=args.adapt_lr,
                                    batch_size=args.adapt_batch, min_epochs=args.adapt_min_epochs,
-                                   head_init=args.head_init,
+                                   head_init=args.head_init, prototype_scale=args.prototype_scale,
                                    bn_stats=args.bn_stats)
     smallest = min(data.class_counts())
     results = []

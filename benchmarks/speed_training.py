@@ -51,7 +51,7 @@ def measure(data: ImageSet, algorithm: str, device: torch.device, repeats: int, 
     sampler = EpisodeSampler(data.labels, ways=config.ways, shots=config.shots, queries=config.queries, seed=0)
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3) if algorithm == "protonet" else None
+    state: dict[str, torch.Tensor] = {}
     sup_opt = torch.optim.SGD(net.parameters(), lr=1e-4)
     iter_times, step_times = [], []
     n_images = 0
@@ -59,7 +59,7 @@ def measure(data: ImageSet, algorithm: str, device: torch.device, repeats: int, 
         tasks = sample_tasks(data, sampler, config, device, gen)
         _sync(device)
         t0 = time.perf_counter()
-        train_step(net, tasks, config, iteration=r, rng=rng, optimizer=opt)
+        train_step(net, tasks, config, iteration=r, rng=rng, state=state)
         _sync(device)
         t1 = time.perf_counter()
         x = torch.cat([t.all_x for t in tasks])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from models.network import Classifier, MetaNet
 def _init_head(
     net: MetaNet, backbone: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
     head_init: str,
+    prototype_scale: float = 10.0,
 ) -> nn.Linear:
     head = nn.Linear(net.meta_head.in_features, num_classes).to(x.device)
     if head_init == "zeros":
@@ -37,15 +38,19 @@ def _init_head(
     else:
         # Nearest class mean as a linear layer: -|f - c|^2 = 2 f.c - |c|^2 - |f|^2, and the last
         # term is the same for every class, so W = 2c, b = -|c|^2 reproduces Prototypical Networks.
+        # Divided by the mean |c|^2 and times a fixed scale, the logits keep ProtoNet's ranking
+        # but no longer saturate the softmax, so fine-tuning from them still has gradients.
         backbone.eval()
         with torch.no_grad():
             f = backbone((x - net.mean) / net.std)
         protos = torch.zeros(num_classes, f.shape[1], device=f.device)
         protos.index_add_(0, y, f)
         protos /= torch.bincount(y, minlength=num_classes).clamp_min(1).unsqueeze(1)
+        norm2 = (protos**2).sum(1)
+        scale = prototype_scale / norm2.mean().clamp_min(1e-12)
         with torch.no_grad():
-            head.weight.copy_(2 * protos)
-            head.bias.copy_(-(protos**2).sum(1))
+            head.weight.copy_(scale * 2 * protos)
+            head.bias.copy_(-scale * norm2)
     return head
 
 
@@ -70,7 +75,8 @@ def adapt(
     if len(names) != num_classes:
         raise ConfigError(f"{len(names)} class names for {num_classes} classes")
     backbone = copy.deepcopy(net.backbone)
-    head = _init_head(net, backbone, images, labels, num_classes, config.head_init)
+    head = _init_head(net, backbone, images, labels, num_classes, config.head_init,
+                      config.prototype_scale)
     clf = Classifier(backbone, head, net.mean, net.std, names)
     n = len(images)
     steps = config.steps_for(n)
@@ -115,6 +121,9 @@ class CellResult:
     accuracy: float
     ci95: float
     transductive: bool = False
+    # Accuracy of each episode, in episode order: every method sees the same episodes, so two
+    # methods' lists pair up for a paired difference (see `paired_difference`).
+    per_episode: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,4 +168,18 @@ def evaluate(
         if progress is not None:
             progress(e + 1, episodes, float(accs[: e + 1].mean()))
     ci = 1.96 * float(accs.std(ddof=1)) / math.sqrt(episodes) if episodes > 1 else float("nan")
-    return CellResult(ways, shots, queries, episodes, float(accs.mean()), ci, transductive)
+    return CellResult(ways, shots, queries, episodes, float(accs.mean()), ci, transductive,
+                      per_episode=[round(float(a), 6) for a in accs])
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean of a - b over shared episodes and its 95% interval half-width (normal approximation).
+
+    Pairing removes the episode-to-episode variance both methods share, so the interval is much
+    narrower than the two unpaired intervals combined.
+    """
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired difference needs two equal-length lists of >= 2 episodes, "
+                         f"got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return float(d.mean()), 1.96 * float(d.std(ddof=1)) / math.sqrt(len(d))

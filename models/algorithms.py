@@ -10,6 +10,7 @@ can differentiate through them (second order) by keeping the graph.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,11 @@ class Task:
 def meta_param_names(net: nn.Module) -> list[str]:
     """Parameters the inner loop moves: the backbone and the meta head."""
     return [n for n, _ in net.named_parameters() if not n.startswith("transfer_head.")]
+
+
+def backbone_param_names(net: nn.Module) -> list[str]:
+    """Parameters both halves share (ProtoNet moves only these)."""
+    return [n for n, _ in net.named_parameters() if n.startswith("backbone.")]
 
 
 def transfer_param_names(net: nn.Module) -> list[str]:
@@ -166,15 +172,74 @@ def maml_direction(
     return {k: v / len(tasks) for k, v in total.items()}, float(np.mean(losses))
 
 
+def _grads(loss: torch.Tensor, params: Params) -> Params:
+    """d loss / d params; a parameter the loss does not use (a cosine head's bias) gets zeros."""
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {k: torch.zeros_like(p) if g is None else g.detach()
+            for (k, p), g in zip(params.items(), grads, strict=True)}
+
+
+def transfer_gradient(
+    net: nn.Module, theta: Params, x: torch.Tensor, base_y: torch.Tensor
+) -> tuple[Params, float]:
+    """Gradient of the cross-entropy over all base classes (transfer head) at theta."""
+    start = {k: theta[k].detach().requires_grad_() for k in transfer_param_names(net)}
+    loss = F.cross_entropy(_logits(net, start, x, TRANSFER_HEAD), base_y)
+    return _grads(loss, start), float(loss.detach())
+
+
 def transfer_direction(
     net: nn.Module, theta: Params, x: torch.Tensor, base_y: torch.Tensor, *, lr: float
 ) -> tuple[Params, float]:
     """Supervised step over all base classes: theta_d - theta = -lr * grad CE(transfer head)."""
-    names = transfer_param_names(net)
-    start = {k: theta[k].detach().requires_grad_() for k in names}
-    loss = F.cross_entropy(_logits(net, start, x, TRANSFER_HEAD), base_y)
-    grads = torch.autograd.grad(loss, list(start.values()))
-    return {k: -lr * g.detach() for k, g in zip(names, grads, strict=True)}, float(loss.detach())
+    grads, loss = transfer_gradient(net, theta, x, base_y)
+    return {k: -lr * g for k, g in grads.items()}, loss
+
+
+def sgd_direction(
+    theta: Params, grads: Params, state: dict[str, torch.Tensor], *, lr: float,
+    momentum: float = 0.0, weight_decay: float = 0.0, prefix: str = "momentum.",
+) -> Params:
+    """The step `torch.optim.SGD` would take (momentum without dampening, coupled weight decay),
+    as a direction; the momentum buffers live in `state` under `prefix + name`."""
+    out = {}
+    for k, g in grads.items():
+        d = g + weight_decay * theta[k] if weight_decay else g
+        if momentum:
+            buf = state.get(prefix + k)
+            buf = d.clone() if buf is None else momentum * buf + d
+            state[prefix + k] = buf
+            d = buf
+        out[k] = -lr * d
+    return out
+
+
+def adam_direction(
+    grads: Params, state: dict[str, torch.Tensor], *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8, prefix: str = "adam.",
+) -> Params:
+    """The step `torch.optim.Adam` would take, as a direction; its moments and step count live
+    in `state` under `prefix`, so the step can be weighted against another direction (MTL)."""
+    b1, b2 = betas
+    t = int(state.get(prefix + "step", torch.tensor(0))) + 1
+    state[prefix + "step"] = torch.tensor(t)
+    out = {}
+    for k, g in grads.items():
+        m = state.get(prefix + "m." + k)
+        v = state.get(prefix + "v." + k)
+        m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
+        v = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
+        state[prefix + "m." + k], state[prefix + "v." + k] = m, v
+        denom = v.sqrt() / math.sqrt(1 - b2**t) + eps
+        out[k] = -(lr / (1 - b1**t)) * m / denom
+    return out
+
+
+def protonet_gradient(net: nn.Module, theta: Params, tasks: Sequence[Task]) -> tuple[Params, float]:
+    """Gradient of the mean ProtoNet loss over tasks at theta (backbone parameters only)."""
+    start = {k: theta[k].detach().requires_grad_() for k in backbone_param_names(net)}
+    loss = torch.stack([protonet_loss(net, t, start) for t in tasks]).mean()
+    return _grads(loss, start), float(loss.detach())
 
 
 def combine_paper(
@@ -207,10 +272,11 @@ def combine_authors(
     return out
 
 
-def protonet_loss(net: nn.Module, task: Task) -> torch.Tensor:
+def protonet_loss(net: nn.Module, task: Task, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Prototypical Networks: cross-entropy of negative squared distances to class means."""
     ways = int(task.support_y.max()) + 1
-    features = net(torch.cat([task.support_x, task.query_x]), head="features")
+    x = torch.cat([task.support_x, task.query_x])
+    features = net(x, head="features") if params is None else _logits(net, params, x, "features")
     fs, fq = features[: len(task.support_x)], features[len(task.support_x) :]
     protos = torch.zeros(ways, fs.shape[1], device=fs.device, dtype=fs.dtype)
     protos.index_add_(0, task.support_y, fs)

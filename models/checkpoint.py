@@ -124,6 +124,8 @@ def load_base_model(
             channels=card["channels"], image_size=card["image_size"], meta_ways=card["meta_ways"],
             num_base_classes=len(card["base_classes"]), mean=card["normalization"]["mean"],
             std=card["normalization"]["std"],
+            transfer_head=card.get("hyperparameters", {}).get("transfer_head", "zeros"),
+            cosine_scale=card.get("hyperparameters", {}).get("cosine_scale", 10.0),
         )
         net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("_state.")})
     except (KeyError, RuntimeError) as exc:

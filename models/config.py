@@ -12,16 +12,20 @@ from models.errors import ConfigError
 # name -> (meta-learner or None, fixed beta or None when the config's beta applies)
 ALGORITHMS: dict[str, tuple[str | None, float | None]] = {
     "transfer": (None, 0.0),
-    "protonet": ("protonet", None),
+    "protonet": ("protonet", 1.0),
     "reptile": ("reptile", 1.0),
     "maml": ("maml", 1.0),
     "fomaml": ("fomaml", 1.0),
     "mtl-reptile": ("reptile", None),
     "mtl-maml": ("maml", None),
     "mtl-fomaml": ("fomaml", None),
+    "mtl-protonet": ("protonet", None),
 }
 
 Combine = Literal["paper", "authors"]
+MetaSchedule = Literal["constant", "linear"]
+TransferSchedule = Literal["constant", "cosine"]
+TransferHead = Literal["zeros", "standard", "cosine"]
 
 
 @dataclass
@@ -49,7 +53,24 @@ class PretrainConfig:
     iterations: int = 1000
     replacement: bool = False
     augment: bool = False
-    protonet_lr: float = 1e-3
+    protonet_lr: float = 1e-3  # Adam's step size for ProtoNet's direction (times outer_lr)
+    # The meta step's multiplier over training: "linear" anneals it to 0, as published Reptile and
+    # the authors' code do; without it a Reptile iteration with meta_batch 1 and outer_lr 1 is
+    # plain sequential SGD on one task at a time. The authors' combination always uses it as eps_t.
+    meta_schedule: MetaSchedule = "linear"
+    # The supervised (transfer) half, as the standard recipes train it (Chen et al. 2019, Tian et
+    # al. 2020): mixed-class mini-batches from all base images, SGD with momentum and weight decay,
+    # cosine decay. transfer_batch 0, momentum 0, weight_decay 0, "constant" and a "zeros" head are
+    # the authors' setting: one step on the sampled tasks' own images.
+    transfer_batch: int = 0
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    transfer_schedule: TransferSchedule = "constant"
+    # The C_base-way transfer head: "zeros" (the authors: every class starts equal, so almost no
+    # gradient reaches the backbone at first), "standard" (nn.Linear's init) or "cosine" (a cosine
+    # classifier with a fixed scale, Chen et al.'s Baseline++).
+    transfer_head: TransferHead = "zeros"
+    cosine_scale: float = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +91,19 @@ class PretrainConfig:
             raise ConfigError(f"ways must be at least 2, got {self.ways}")
         if self.meta_learner in ("maml", "fomaml", "protonet") and self.queries < 1:
             raise ConfigError(f"{self.algorithm} needs at least 1 query image per class")
+        choices = {"meta_schedule": ("constant", "linear"), "transfer_schedule": ("constant", "cosine"),
+                   "transfer_head": ("zeros", "standard", "cosine")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.transfer_batch < 0:
+            raise ConfigError(f"transfer_batch must be 0 (the tasks' images) or more, got {self.transfer_batch}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must not be negative, got {self.weight_decay}")
+        if self.cosine_scale <= 0:
+            raise ConfigError(f"cosine_scale must be positive, got {self.cosine_scale}")
 
     @property
     def meta_learner(self) -> str | None:
@@ -77,8 +111,36 @@ class PretrainConfig:
 
     @property
     def effective_beta(self) -> float:
+        """beta in this config's combination. The fixed betas of ALGORITHMS are in the paper's
+        convention (1 = the meta-learner alone); the authors' formula weights transfer by beta."""
         fixed = ALGORITHMS[self.algorithm][1]
-        return self.beta if fixed is None else fixed
+        if fixed is None:
+            return self.beta
+        return 1.0 - fixed if self.combine == "authors" else fixed
+
+    @property
+    def meta_weight(self) -> float:
+        """How much the meta-learner's direction counts (0: it is not computed at all)."""
+        if self.meta_learner is None:
+            return 0.0
+        return 1.0 - self.effective_beta if self.combine == "authors" else self.effective_beta
+
+    @property
+    def transfer_weight(self) -> float:
+        """How much the supervised direction counts (0: it is not computed at all)."""
+        return self.effective_beta if self.combine == "authors" else 1.0 - self.effective_beta
+
+    def meta_factor(self, iteration: int) -> float:
+        """Multiplier of the meta step at 0-based `iteration` (the schedule)."""
+        if self.meta_schedule == "linear":
+            return 1.0 - iteration / self.iterations
+        return 1.0
+
+    def transfer_factor(self, iteration: int) -> float:
+        """Multiplier of the transfer learning rate at 0-based `iteration` (the schedule)."""
+        if self.transfer_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * iteration / self.iterations))
+        return 1.0
 
     def passes_per_iteration(self) -> int:
         """Image forward+backward passes one iteration performs: the unit of an equal budget.
@@ -87,14 +149,13 @@ class PretrainConfig:
         image all the same, and its extra cost shows in the speed benchmark instead.
         """
         per_task_all = self.ways * (self.shots + self.queries)
-        learner, beta = self.meta_learner, self.effective_beta
-        authors = self.combine == "authors"
-        meta_on = learner not in (None, "protonet") and ((1 - beta) if authors else beta) > 0
-        transfer_on = learner != "protonet" and (beta if authors else (1 - beta)) > 0
+        learner = self.meta_learner
+        meta_on = self.meta_weight > 0
+        transfer_on = self.transfer_weight > 0
         passes = 0
-        if learner == "protonet":
+        if meta_on and learner == "protonet":
             passes += self.meta_batch * per_task_all
-        if meta_on:
+        elif meta_on:
             if learner == "reptile":
                 batch = per_task_all if self.inner_batch <= 0 else min(self.inner_batch, per_task_all)
                 passes += self.meta_batch * self.inner_steps * batch
@@ -103,7 +164,7 @@ class PretrainConfig:
                 batch = support if self.inner_batch <= 0 else min(self.inner_batch, support)
                 passes += self.meta_batch * (self.inner_steps * batch + self.ways * self.queries)
         if transfer_on:
-            passes += self.meta_batch * per_task_all
+            passes += self.transfer_batch if self.transfer_batch > 0 else self.meta_batch * per_task_all
         return passes
 
     @classmethod
@@ -135,12 +196,19 @@ class AdaptConfig:
     # "support": batch-norm statistics are re-estimated from the support batches while
     # fine-tuning (then frozen for prediction); "frozen": the base model's statistics are kept.
     bn_stats: BNStats = "support"
+    # The prototype head's logits are ProtoNet's (-|f - c|^2 up to a per-image constant) divided
+    # by the mean squared prototype norm, times this scale. Unscaled (|f|^2 of 60-180) they
+    # saturate the softmax and fine-tuning from them lost 6-10 points on validation alphabets;
+    # the scale leaves the 0-step prediction (ProtoNet's) unchanged.
+    prototype_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if self.bn_stats not in BN_STATS:
             raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
         if self.head_init not in HEAD_INITS:
             raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
+        if not self.prototype_scale > 0:
+            raise ConfigError(f"prototype_scale must be positive, got {self.prototype_scale}")
         if self.steps < 0 or self.lr < 0 or self.batch_size < 0 or self.min_epochs < 0:
             raise ConfigError("adaptation steps, lr, batch size and min_epochs must not be negative")
 
@@ -156,7 +224,8 @@ class AdaptConfig:
     def from_card(cls, card: dict[str, Any], **overrides: Any) -> AdaptConfig:
         base = dict(card.get("adaptation", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "min_epochs", "head_init", "bn_stats")
+        return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "min_epochs", "head_init", "bn_stats",
+                                             "prototype_scale")
                       if k in base})
 
 

@@ -32,13 +32,22 @@ class MetaNet(nn.Module):
         num_base_classes: int,
         mean: Sequence[float],
         std: Sequence[float],
+        transfer_head: str = "zeros",
+        cosine_scale: float = 10.0,
     ) -> None:
         super().__init__()
+        if transfer_head not in ("zeros", "standard", "cosine"):
+            raise ValueError(f"unknown transfer head {transfer_head!r}; use zeros, standard or cosine")
         self.backbone = backbone
         self.meta_head = nn.Linear(feature_dim, meta_ways)
         self.transfer_head = nn.Linear(feature_dim, num_base_classes)
+        self.transfer_head_kind = transfer_head
+        self.cosine_scale = cosine_scale
         # The authors zero-initialise both heads: every class starts equal, only features differ.
-        for head in (self.meta_head, self.transfer_head):
+        # A zero transfer head passes almost no gradient to the backbone for a long time, so the
+        # other transfer heads keep nn.Linear's init (a cosine head cannot start at zero at all).
+        heads = [self.meta_head] + ([self.transfer_head] if transfer_head == "zeros" else [])
+        for head in heads:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
@@ -52,6 +61,10 @@ class MetaNet(nn.Module):
         if head == META_HEAD:
             return self.meta_head(f)
         if head == TRANSFER_HEAD:
+            if self.transfer_head_kind == "cosine":
+                # Cosine classifier (Baseline++): no bias, logits = scale * cos(f, w_c).
+                w = nn.functional.normalize(self.transfer_head.weight, dim=1)
+                return self.cosine_scale * nn.functional.normalize(f, dim=1) @ w.t()
             return self.transfer_head(f)
         if head == "features":
             return f
@@ -68,6 +81,8 @@ def build_metanet(
     num_base_classes: int,
     mean: Sequence[float],
     std: Sequence[float],
+    transfer_head: str = "zeros",
+    cosine_scale: float = 10.0,
 ) -> MetaNet:
     net = create_backbone(backbone, in_channels=channels, filters=filters)
     return MetaNet(
@@ -77,6 +92,8 @@ def build_metanet(
         num_base_classes=num_base_classes,
         mean=mean,
         std=std,
+        transfer_head=transfer_head,
+        cosine_scale=cosine_scale,
     )
 
 

@@ -66,13 +66,18 @@ def channel_stats(data: ImageSet, max_images: int = 5000) -> tuple[list[float], 
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and 4-pixel translations; applied per image, in place of a copy."""
-    n, _, h, w = x.shape
+    """A random horizontal flip and a random translation of up to 4 pixels, drawn for each
+    image; returns a new tensor."""
+    n, c, h, w = x.shape
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")
-    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
-    return padded[:, :, dy : dy + h, dx : dx + w]
+    dy, dx = torch.randint(0, 9, (2, n), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
 
 
 def sample_tasks(
@@ -107,93 +112,91 @@ def train_step(
     *,
     iteration: int,
     rng: np.random.Generator,
-    optimizer: torch.optim.Optimizer | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    transfer_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> float:
-    """One meta-transfer iteration on a meta-batch of tasks; updates `net` in place, returns a loss."""
-    learner = config.meta_learner
-    if learner == "protonet":
-        assert optimizer is not None
-        optimizer.zero_grad(set_to_none=True)
-        proto_loss = torch.stack([alg.protonet_loss(net, t) for t in tasks]).mean()
-        proto_loss.backward()
-        optimizer.step()
-        return float(proto_loss.detach())
+    """One meta-transfer iteration on a meta-batch of tasks; updates `net` in place, returns a loss.
 
+    `state` holds what persists between iterations (SGD momentum, Adam moments; updated in
+    place); `transfer_batch` is a mixed-class (images, base labels) batch for the supervised
+    direction, which otherwise trains on the tasks' own images.
+    """
+    state = {} if state is None else state
+    learner = config.meta_learner
     theta = alg.current_params(net)
-    beta = config.effective_beta
-    authors = config.combine == "authors"
     # A weight of zero means the direction is not needed: skip its compute entirely.
-    meta_weight = (1.0 - beta) if authors else beta
-    transfer_weight = beta if authors else (1.0 - beta)
     meta: alg.Params = {}
     transfer: alg.Params = {}
     losses: list[float] = []
-    if learner is not None and meta_weight > 0:
-        kw = dict(inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                  inner_batch=config.inner_batch, rng=rng)
-        if learner == "reptile":
-            meta, loss = alg.reptile_direction(net, theta, tasks, **kw)  # type: ignore[arg-type]
+    if config.meta_weight > 0:
+        if learner == "protonet":
+            grads, loss = alg.protonet_gradient(net, theta, tasks)
+            meta = alg.adam_direction(grads, state, lr=config.protonet_lr)
+        elif learner == "reptile":
+            meta, loss = alg.reptile_direction(
+                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                inner_batch=config.inner_batch, rng=rng)
         else:
             meta, loss = alg.maml_direction(
-                net, theta, tasks, first_order=learner == "fomaml", **kw  # type: ignore[arg-type]
-            )
+                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                inner_batch=config.inner_batch, first_order=learner == "fomaml", rng=rng)
         losses.append(loss)
-    if transfer_weight > 0:
-        if authors:
-            # The authors average one transfer step per task.
-            per_task = [
-                alg.transfer_direction(net, theta, t.all_x, t.base_y, lr=config.transfer_lr)
-                for t in tasks
-            ]
-            transfer = {k: torch.stack([d[k] for d, _ in per_task]).mean(0) for k in per_task[0][0]}
-            losses.append(float(np.mean([loss for _, loss in per_task])))
+    if config.transfer_weight > 0:
+        if transfer_batch is not None:
+            grads, loss = alg.transfer_gradient(net, theta, *transfer_batch)
+        elif config.combine == "authors":
+            # The authors average one transfer step per task (the same as one step on the mean
+            # of the per-task gradients).
+            per_task = [alg.transfer_gradient(net, theta, t.all_x, t.base_y) for t in tasks]
+            grads = {k: torch.stack([g[k] for g, _ in per_task]).mean(0) for k in per_task[0][0]}
+            loss = float(np.mean([loss for _, loss in per_task]))
         else:
-            x = torch.cat([t.all_x for t in tasks])
-            y = torch.cat([t.base_y for t in tasks])
-            transfer, loss = alg.transfer_direction(net, theta, x, y, lr=config.transfer_lr)
-            losses.append(loss)
-    if authors:
-        epsilon = config.outer_lr * (1.0 - iteration / config.iterations)
-        new = alg.combine_authors(theta, meta, transfer, beta=beta, epsilon=epsilon)
+            grads, loss = alg.transfer_gradient(
+                net, theta, torch.cat([t.all_x for t in tasks]), torch.cat([t.base_y for t in tasks]))
+        transfer = alg.sgd_direction(
+            theta, grads, state, lr=config.transfer_lr * config.transfer_factor(iteration),
+            momentum=config.momentum, weight_decay=config.weight_decay)
+        losses.append(loss)
+    beta = config.effective_beta
+    meta_step = config.outer_lr * config.meta_factor(iteration)
+    if config.combine == "authors":
+        new = alg.combine_authors(theta, meta, transfer, beta=beta, epsilon=meta_step)
     else:
-        new = alg.combine_paper(theta, meta, transfer, beta=beta, outer_lr=config.outer_lr)
+        new = alg.combine_paper(theta, meta, transfer, beta=beta, outer_lr=meta_step)
     alg.assign_params(net, new)
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def sample_transfer_batch(
+    data: ImageSet, config: PretrainConfig, device: torch.device, rng: np.random.Generator,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mixed-class batch of `config.transfer_batch` images drawn from all base images."""
+    idx = torch.from_numpy(rng.choice(len(data), size=min(config.transfer_batch, len(data)), replace=False))
+    x = to_float(data.images[idx.to(data.images.device)].to(device))
+    if config.augment:
+        x = _augment(x, gen)
+    return x, data.labels[idx].to(device)
 
 
 def default_adaptation(config: PretrainConfig) -> dict[str, Any]:
     """How `adapt` should fine-tune from this base model unless told otherwise (set by measurement;
     see the README)."""
-    if config.meta_learner == "protonet":
+    if config.algorithm == "protonet":
         return {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
     return asdict(AdaptConfig())
 
 
 def _training_state(
-    sampler: EpisodeSampler, rng: np.random.Generator, gen: torch.Generator,
-    optimizer: torch.optim.Optimizer | None,
+    sampler: EpisodeSampler, rng: np.random.Generator, transfer_rng: np.random.Generator,
+    gen: torch.Generator, opt_state: dict[str, torch.Tensor],
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    state_json = {"sampler": sampler.get_state(), "rng": rng.bit_generator.state}
+    state_json = {"sampler": sampler.get_state(), "rng": rng.bit_generator.state,
+                  "transfer_rng": transfer_rng.bit_generator.state}
     tensors = {"torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}
-    if optimizer is not None:
-        # Keyed by the parameter's position, as _restore_optimizer reads it back; parameters that
-        # never had a gradient (protonet's unused heads) have no state.
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        for i, p in enumerate(params):
-            for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu()
+    # Momentum buffers and Adam moments, by name: resuming continues the same optimisation.
+    tensors.update({f"opt.{k}": v.detach().cpu() for k, v in opt_state.items()})
     return state_json, tensors
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for i, p in enumerate(params):
-        keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
-        if keys:
-            optimizer.state[p] = {
-                k.split(".", 2)[2]: tensors[k].to(p.device) if tensors[k].dim() else tensors[k]
-                for k in keys
-            }
 
 
 def pretrain(
@@ -207,9 +210,15 @@ def pretrain(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     extra_card: dict[str, Any] | None = None,
+    validate: Callable[[MetaNet], dict[str, float]] | None = None,
+    validate_every: int = 0,
 ) -> PretrainResult:
     """Train a base model on `data` (the base classes) and, with `out_dir`, checkpoint it there
-    every `checkpoint_every_s` seconds and at the end. `resume` continues from `out_dir`."""
+    every `checkpoint_every_s` seconds and at the end. `resume` continues from `out_dir`.
+
+    With `validate`, it is called every `validate_every` iterations and at the end (e.g. accuracy
+    on validation classes); its results, with the image passes so far, go to the card's
+    `validation` list: the training curve."""
     device = resolve_device(device) if isinstance(device, str) else device
     if data.channels != config.channels or data.image_size != config.image_size:
         raise ConfigError(
@@ -222,18 +231,17 @@ def pretrain(
     net = build_metanet(
         backbone=config.backbone, filters=config.filters, channels=config.channels,
         image_size=config.image_size, meta_ways=config.ways, num_base_classes=data.num_classes,
-        mean=mean, std=std,
+        mean=mean, std=std, transfer_head=config.transfer_head, cosine_scale=config.cosine_scale,
     ).to(device)
     sampler = EpisodeSampler(
         data.labels, ways=config.ways, shots=config.shots, queries=config.queries,
         replacement=config.replacement, seed=[config.seed, 1],
     )
     rng = np.random.default_rng([config.seed, 2])
+    transfer_rng = np.random.default_rng([config.seed, 3])
     gen = torch.Generator().manual_seed(config.seed)
-    optimizer = (
-        torch.optim.Adam(net.parameters(), lr=config.protonet_lr)
-        if config.meta_learner == "protonet" else None
-    )
+    opt_state: dict[str, torch.Tensor] = {}
+    validation: list[dict[str, float]] = []
     start_iteration = 0
     elapsed_before = 0.0
     history: list[dict[str, float]] = []
@@ -254,15 +262,17 @@ def pretrain(
             start_iteration = int(state["iteration"])
             elapsed_before = float(state["seconds"])
             history = list(card.get("history", []))
+            validation = list(card.get("validation", []))
             sampler.set_state(state["sampler"])
             rng.bit_generator.state = state["rng"]
+            if "transfer_rng" in state:
+                transfer_rng.bit_generator.state = state["transfer_rng"]
             # A finished run keeps no random or optimiser state: there is nothing left to train.
             if not state["completed"]:
                 torch.set_rng_state(tensors["_state.torch_rng"])
                 gen.set_state(tensors["_state.aug_rng"])
-            if optimizer is not None and not state["completed"]:
-                _restore_optimizer(optimizer, {k[len("_state."):]: v for k, v in tensors.items()
-                                               if k.startswith("_state.opt.")})
+                opt_state = {k[len("_state.opt."):]: v.to(device) for k, v in tensors.items()
+                             if k.startswith("_state.opt.")}
 
     data_device = data.images.to(device) if device.type == "cuda" else data.images
     on_device = ImageSet(images=data_device, labels=data.labels, class_names=data.class_names,
@@ -288,6 +298,7 @@ def pretrain(
             "training": {"iteration": iteration, "iterations": config.iterations,
                          "completed": completed, "seconds": round(seconds, 2)},
             "history": history,
+            "validation": validation,
             "metrics": {},
         }
         if extra_card:
@@ -297,10 +308,23 @@ def pretrain(
     def save(iteration: int, seconds: float, completed: bool) -> None:
         if out_dir is None:
             return
-        state_json, state_tensors = _training_state(sampler, rng, gen, optimizer)
+        state_json, state_tensors = _training_state(sampler, rng, transfer_rng, gen, opt_state)
         card = card_for(iteration, seconds, completed)
         card["training"].update(state_json)
         save_base_model(out_dir, net, card, extra_tensors=None if completed else state_tensors)
+
+    passes = config.passes_per_iteration()
+
+    def run_validation(iteration: int, seconds: float) -> None:
+        if validate is None or any(v["iteration"] == iteration for v in validation):
+            return
+        # Validation must not change training: its own random draws come from a forked RNG, and
+        # the network goes back to train mode.
+        with torch.random.fork_rng(devices=[]):
+            metrics = validate(net)
+        net.train()
+        validation.append({"iteration": iteration, "passes": iteration * passes,
+                           "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in metrics.items()}})
 
     net.train()
     t0 = time.perf_counter()
@@ -311,7 +335,10 @@ def pretrain(
             save(iteration, elapsed_before + time.perf_counter() - t0, completed=False)
             raise TrainingCancelled(f"pretraining stopped at iteration {iteration}")
         tasks = sample_tasks(on_device, sampler, config, device, gen)
-        loss = train_step(net, tasks, config, iteration=iteration, rng=rng, optimizer=optimizer)
+        mixed = (sample_transfer_batch(on_device, config, device, transfer_rng, gen)
+                 if config.transfer_batch > 0 and config.transfer_weight > 0 else None)
+        loss = train_step(net, tasks, config, iteration=iteration, rng=rng, state=opt_state,
+                          transfer_batch=mixed)
         if not np.isfinite(loss):
             raise ConfigError(
                 f"training diverged at iteration {iteration + 1} (loss {loss}); lower the learning rates"
@@ -319,13 +346,16 @@ def pretrain(
         loss_ema = loss if np.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss
         seconds = elapsed_before + time.perf_counter() - t0
         if (iteration + 1) % max(1, config.iterations // 50) == 0:
-            history.append({"iteration": iteration + 1, "loss": round(loss_ema, 5),
-                            "seconds": round(seconds, 2)})
+            history.append({"iteration": iteration + 1, "passes": (iteration + 1) * passes,
+                            "loss": round(loss_ema, 5), "seconds": round(seconds, 2)})
+        if validate_every and (iteration + 1) % validate_every == 0:
+            run_validation(iteration + 1, seconds)
         if progress is not None:
             progress(Progress(iteration + 1, config.iterations, loss_ema, seconds))
         if time.perf_counter() - last_save >= checkpoint_every_s and iteration + 1 < config.iterations:
             save(iteration + 1, seconds, completed=False)
             last_save = time.perf_counter()
     total_seconds = elapsed_before + time.perf_counter() - t0
+    run_validation(config.iterations, total_seconds)
     save(config.iterations, total_seconds, completed=True)
     return PretrainResult(net=net, card=card_for(config.iterations, total_seconds, True), history=history)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.adaptation import adapt, evaluate
+from models.adaptation import adapt, evaluate, paired_difference
 from models.checkpoint import (
     load_base_model,
     load_checkpoint,
@@ -106,6 +107,44 @@ def test_prototype_head_with_no_steps_is_nearest_class_mean() -> None:
     assert torch.equal(clf.predict_proba(q).argmax(1), nearest)
 
 
+def test_prototype_head_is_scaled_so_fine_tuning_starts_unsaturated() -> None:
+    """The scaled prototype head keeps ProtoNet's ranking (0 steps) but its logits scale with
+    `prototype_scale` and stay far from saturating the softmax."""
+    net = small_net().eval()
+    x, y = some_images(5, 3, seed=4)
+    q, _ = some_images(5, 2, seed=4)
+    logits = {}
+    for scale in (1.0, 10.0):
+        clf = adapt(net, x, y, config=AdaptConfig(steps=0, head_init="prototype", prototype_scale=scale))
+        with torch.no_grad():
+            logits[scale] = clf(q)
+        with torch.no_grad():
+            f, fq = net.features(x), net.features(q)
+        protos = torch.stack([f[y == c].mean(0) for c in range(5)])
+        assert torch.equal(logits[scale].argmax(1), torch.cdist(fq, protos).argmin(1))
+        # Mean squared prototype norm maps to `scale`: the head's bias is -scale * |c|^2 / mean|c|^2.
+        torch.testing.assert_close(clf.head.bias.mean(), torch.tensor(-scale))
+    centred = {s: v - v.mean(1, keepdim=True) for s, v in logits.items()}
+    torch.testing.assert_close(centred[10.0], 10 * centred[1.0], rtol=1e-4, atol=1e-4)
+    assert float(torch.softmax(logits[10.0], 1).max(1).values.mean()) < 0.999
+    with pytest.raises(ConfigError, match="prototype_scale must be positive"):
+        AdaptConfig(prototype_scale=0)
+
+
+def test_paired_difference_removes_the_shared_episode_variance() -> None:
+    a = [0.9, 0.5, 0.7, 0.3, 0.8]
+    b = [0.8, 0.4, 0.7, 0.2, 0.6]
+    diff, ci = paired_difference(a, b)
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / 5
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 4)
+    assert diff == pytest.approx(0.1) and ci == pytest.approx(1.96 * sd / math.sqrt(5))
+    # Unpaired, the episodes' own spread (0.3 to 0.9) would swamp a 0.1 difference.
+    assert ci < 0.1
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference(a, b[:3])
+
+
 def test_evaluate_is_deterministic_and_reports_an_interval() -> None:
     net = small_net()
     x, y = some_images(6, 6, seed=2)
@@ -115,6 +154,7 @@ def test_evaluate_is_deterministic_and_reports_an_interval() -> None:
     b = evaluate(net, data, ways=3, shots=1, queries=2, episodes=5, config=config, seed=1)
     assert a == b
     assert 0.0 <= a.accuracy <= 1.0 and a.ci95 >= 0.0
+    assert len(a.per_episode) == 5 and a.accuracy == pytest.approx(sum(a.per_episode) / 5)
     t = evaluate(net, data, ways=3, shots=1, queries=2, episodes=2, config=config, transductive=True)
     assert t.transductive
 

@@ -162,7 +162,8 @@ def test_mtl_paper_formula_is_weighted_average() -> None:
     y = torch.cat([t.base_y for t in tasks])
     transfer, _ = alg.transfer_direction(net, theta, x, y, lr=0.2)
     for n, t in theta.items():
-        theta_meta = t + 0.5 * meta.get(n, torch.zeros_like(t))
+        # Iteration 3 of 10 with the linear schedule: the meta step is outer_lr * (1 - 3/10).
+        theta_meta = t + 0.5 * (1 - 3 / 10) * meta.get(n, torch.zeros_like(t))
         theta_d = t + transfer.get(n, torch.zeros_like(t))
         torch.testing.assert_close(got[n], beta * theta_meta + (1 - beta) * theta_d)
 
@@ -187,11 +188,141 @@ def test_mtl_authors_formula() -> None:
 def test_protonet_step_reduces_its_loss() -> None:
     net = tiny_net()
     task = tiny_task(13)
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
     with torch.no_grad():
         before = float(alg.protonet_loss(net, task))
-    config = _config(algorithm="protonet")
-    for _ in range(20):
-        train_step(net, [task], config, iteration=0, rng=np.random.default_rng(0), optimizer=opt)
+    config = _config(algorithm="protonet", protonet_lr=0.05, meta_schedule="constant")
+    state: dict[str, torch.Tensor] = {}
+    for i in range(20):
+        train_step(net, [task], config, iteration=i, rng=np.random.default_rng(0), state=state)
     with torch.no_grad():
         assert float(alg.protonet_loss(net, task)) < before
+
+
+def test_protonet_direction_is_torch_adam() -> None:
+    """ProtoNet's meta direction is exactly the step torch.optim.Adam takes, state included."""
+    net = tiny_net()
+    ref = copy.deepcopy(net)
+    tasks = [tiny_task(s) for s in (14, 15)]
+    config = _config(algorithm="protonet", protonet_lr=0.01, outer_lr=1.0, meta_schedule="constant")
+    opt = torch.optim.Adam(ref.backbone.parameters(), lr=0.01)
+    state: dict[str, torch.Tensor] = {}
+    for i in range(3):
+        train_step(net, tasks, config, iteration=i, rng=np.random.default_rng(0), state=state)
+        opt.zero_grad()
+        torch.stack([alg.protonet_loss(ref, t) for t in tasks]).mean().backward()
+        opt.step()
+    for (n, p), q in zip(net.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def _reference_sgd_steps(net: MetaNet, batches: list[tuple[torch.Tensor, torch.Tensor]], lrs: list[float],
+                         momentum: float, weight_decay: float) -> MetaNet:
+    """torch.optim.SGD on the transfer head's cross-entropy, the learning rate set per step."""
+    ref = copy.deepcopy(net)
+    opt = torch.optim.SGD([p for n, p in ref.named_parameters() if not n.startswith("meta_head")],
+                          lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
+    for (x, y), lr in zip(batches, lrs, strict=True):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        F.cross_entropy(ref(x, head="transfer"), y).backward()
+        opt.step()
+    return ref
+
+
+@pytest.mark.parametrize("learner", ["reptile", "maml", "fomaml", "protonet"])
+def test_mtl_with_the_supervised_recipe_reduces_to_both_halves(learner: str) -> None:
+    """Mixed-class batches, momentum, weight decay and cosine decay: beta 0 is torch's SGD on the
+    transfer batches, beta 1 is the meta-learner alone, over several iterations (state carried)."""
+    net = tiny_net()
+    recipe = dict(transfer_batch=6, momentum=0.9, weight_decay=0.01, transfer_schedule="cosine",
+                  iterations=4)
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(6, 1, 2, 2, generator=g, dtype=torch.float64), torch.randint(0, 4, (6,), generator=g))
+               for _ in range(3)]
+    tasks = [[tiny_task(s), tiny_task(s + 1)] for s in (20, 22, 24)]
+
+    def run(config: PretrainConfig) -> dict[str, torch.Tensor]:
+        moved = copy.deepcopy(net)
+        state: dict[str, torch.Tensor] = {}
+        for i, (ts, batch) in enumerate(zip(tasks, batches, strict=True)):
+            train_step(moved, ts, config, iteration=i, rng=np.random.default_rng(i), state=state,
+                       transfer_batch=batch)
+        return alg.current_params(moved)
+
+    mtl_zero = run(_config(algorithm=f"mtl-{learner}", beta=0.0, **recipe))
+    transfer_alone = run(_config(algorithm="transfer", **recipe))
+    lrs = [0.2 * 0.5 * (1 + np.cos(np.pi * i / 4)) for i in range(3)]
+    ref = _reference_sgd_steps(net, batches, lrs, momentum=0.9, weight_decay=0.01)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(mtl_zero[n], p.detach(), msg=n)
+        torch.testing.assert_close(transfer_alone[n], p.detach(), msg=n)
+
+    mtl_one = run(_config(algorithm=f"mtl-{learner}", beta=1.0, **recipe))
+    meta_alone = run(_config(algorithm=learner, **recipe))
+    for n in meta_alone:
+        torch.testing.assert_close(mtl_one[n], meta_alone[n], msg=n)
+    # The meta-learner alone never touches the transfer head.
+    torch.testing.assert_close(meta_alone["transfer_head.weight"], net.transfer_head.weight.detach())
+
+
+def test_reptile_outer_step_anneals_linearly_to_zero() -> None:
+    """With meta_batch 1 and outer_lr 1, an unannealed Reptile step is theta <- theta_k (plain
+    SGD on one task); annealed, iteration t moves (1 - t/T) of the way."""
+    net = tiny_net()
+    task = tiny_task(30)
+    theta = alg.current_params(net)
+    direction, _ = alg.reptile_direction(net, theta, [task], inner_steps=2, inner_lr=0.1)
+    for iteration, factor in ((0, 1.0), (5, 0.5), (9, 0.1)):
+        config = _config(algorithm="reptile", meta_batch=1, outer_lr=1.0, iterations=10)
+        moved = copy.deepcopy(net)
+        train_step(moved, [task], config, iteration=iteration, rng=np.random.default_rng(0))
+        for n in alg.meta_param_names(net):
+            torch.testing.assert_close(moved.get_parameter(n).detach(), theta[n] + factor * direction[n])
+    constant = copy.deepcopy(net)
+    train_step(constant, [task], _config(algorithm="reptile", meta_batch=1, outer_lr=1.0, iterations=10,
+                                         meta_schedule="constant"), iteration=9, rng=np.random.default_rng(0))
+    for n in alg.meta_param_names(net):
+        torch.testing.assert_close(constant.get_parameter(n).detach(), theta[n] + direction[n])
+
+
+def test_fixed_beta_algorithms_mean_the_same_under_the_authors_combination() -> None:
+    """'reptile' is the meta-learner alone and 'transfer' the supervised step alone in both
+    combinations (the authors' beta weights transfer, the paper's weights the meta-learner)."""
+    for combine in ("paper", "authors"):
+        assert _config(algorithm="reptile", combine=combine).meta_weight == 1.0
+        assert _config(algorithm="reptile", combine=combine).transfer_weight == 0.0
+        assert _config(algorithm="transfer", combine=combine).meta_weight == 0.0
+        assert _config(algorithm="transfer", combine=combine).transfer_weight == 1.0
+        assert _config(algorithm="protonet", combine=combine).transfer_weight == 0.0
+
+
+def test_passes_count_the_mixed_class_batch() -> None:
+    assert _config(algorithm="transfer", transfer_batch=64).passes_per_iteration() == 64
+    # protonet: 3 tasks of 2 ways x 4 images; plus the supervised batch at beta 0.5.
+    assert _config(algorithm="protonet").passes_per_iteration() == 24
+    assert _config(algorithm="mtl-protonet", transfer_batch=10).passes_per_iteration() == 34
+    assert _config(algorithm="mtl-protonet").passes_per_iteration() == 48
+
+
+def test_cosine_transfer_head_logits_are_scaled_cosines() -> None:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    net = MetaNet(backbone, feature_dim=3, meta_ways=2, num_base_classes=5, mean=[0.0], std=[1.0],
+                  transfer_head="cosine", cosine_scale=7.0)
+    x = torch.rand(6, 1, 2, 2)
+    logits = net(x, head="transfer")
+    f = net(x, head="features")
+    expected = 7.0 * F.cosine_similarity(f[:, None, :], net.transfer_head.weight[None, :, :], dim=2)
+    torch.testing.assert_close(logits, expected)
+    assert logits.abs().max() <= 7.0 + 1e-5
+    # The unused bias gets a zero direction, not an error.
+    theta = alg.current_params(net)
+    direction, _ = alg.transfer_direction(net, theta, x, torch.arange(6) % 5, lr=0.1)
+    assert torch.count_nonzero(direction["transfer_head.bias"]) == 0
+    assert torch.count_nonzero(direction["transfer_head.weight"]) > 0
+    # The authors' zero head stays the default; the others keep nn.Linear's init.
+    zeros = MetaNet(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), feature_dim=3, meta_ways=2,
+                    num_base_classes=5, mean=[0.0], std=[1.0])
+    assert torch.count_nonzero(zeros.transfer_head.weight) == 0
+    assert torch.count_nonzero(net.transfer_head.weight) == 15

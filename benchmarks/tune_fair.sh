@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Equal tuning effort for every Table 1 method (issue "Give MTL a fair fight"), on VALIDATION
+# classes only: 6 held-out Omniglot background alphabets (benchmarks/tune.py's split), 200,000
+# image passes per spec, Conv-4 with 32 filters, one torch thread per process.
+#   benchmarks/tune_fair.sh transfer|meta|maml|mtl [...]   (parts; run two side by side)
+# Each spec is trained once (runs/tune/<hash>, resumable) and scored on 5-way 1-shot (100
+# episodes) and 20-way 1-shot (50 episodes), with fine-tuning (the harness's adaptation), with
+# fine-tuning from the scaled prototype head, and with the prototype head alone (0 steps).
+# Rows -> benchmarks/results/tuning-omniglot-fair.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+OUT=${OUT:-benchmarks/results/tuning-omniglot-fair.jsonl}
+BUDGET=${BUDGET:-200000}
+PY=${PY:-.venv/bin/python}
+ADAPT='[{"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support"},
+        {"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "prototype", "prototype_scale": 10, "bn_stats": "support"},
+        {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}]'
+COMMON='"filters": 32, "ways": 5, "shots": 5, "queries": 5, "inner_steps": 5, "inner_lr": 0.1, "combine": "paper"'
+# The supervised recipe of Chen et al. 2019 / Tian et al. 2020: mixed-class batches of 64 from all
+# base images, SGD with momentum 0.9, weight decay 5e-4, cosine decay.
+RECIPE='"transfer_batch": 64, "momentum": 0.9, "weight_decay": 0.0005, "transfer_schedule": "cosine"'
+TRANSFER_LR=${TRANSFER_LR:-0.1}
+TRANSFER_HEAD=${TRANSFER_HEAD:-standard}
+MTL_TRANSFER="$RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"$TRANSFER_HEAD\""
+
+part_specs() {
+  case $1 in
+    transfer)
+      for lr in 0.05 0.1 0.2; do
+        echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $lr, \"transfer_head\": \"standard\"}"
+      done
+      for head in cosine zeros; do
+        echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": 0.1, \"transfer_head\": \"$head\"}"
+      done ;;
+    meta)
+      for lr in 0.001 0.003; do
+        echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": $lr, \"meta_schedule\": \"linear\"}"
+      done
+      # ProtoNet trained at 20 ways (Snell et al. train with more ways than they test).
+      echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
+      # Reptile as published: the outer step annealed linearly to 0.
+      for mb in 1 5; do
+        echo "{\"algorithm\": \"reptile\", $COMMON, \"meta_batch\": $mb, \"outer_lr\": 1.0, \"meta_schedule\": \"linear\"}"
+      done ;;
+    maml)
+      for lr in 0.1 0.3; do
+        echo "{\"algorithm\": \"fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": $lr, \"meta_schedule\": \"linear\"}"
+      done
+      echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"meta_schedule\": \"linear\"}" ;;
+    mtl)
+      for beta in 0.25 0.5 0.75; do
+        echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      done
+      for beta in 0.25 0.5; do
+        echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      done
+      echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
+    *) echo "unknown part $1 (transfer, meta, maml, mtl)" >&2; exit 2 ;;
+  esac
+}
+
+for part in "$@"; do
+  mapfile -t SPECS < <(part_specs "$part")
+  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+      --ways 5 --shots 1 --queries 15 --episodes 100 --adapt "$ADAPT" "${SPECS[@]}"
+  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+      --ways 20 --shots 1 --queries 15 --episodes 50 --adapt "$ADAPT" "${SPECS[@]}"
+done
