@@ -1,7 +1,8 @@
 """The paper's Table 1, reproduced: every method pretrained on the base classes with the same
 budget, then evaluated on the same seeded episodes of unseen classes.
 
-    mtl bench table1 --dataset omniglot|miniimagenet-lite --profile quick|cpu|full|gpu [--out DIR]
+    mtl bench table1 --dataset omniglot|omniglot-vinyals|miniimagenet-lite \
+        --profile smoke|quick|cpu|full|gpu [--out DIR]
 
 Budget: every method gets the same number of image forward+backward passes
 (`PretrainConfig.passes_per_iteration` x iterations), so a method whose iteration does more work
@@ -13,6 +14,10 @@ cells are kept in `results.json`; running the same command again continues where
 
 On several cores, run disjoint `--methods` subsets side by side (one process each, each with its
 own `--out`), then combine them: `mtl bench table1 --dataset D --profile P --merge DIR1 DIR2`.
+
+Besides each method's accuracy, every row compares the best MTL variant with the best baseline on
+the same episodes (a paired difference with its 95% interval: won, tied or lost), and the report
+counts the rows each way (`paired` and `summary` in results.json).
 """
 
 from __future__ import annotations
@@ -29,10 +34,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["transfer", "protonet", "reptile", "mtl-reptile", "maml", "mtl-maml", "fomaml", "mtl-fomaml"]
-PAPER_COLUMNS = {"transfer": "Transfer", "protonet": "ProtoNet", "reptile": "Reptile",
-                 "mtl-reptile": "MTL-Reptile", "maml": "MAML", "mtl-maml": "MTL-MAML",
+METHODS = ["transfer", "protonet", "mtl-protonet", "reptile", "mtl-reptile", "maml", "mtl-maml",
+           "fomaml", "mtl-fomaml"]
+PAPER_COLUMNS = {"transfer": "Transfer", "protonet": "ProtoNet", "mtl-protonet": "MTL-ProtoNet",
+                 "reptile": "Reptile", "mtl-reptile": "MTL-Reptile", "maml": "MAML", "mtl-maml": "MTL-MAML",
                  "fomaml": "FOMAML", "mtl-fomaml": "MTL-FOMAML"}
+DATASETS = ["omniglot", "omniglot-vinyals", "miniimagenet-lite"]
+UNSEEN_CLASSES = {
+    "omniglot": "Omniglot evaluation alphabets (659 characters)",
+    "omniglot-vinyals": "Omniglot Vinyals test split (423 characters x 4 rotations = 1692 classes)",
+    "miniimagenet-lite": "miniImageNet-lite val + test (36 classes)",
+}
 
 
 @dataclass
@@ -67,6 +79,16 @@ PROFILES: dict[tuple[str, str], Profile] = {
     # pretraining 3M passes each. Meant for a GPU, or a long background run.
     ("omniglot", "full"): Profile(28, 1, 64, budget_passes=3_000_000, episodes=600, ways=[5, 20, 35],
                                   shots=[1, 5, 15], max_shot_queries=5),
+    # The split the few-shot literature reports on (Vinyals et al. 2016; base classes: trainval,
+    # 1200 characters x 4 rotations; unseen: test, 423 x 4), at its grid of 5/20-way 1/5-shot.
+    # The omniglot profiles' settings otherwise. Published on this split (%, 5-way 1-shot,
+    # 5-way 5-shot, 20-way 1-shot, 20-way 5-shot; larger 64-filter models, far larger budgets):
+    # ProtoNet (Snell et al. 2017) 98.8, 99.7, 96.0, 98.9; MAML (Finn et al. 2017) 98.7, 99.9,
+    # 95.8, 98.9.
+    ("omniglot-vinyals", "smoke"): Profile(28, 1, 8, budget_passes=1_500, episodes=3, ways=[5, 20],
+                                           shots=[1, 5], max_shot_queries=5),
+    ("omniglot-vinyals", "cpu"): Profile(28, 1, 32, budget_passes=100_000, episodes=100, ways=[5, 20],
+                                         shots=[1, 5], max_shot_queries=5),
     # What 2 CPU cores afford in about an hour per data set: an 84x84 image pass costs ~10x an
     # Omniglot one, and a 100-shot episode needs 20 epochs over 500-3500 images, so the 100-shot
     # and 35-way cells are left to `full` and `gpu`.
@@ -124,10 +146,18 @@ def machine_description() -> str:
 
 
 def load_splits(dataset: str, profile: Profile) -> tuple[Any, Any]:
-    """(base classes, unseen classes): Omniglot background/evaluation; miniImageNet train/val+test."""
-    from models.data import concat, data_root, load_dataset
+    """(base classes, unseen classes): Omniglot background/evaluation, Omniglot Vinyals
+    trainval/test, or miniImageNet train/val+test."""
+    from models.data import concat, data_root, load_dataset, load_omniglot_vinyals
 
     root = data_root()
+    if dataset == "omniglot-vinyals":
+        base, unseen = (load_omniglot_vinyals(root / "omniglot", split, image_size=profile.image_size)
+                        for split in ("trainval", "test"))
+        if profile.channels == 3:
+            for s in (base, unseen):
+                s.images = s.images.expand(-1, 3, -1, -1).contiguous()
+        return base, unseen
     if dataset == "omniglot":
         return (load_dataset(root / "omniglot" / "images_background.npz", image_size=profile.image_size,
                              channels=profile.channels),
@@ -169,8 +199,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         "machine": machine_description(), "commit": git_commit(),
         "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
         + (f" --methods {','.join(methods)}" if methods != METHODS else ""),
-        "unseen_classes": "Omniglot evaluation alphabets (659 characters)" if dataset == "omniglot"
-        else "miniImageNet-lite val + test (36 classes)",
+        "unseen_classes": UNSEEN_CLASSES[dataset],
         "evaluation": "non-transductive; identical seeded episodes for every method",
     })
     report.setdefault("methods", {})
@@ -207,7 +236,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                 cell = evaluate(net, unseen, ways=ways, shots=shots, queries=queries,
                                 episodes=profile.episodes, config=adapt, seed=2019, device=dev)
                 row = {"method": method, **cell.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k != "per_episode"}),
+                      file=sys.stderr, flush=True)
                 report["cells"].append(row)
                 report["wall_clock_seconds"] = round(report.get("wall_clock_seconds", 0)
                                                      + time.perf_counter() - started, 1)
@@ -218,11 +248,73 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """results.json, table1.md and table1.png of a report, in `out`."""
+    """results.json, table1.md and table1.png of a report, in `out` (with its paired comparison
+    recomputed from the cells, so a run and a merge give the same)."""
+    add_paired_comparison(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, out / "table1.md")
     write_chart(report, out / "table1.png")
+
+
+def is_mtl(method: str) -> bool:
+    """Whether a method is an MTL variant (the rest are the baselines it is compared with)."""
+    return method.startswith("mtl-")
+
+
+def verdict(difference: float, ci95: float) -> str:
+    """'won' if the 95% interval of a difference lies above 0, 'lost' if below, else 'tied'."""
+    if difference - ci95 > 0:
+        return "won"
+    if difference + ci95 < 0:
+        return "lost"
+    return "tied"
+
+
+def add_paired_comparison(report: dict[str, Any]) -> None:
+    """Set `report["paired"]` and `report["summary"]`: per (ways, shots) row, the best MTL variant
+    minus the best baseline (highest mean accuracy of each group), paired over their shared
+    episodes.
+
+    A row is left out when it lacks either group, or when either best cell has no per-episode
+    accuracies to pair (reports written before they were kept) or they are of unequal length.
+    """
+    from models.adaptation import paired_difference
+
+    order = {m: i for i, m in enumerate(METHODS)}
+
+    def best(group: list[dict[str, Any]]) -> dict[str, Any] | None:
+        # Highest mean wins; an exact tie goes to the method listed first in METHODS, so the
+        # choice does not depend on the order the cells were run or merged in.
+        return min(group, key=lambda c: (-c["accuracy"], order.get(c["method"], len(order)), c["method"]),
+                   default=None)
+
+    rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for c in report.get("cells", []):
+        rows.setdefault((c["ways"], c["shots"]), []).append(c)
+    paired: list[dict[str, Any]] = []
+    for (ways, shots), cells in sorted(rows.items()):
+        mtl = best([c for c in cells if is_mtl(c["method"])])
+        base = best([c for c in cells if not is_mtl(c["method"])])
+        if mtl is None or base is None:
+            continue
+        a, b = mtl.get("per_episode"), base.get("per_episode")
+        if not a or not b or len(a) != len(b) or len(a) < 2:
+            continue
+        difference, ci95 = paired_difference(a, b)
+        paired.append({"ways": ways, "shots": shots, "best_mtl": mtl["method"],
+                       "best_baseline": base["method"], "difference": difference, "ci95": ci95,
+                       "verdict": verdict(difference, ci95)})
+    report["paired"] = paired
+    report["summary"] = {v: sum(p["verdict"] == v for p in paired) for v in ("won", "tied", "lost")}
+
+
+def _paired_text(p: dict[str, Any]) -> str:
+    # A true minus sign, as in the paper's tables; percentage points.
+    diff = f"{100 * p['difference']:+.2f}".replace("-", "−")
+    return (f"{PAPER_COLUMNS.get(p['best_mtl'], p['best_mtl'])} − "
+            f"{PAPER_COLUMNS.get(p['best_baseline'], p['best_baseline'])}: "
+            f"{diff} ± {100 * p['ci95']:.2f} ({p['verdict']})")
 
 
 class MergeError(ValueError):
@@ -281,8 +373,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
              f"Unseen classes: {report['unseen_classes']}. Budget: {report['budget']}. "
              f"Evaluation: {report['evaluation']}. Accuracy % ± 95% CI; best per row in bold "
              "(ties within the CI of the best are not marked).", "",
-             "| task | " + " | ".join(PAPER_COLUMNS[m] for m in methods) + " |",
-             "|---|" + "---|" * len(methods)]
+             "| task | " + " | ".join(PAPER_COLUMNS[m] for m in methods)
+             + " | best MTL − best baseline (paired 95%) |",
+             "|---|" + "---|" * (len(methods) + 1)]
+    paired = {(p["ways"], p["shots"]): p for p in report.get("paired", [])}
     for ways, shots in rows:
         accs = {m: cells[(m, ways, shots)]["accuracy"] for m in methods if (m, ways, shots) in cells}
         best = max(accs, key=lambda m: accs[m]) if accs else None
@@ -296,7 +390,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             out.append(f"**{text}**" if m == best else text)
         episodes = next(iter(c["episodes"] for (m, w, s), c in cells.items() if (w, s) == (ways, shots)))
         queries = next(iter(c["queries"] for (m, w, s), c in cells.items() if (w, s) == (ways, shots)))
+        out.append(_paired_text(paired[(ways, shots)]) if (ways, shots) in paired else "–")
         lines.append(f"| {ways}-way {shots}-shot ({queries} q, {episodes} ep) | " + " | ".join(out) + " |")
+    if paired:
+        s = report["summary"]
+        lines += ["", f"Best MTL vs best baseline: {s['won']} won, {s['tied']} tied, {s['lost']} lost "
+                  f"of {len(paired)} cells (paired over the same episodes; won or lost when the "
+                  "95% interval of the difference excludes 0)."]
     lines += ["", f"Machine: {report['machine']}. Commit: {report['commit']}. "
               f"Wall clock: {report.get('wall_clock_seconds', 0) / 60:.0f} min. "
               f"Command: `{report['command']}`.", ""]
@@ -346,7 +446,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=["omniglot", "miniimagenet-lite"], required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--profile", choices=["smoke", "quick", "cpu", "full", "gpu"], default="quick")
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/table1-<dataset>-<profile>")

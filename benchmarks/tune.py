@@ -1,8 +1,13 @@
 """Hyperparameter selection on VALIDATION classes only (never the unseen test classes).
 
-Omniglot: the background alphabets are split by alphabet; `--val-alphabets` of them (seeded
-choice) are held out as validation classes and the rest are the base classes.
-miniImageNet-lite: base classes are `train/`, validation classes are `val/`.
+Validation classes are always held out of the base (training) classes, never taken from the
+classes Table 1 evaluates on:
+- Omniglot: the background alphabets are split by alphabet; `--val-alphabets` of them (seeded
+  choice, seed 0) are held out as validation classes and the rest are the base classes. Past
+  tuning files were made with this split: keep it as it is.
+- miniImageNet-lite: `--val-classes` of the 64 `train/` classes (seeded choice, seed 0) are held
+  out as validation classes and the other train classes are the base classes. `val/` is never
+  used: Table 1's unseen classes are val + test, as in the paper.
 
 Each spec is a JSON object of PretrainConfig fields; every spec is evaluated with every
 adaptation setting in --adapt (JSON list of AdaptConfig dicts) on the same seeded episodes.
@@ -39,6 +44,7 @@ DEFAULT_ADAPT = [
 
 
 def omniglot_split(val_alphabets: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(base, validation) from the background alphabets: `val_alphabets` whole alphabets held out."""
     data = load_dataset(data_root() / "omniglot" / "images_background.npz", image_size=28, channels=1)
     alphabets = sorted({n.split("/")[0] for n in data.class_names})
     held = set(np.random.default_rng(seed).choice(alphabets, size=val_alphabets, replace=False).tolist())
@@ -47,17 +53,29 @@ def omniglot_split(val_alphabets: int, seed: int) -> tuple[ImageSet, ImageSet]:
     return data.subset(base), data.subset(val)
 
 
-def mini_split() -> tuple[ImageSet, ImageSet]:
-    root = data_root() / "miniimagenet-lite"
-    return (load_dataset(root / "train", image_size=84, channels=3),
-            load_dataset(root / "val", image_size=84, channels=3))
+def mini_split(val_classes: int = 16, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """(base, validation) from miniImageNet-lite's train classes: a seeded choice of `val_classes`
+    of them held out, the rest the base classes."""
+    data = load_dataset(data_root() / "miniimagenet-lite" / "train", image_size=84, channels=3)
+    if not 2 <= val_classes <= data.num_classes - 2:
+        raise ConfigError(f"--val-classes must be between 2 and {data.num_classes - 2} "
+                          f"(the train split has {data.num_classes} classes), got {val_classes}")
+    # Choose among sorted names, so the split does not depend on folder listing order.
+    names = sorted(data.class_names)
+    held = set(np.random.default_rng(seed).choice(names, size=val_classes, replace=False).tolist())
+    val = [i for i, n in enumerate(data.class_names) if n in held]
+    base = [i for i, n in enumerate(data.class_names) if n not in held]
+    return data.subset(base), data.subset(val)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["omniglot", "miniimagenet-lite"], default="omniglot")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--val-alphabets", type=int, default=6)
+    p.add_argument("--val-alphabets", type=int, default=6,
+                   help="omniglot: background alphabets held out as validation classes")
+    p.add_argument("--val-classes", type=int, default=16,
+                   help="miniimagenet-lite: train classes held out as validation classes")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--episodes", type=int, default=100)
@@ -68,7 +86,15 @@ def main() -> None:
                    help="specs without 'iterations' get this many image passes' worth of iterations")
     p.add_argument("specs", nargs="+", type=json.loads)
     args = p.parse_args()
-    base, val = omniglot_split(args.val_alphabets, 0) if args.dataset == "omniglot" else mini_split()
+    if args.dataset == "omniglot":
+        base, val = omniglot_split(args.val_alphabets, 0)
+        split = f"{args.val_alphabets} background alphabets held out (seed 0)"
+    else:
+        try:
+            base, val = mini_split(args.val_classes, 0)
+        except ConfigError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        split = f"{args.val_classes} train classes held out (seed 0)"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for spec in args.specs:
         spec.setdefault("image_size", base.image_size)
@@ -102,6 +128,7 @@ def main() -> None:
                 print(json.dumps({"spec": spec, "adapt": adapt, "error": str(exc)}), flush=True)
                 continue
             row = {"dataset": args.dataset, "validation_classes": val.num_classes,
+                   "validation_split": split,
                    "config": card_config,
                    "base_classes": base.num_classes, "spec": spec, "adapt": adapt,
                    "ways": args.ways, "shots": args.shots, "episodes": args.episodes,

@@ -238,6 +238,71 @@ def load_omniglot_npz(path: Path | str, *, image_size: int = 28) -> ImageSet:
     )
 
 
+VINYALS_SPLITS = ("train", "val", "trainval", "test")
+
+
+def _parse_vinyals_line(line: str, where: str) -> tuple[str, int]:
+    """`Alphabet/characterNN/rotDDD` -> (`Alphabet/characterNN`, quarter turns)."""
+    parts = line.split("/")
+    if len(parts) != 3 or not parts[2].startswith("rot") or not parts[2][3:].isdigit():
+        raise DatasetError(f"{where}: expected 'Alphabet/characterNN/rotDDD', got {line!r}")
+    degrees = int(parts[2][3:])
+    if degrees % 90:
+        raise DatasetError(f"{where}: rotation must be a multiple of 90 degrees, got {degrees}")
+    return f"{parts[0]}/{parts[1]}", degrees // 90
+
+
+def load_omniglot_vinyals(root: Path, split: str, *, image_size: int = 28) -> ImageSet:
+    """One split of Vinyals et al.'s Omniglot split (as Prototypical Networks use it): every line
+    of `root/splits_vinyals/<split>.txt`, `Alphabet/characterNN/rotDDD`, is one class, named by the
+    line, holding that character's 20 drawings rotated by DDD degrees.
+
+    `root` is the Omniglot folder holding `images_background.npz`, `images_evaluation.npz`,
+    `alphabets.csv` and `splits_vinyals/`. The split mixes characters of both npz files.
+    """
+    root = Path(root)
+    if split not in VINYALS_SPLITS:
+        raise DatasetError(f"unknown Omniglot Vinyals split {split!r}; known: {', '.join(VINYALS_SPLITS)}")
+    split_path = root / "splits_vinyals" / f"{split}.txt"
+    if not split_path.exists():
+        raise DatasetError(f"Omniglot Vinyals split file not found: {split_path}")
+    if not (root / "alphabets.csv").exists():
+        # Without it the npz classes have no Alphabet/characterNN names to match the lines to.
+        raise DatasetError(f"{root / 'alphabets.csv'} not found: it names the characters the split lists")
+    lines = [ln.strip() for ln in split_path.read_text().splitlines()]
+    classes = [_parse_vinyals_line(ln, f"{split_path}:{i + 1}") for i, ln in enumerate(lines) if ln]
+    if not classes:
+        raise DatasetError(f"{split_path} lists no classes")
+    names = [ln for ln in lines if ln]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{split_path} lists a class twice")
+
+    # Each character's images, looked up by name across both files.
+    by_name: dict[str, torch.Tensor] = {}
+    for file in ("images_background.npz", "images_evaluation.npz"):
+        data = load_omniglot_npz(root / file, image_size=image_size)
+        order = torch.argsort(data.labels, stable=True)
+        chunks = torch.split(data.images[order], data.class_counts())
+        by_name.update(zip(data.class_names, chunks, strict=True))
+    missing = [c for c, _ in classes if c not in by_name]
+    if missing:
+        raise DatasetError(f"{split_path} lists {len(missing)} character(s) not in the Omniglot npz files "
+                           f"of {root}, e.g. {missing[0]!r}")
+
+    # torch.rot90 with k > 0 over (H, W) turns counter-clockwise, as PIL's Image.rotate(DDD) does
+    # in the Prototypical Networks loader (protonets/data/omniglot.py, rotate_image). They rotate
+    # the 105x105 drawing before resizing, we the resized image: area averaging's bins are
+    # symmetric, so both orders give the same pixels, and ours rotates 4x fewer pixels.
+    images = [torch.rot90(by_name[char], k=quarters, dims=(-2, -1)) for char, quarters in classes]
+    counts = torch.tensor([len(x) for x in images])
+    return ImageSet(
+        images=torch.cat(images).contiguous(),
+        labels=torch.arange(len(images)).repeat_interleave(counts),
+        class_names=names,
+        source=f"{split_path} ({split})",
+    )
+
+
 def load_dataset(
     path: Path | str, *, image_size: int, channels: int, max_per_class: int | None = None
 ) -> ImageSet:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.cli import main
+from benchmarks.table1 import PROFILES, add_paired_comparison, load_splits, write_markdown
 
 
 def test_table1_harness_writes_json_markdown_and_chart(shared_data: Path, tmp_path: Path) -> None:
@@ -24,6 +27,20 @@ def test_table1_harness_writes_json_markdown_and_chart(shared_data: Path, tmp_pa
     table = (out / "table1.md").read_text()
     assert "| 5-way 1-shot" in table and table.count("**") >= 4
     assert (out / "table1.png").read_bytes()[:4] == b"\x89PNG"
+    # Every cell keeps its episodes' accuracies, and each row pairs MTL-Reptile (the only MTL
+    # variant here) with the better of Transfer and ProtoNet on them.
+    cells = {(c["method"], c["shots"]): c for c in report["cells"]}
+    assert all(len(c["per_episode"]) == 3 for c in report["cells"])
+    assert all(math.isclose(sum(c["per_episode"]) / 3, c["accuracy"], abs_tol=1e-5) for c in report["cells"])
+    assert [(p["ways"], p["shots"]) for p in report["paired"]] == [(5, 1), (5, 15)]
+    for p in report["paired"]:
+        base = max(("transfer", "protonet"), key=lambda m: cells[(m, p["shots"])]["accuracy"])
+        assert (p["best_mtl"], p["best_baseline"]) == ("mtl-reptile", base)
+        mtl_acc, base_acc = cells[("mtl-reptile", p["shots"])]["accuracy"], cells[(base, p["shots"])]["accuracy"]
+        assert p["difference"] == pytest.approx(mtl_acc - base_acc, abs=1e-5)
+    assert sum(report["summary"].values()) == 2
+    assert "best MTL − best baseline (paired 95%) |" in table
+    assert "of 2 cells" in table and "Best MTL vs best baseline: " in table
     # Running again resumes: nothing is recomputed.
     assert main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(out),
                  "--methods", "transfer,protonet,mtl-reptile", "--device", "cpu"]) == 0
@@ -46,6 +63,10 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     assert set(report["methods"]) == {"transfer", "protonet", "mtl-reptile"}
     assert report["wall_clock_seconds"] == max(p["wall_clock_seconds"] for p in parts)
     assert set(report["merged_from"]) == {str(tmp_path / "a"), str(tmp_path / "b")}
+    # Neither part alone has both an MTL variant and a baseline; the merge pairs them.
+    assert parts[0]["paired"] == [] and parts[1]["paired"] == []
+    assert [(p["best_mtl"], p["shots"]) for p in report["paired"]] == [("mtl-reptile", 1), ("mtl-reptile", 15)]
+    assert sum(report["summary"].values()) == 2
     table = (tmp_path / "ab" / "table1.md").read_text()
     assert "| Transfer | ProtoNet | MTL-Reptile |" in table and "Merged from runs side by side" in table
     assert (tmp_path / "ab" / "table1.png").read_bytes()[:4] == b"\x89PNG"
@@ -58,3 +79,79 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     with pytest.raises(SystemExit, match="not omniglot/quick"):
         main(["bench", "table1", "--dataset", "omniglot", "--profile", "quick", "--merge", str(tmp_path / "a"),
               "--out", str(tmp_path / "x")])
+
+
+def _cell(method: str, ways: int, shots: int, per_episode: list[float] | None, accuracy: float) -> dict[str, Any]:
+    cell: dict[str, Any] = {"method": method, "ways": ways, "shots": shots, "queries": 15, "episodes": 4,
+                            "accuracy": accuracy, "ci95": 0.05}
+    if per_episode is not None:
+        cell["per_episode"] = per_episode
+    return cell
+
+
+def test_paired_comparison_of_best_mtl_and_best_baseline(tmp_path: Path) -> None:
+    report: dict[str, Any] = {"cells": [
+        # 5-way 1-shot: MTL-Reptile 0.9 beats ProtoNet 0.7 (Transfer 0.5) in every episode.
+        _cell("transfer", 5, 1, [0.5, 0.5, 0.5, 0.5], 0.5),
+        _cell("protonet", 5, 1, [0.6, 0.8, 0.6, 0.8], 0.7),
+        _cell("mtl-reptile", 5, 1, [0.9, 1.0, 0.8, 0.9], 0.9),
+        # 5-way 5-shot: ProtoNet 0.95 beats both MTL variants at 0.8; the tie between them goes to
+        # MTL-Reptile, listed first in METHODS, whatever the cells' order.
+        _cell("mtl-fomaml", 5, 5, [0.8, 0.8, 0.8, 0.8], 0.8),
+        _cell("mtl-reptile", 5, 5, [0.7, 0.8, 0.8, 0.9], 0.8),
+        _cell("mtl-maml", 5, 5, [0.6, 0.6, 0.6, 0.6], 0.6),
+        _cell("protonet", 5, 5, [0.9, 0.9, 1.0, 1.0], 0.95),
+        # 20-way 1-shot: MTL-MAML ahead on average, but differences +0.2, 0, 0, -0.1: tied.
+        _cell("transfer", 20, 1, [0.5, 0.3, 0.5, 0.3], 0.4),
+        _cell("protonet", 20, 1, [0.3, 0.3, 0.3, 0.3], 0.3),
+        _cell("mtl-maml", 20, 1, [0.7, 0.3, 0.5, 0.2], 0.425),
+        # 20-way 5-shot: baselines only; 5-way 15-shot: an old report without per-episode results.
+        _cell("transfer", 20, 5, [0.5, 0.5, 0.5, 0.5], 0.5),
+        _cell("protonet", 20, 5, [0.6, 0.6, 0.6, 0.6], 0.6),
+        _cell("protonet", 5, 15, None, 0.99),
+        _cell("mtl-reptile", 5, 15, None, 0.98),
+    ]}
+    add_paired_comparison(report)
+    paired = {(p["ways"], p["shots"]): p for p in report["paired"]}
+    assert list(paired) == [(5, 1), (5, 5), (20, 1)]
+
+    # The 95% half-width is 1.96 x the sample standard deviation of the differences / sqrt(4).
+    won = paired[(5, 1)]  # differences 0.3, 0.2, 0.2, 0.1: sd sqrt(0.02 / 3)
+    assert (won["best_mtl"], won["best_baseline"], won["verdict"]) == ("mtl-reptile", "protonet", "won")
+    assert won["difference"] == pytest.approx(0.2)
+    assert won["ci95"] == pytest.approx(1.96 * math.sqrt(0.02 / 3) / 2)
+    lost = paired[(5, 5)]  # differences -0.2, -0.1, -0.2, -0.1: sd sqrt(0.01 / 3)
+    assert (lost["best_mtl"], lost["best_baseline"], lost["verdict"]) == ("mtl-reptile", "protonet", "lost")
+    assert lost["difference"] == pytest.approx(-0.15)
+    assert lost["ci95"] == pytest.approx(1.96 * math.sqrt(0.01 / 3) / 2)
+    tied = paired[(20, 1)]  # differences 0.2, 0, 0, -0.1: sd sqrt(0.0475 / 3)
+    assert (tied["best_mtl"], tied["best_baseline"], tied["verdict"]) == ("mtl-maml", "transfer", "tied")
+    assert tied["difference"] == pytest.approx(0.025)
+    assert tied["ci95"] == pytest.approx(1.96 * math.sqrt(0.0475 / 3) / 2)
+    assert report["summary"] == {"won": 1, "tied": 1, "lost": 1}
+
+    # The same comparison whatever order the cells come in (a merge concatenates parts).
+    shuffled = {"cells": report["cells"][::-1]}
+    add_paired_comparison(shuffled)
+    assert shuffled["paired"] == report["paired"]
+
+    methods = {m: {"iterations": 10, "train_seconds": 1.0, "adaptation": {}}
+               for m in ("transfer", "protonet", "mtl-reptile", "mtl-maml", "mtl-fomaml")}
+    report.update(dataset="omniglot", profile="smoke", unseen_classes="u", budget="b", evaluation="e",
+                  machine="m", commit="c", command="x", methods=methods)
+    write_markdown(report, tmp_path / "table1.md")
+    rows = {line.split(" (")[0]: line for line in (tmp_path / "table1.md").read_text().splitlines()
+            if line.startswith("| ") and "-way" in line}
+    assert rows["| 5-way 1-shot"].endswith("| MTL-Reptile − ProtoNet: +20.00 ± 8.00 (won) |")
+    assert rows["| 5-way 5-shot"].endswith("| MTL-Reptile − ProtoNet: −15.00 ± 5.66 (lost) |")
+    assert rows["| 20-way 1-shot"].endswith("| MTL-MAML − Transfer: +2.50 ± 12.33 (tied) |")
+    assert rows["| 20-way 5-shot"].endswith("| – |") and rows["| 5-way 15-shot"].endswith("| – |")
+    assert "Best MTL vs best baseline: 1 won, 1 tied, 1 lost of 3 cells" in (tmp_path / "table1.md").read_text()
+
+
+def test_omniglot_vinyals_splits_for_table1(shared_data: Path) -> None:
+    base, unseen = load_splits("omniglot-vinyals", PROFILES[("omniglot-vinyals", "smoke")])
+    assert (base.num_classes, unseen.num_classes) == (4800, 1692)
+    assert not {n.rsplit("/", 1)[0] for n in base.class_names} & {n.rsplit("/", 1)[0] for n in unseen.class_names}
+    assert PROFILES[("omniglot-vinyals", "cpu")].ways == [5, 20]
+    assert PROFILES[("omniglot-vinyals", "cpu")].shots == [1, 5]

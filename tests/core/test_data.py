@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import EpisodeSampler, ImageSet, load_dataset, load_image_folder
+from models.data import (
+    EpisodeSampler,
+    ImageSet,
+    load_dataset,
+    load_image_folder,
+    load_omniglot_vinyals,
+)
 from models.errors import ConfigError, DatasetError
 
 
@@ -47,6 +53,79 @@ def test_miniimagenet_lite_loads(shared_data: Path) -> None:
         assert data.images.shape[1:] == (3, 84, 84)
         assert data.rejected == []
     assert counts == {"train": 64, "val": 16, "test": 20}
+
+
+@pytest.fixture(scope="module")
+def vinyals_test(shared_data: Path) -> ImageSet:
+    return load_omniglot_vinyals(shared_data / "omniglot", "test")
+
+
+def test_omniglot_vinyals_split_has_every_listed_rotation(
+    shared_data: Path, vinyals_test: ImageSet, omniglot_evaluation: ImageSet
+) -> None:
+    lines = (shared_data / "omniglot" / "splits_vinyals" / "test.txt").read_text().split()
+    # 423 evaluation-alphabet characters, each in 4 rotations, in the file's order.
+    assert vinyals_test.class_names == lines
+    assert vinyals_test.num_classes == 423 * 4
+    assert vinyals_test.class_counts() == [20] * (423 * 4)
+    assert vinyals_test.images.shape == (423 * 4 * 20, 1, 28, 28)
+    assert vinyals_test.class_names[:2] == ["Gurmukhi/character42/rot000", "Gurmukhi/character42/rot090"]
+
+    def images(data: ImageSet, name: str) -> torch.Tensor:
+        return data.images[data.labels == data.class_names.index(name)]
+
+    # rot000 is the character as the npz loader gives it; the others turn it counter-clockwise,
+    # as PIL's Image.rotate (the Prototypical Networks loader's call) does.
+    upright = images(vinyals_test, "Gurmukhi/character42/rot000")
+    assert torch.equal(upright, images(omniglot_evaluation, "Gurmukhi/character42"))
+    turned = images(vinyals_test, "Gurmukhi/character42/rot090")
+    assert not torch.equal(turned, upright)
+    assert torch.equal(turned, torch.rot90(upright, k=1, dims=(-2, -1)))
+    pil = np.asarray(Image.fromarray(upright[0, 0].numpy()).rotate(90))
+    assert np.array_equal(turned[0, 0].numpy(), pil)
+    assert torch.equal(images(vinyals_test, "Gurmukhi/character42/rot180"), torch.rot90(upright, 2, (-2, -1)))
+    assert torch.equal(images(vinyals_test, "Gurmukhi/character42/rot270"), torch.rot90(upright, 3, (-2, -1)))
+
+
+def test_omniglot_vinyals_trainval_mixes_both_files_and_misses_no_test_character(
+    shared_data: Path, vinyals_test: ImageSet, omniglot_background: ImageSet, omniglot_evaluation: ImageSet
+) -> None:
+    trainval = load_omniglot_vinyals(shared_data / "omniglot", "trainval")
+    assert trainval.num_classes == 1200 * 4
+    assert set(trainval.class_counts()) == {20}
+    characters = {n.rsplit("/", 1)[0] for n in trainval.class_names}
+    test_characters = {n.rsplit("/", 1)[0] for n in vinyals_test.class_names}
+    assert len(characters) == 1200 and len(test_characters) == 423
+    # Together the two splits are all 1,623 characters, each in exactly one of them.
+    assert not characters & test_characters
+    assert characters | test_characters == set(omniglot_background.class_names) | set(omniglot_evaluation.class_names)
+    # trainval takes evaluation-alphabet characters too, so both npz files must be read.
+    assert characters & set(omniglot_evaluation.class_names)
+
+
+def test_omniglot_vinyals_errors(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown Omniglot Vinyals split 'testing'.*trainval"):
+        load_omniglot_vinyals(shared_data / "omniglot", "testing")
+    with pytest.raises(DatasetError, match="split file not found"):
+        load_omniglot_vinyals(tmp_path, "test")
+    # A split naming a character that neither npz file holds.
+    root = tmp_path / "omniglot"
+    (root / "splits_vinyals").mkdir(parents=True)
+    for f in ("images_background.npz", "images_evaluation.npz", "alphabets.csv"):
+        (root / f).symlink_to(shared_data / "omniglot" / f)
+    (root / "splits_vinyals" / "val.txt").write_text("Latin/character01/rot000\nKlingon/character01/rot090\n")
+    with pytest.raises(DatasetError, match="1 character.*not in the Omniglot npz.*'Klingon/character01'"):
+        load_omniglot_vinyals(root, "val")
+    (root / "splits_vinyals" / "val.txt").write_text("Latin/character01/rot045\n")
+    with pytest.raises(DatasetError, match="multiple of 90"):
+        load_omniglot_vinyals(root, "val")
+    (root / "splits_vinyals" / "val.txt").write_text("Latin/character01/rot000\nLatin/character01\n")
+    with pytest.raises(DatasetError, match="val.txt:2: expected 'Alphabet/characterNN/rotDDD'"):
+        load_omniglot_vinyals(root, "val")
+    (root / "splits_vinyals" / "val.txt").write_text("Latin/character01/rot000\nLatin/character02/rot180\n")
+    small = load_omniglot_vinyals(root, "val", image_size=14)
+    assert small.class_names == ["Latin/character01/rot000", "Latin/character02/rot180"]
+    assert small.images.shape == (40, 1, 14, 14)
 
 
 def _write_png(path: Path, value: int) -> None:
