@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from models.config import AdaptConfig  # torch-free
 
@@ -21,7 +21,18 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity parse from JSON in Python but are no parameter's valid value.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+# Text stored in the database: PostgreSQL cannot store a NUL byte in text.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class ClassCount(BaseModel):
@@ -81,21 +92,25 @@ class ClassifierParams(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     head_init: Literal["zeros", "prototype", "meta"] | None = None
     bn_stats: Literal["frozen", "support"] | None = None
+    prototype_scale: float | None = Field(
+        default=None, gt=0.0, le=1000.0, description="logit scale of a 'prototype' head"
+    )
 
     def resolved(self, card_adaptation: dict[str, Any]) -> dict[str, Any]:
         """Every parameter filled in: request, then the base model's card, then the defaults."""
         from_card = {api: card_adaptation.get(name) for api, name in ADAPT_FIELDS.items()}
-        out = self.model_dump()
+        # A field the ML core does not have (yet) is left out rather than stored as null.
+        out = {k: v for k, v in self.model_dump().items() if v is not None or k in ADAPT_FIELDS}
         for name, default in classifier_defaults().items():
-            if out[name] is None:
+            if out.get(name) is None:
                 out[name] = from_card[name] if from_card[name] is not None else default
         return out
 
 
 class ClassifierCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    dataset_id: str = Field(min_length=1, max_length=64)
-    base_model_id: str | None = Field(default=None, min_length=1, max_length=64)
+    name: Text = Field(min_length=1, max_length=200)
+    dataset_id: Text = Field(min_length=1, max_length=64)
+    base_model_id: Text | None = Field(default=None, min_length=1, max_length=64)
     params: ClassifierParams = Field(default_factory=ClassifierParams)
 
 
@@ -181,10 +196,14 @@ class BaseModelPublic(BaseModel):
 
 
 class PretrainingJobCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    dataset_id: str = Field(min_length=1, max_length=64)
-    algorithm: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: Text = Field(min_length=1, max_length=200)
+    dataset_id: Text = Field(min_length=1, max_length=64)
+    algorithm: Text = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields of models.config.PretrainConfig; each is bounded (app/params.py) "
+        "and an out-of-bounds value is a 422 naming it",
+    )
 
     @field_validator("params")
     @classmethod

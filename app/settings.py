@@ -55,6 +55,28 @@ class Settings(BaseSettings):
     recovery_interval_s: float = Field(
         default=60.0, gt=0, description="how often workers look for them"
     )
+    queued_resend_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a queued job whose message no worker took this long is sent again "
+        "(a broker that lost its queue; duplicates are dropped by the claim)",
+    )
+    training_time_limit_s: float = Field(
+        default=3600.0, gt=0, description="a classifier job running longer fails"
+    )
+    pretraining_time_limit_s: float = Field(
+        default=3 * 24 * 3600.0,
+        gt=0,
+        description="a pretraining attempt running longer checkpoints and fails",
+    )
+    max_pretrain_memory_bytes: int = Field(
+        default=8 * 1024 * MiB,
+        ge=1,
+        description="pretraining runs whose estimated memory is larger are refused (422)",
+    )
+    predict_decode_threads: int = Field(
+        default=2, ge=1, description="threads decoding predict images (bounded concurrency)"
+    )
     broker_visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     @model_validator(mode="after")
@@ -113,6 +135,7 @@ class Settings(BaseSettings):
         if self.resolved_broker_url.startswith("filesystem"):
             (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
             (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)
+            (self.broker_folder / "control").mkdir(parents=True, exist_ok=True)
 
 
 @lru_cache

@@ -12,13 +12,13 @@ from pathlib import PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
+from app.errors import ServiceError
 
-class UploadError(Exception):
+
+class UploadError(ServiceError):
     """The upload as a whole is unusable; `status` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
+    status = 422
 
 
 @dataclass
@@ -58,6 +58,12 @@ def check_image(data: bytes, *, max_pixels: int) -> str | None:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return f"corrupt or truncated image: {exc}"
     return None
+
+
+def display_name(name: str) -> str:
+    """A file name as stored and shown: a NUL byte (not storable in PostgreSQL text) becomes
+    U+FFFD. File names are only informational, so they are not refused for it."""
+    return name.replace("\x00", "\ufffd")
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
@@ -118,7 +124,7 @@ def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> Check
         total = 0
         for info, parts in members:
             rel = parts[strip:]
-            name = "/".join(parts)
+            name = display_name("/".join(parts))
             if _hidden(parts):
                 result.rejected.append((name, "hidden or system file"))
                 continue

@@ -26,6 +26,8 @@ def make_celery(settings: Settings) -> Celery:
             data_folder_in=queue,
             data_folder_out=queue,
             processed_folder=str(settings.broker_folder / "processed"),
+            # kombu's default is `control/` in the current directory, wherever that is.
+            control_folder=str(settings.broker_folder / "control"),
             store_processed=False,
             # kombu polls the folder once a second by default: most of a small job's time to
             # result (docs/speed.md). Listing one local folder ten times a second is cheap.

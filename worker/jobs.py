@@ -9,6 +9,8 @@ silent) therefore stops at its next step and can never complete it a second time
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -47,8 +50,6 @@ class Claim:
 
 
 def worker_name() -> str:
-    import os
-
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -95,6 +96,15 @@ class Reporter:
         self._stop = False
         self._start = time.monotonic()
         self._first_step: int | None = None
+        # A solo-pool worker cannot enforce Celery's time limits, so the limit is checked
+        # between steps like a cancel; a pretraining run then checkpoints before it stops.
+        self.time_limit_s, self.limit_setting = (
+            (settings.pretraining_time_limit_s, "MTL_PRETRAINING_TIME_LIMIT_S")
+            if claim.kind == "pretraining"
+            else (settings.training_time_limit_s, "MTL_TRAINING_TIME_LIMIT_S")
+        )
+        self._deadline = self._start + self.time_limit_s
+        self.timed_out = False
 
     def _owned(self) -> Any:
         return and_(
@@ -127,8 +137,11 @@ class Reporter:
                 self._stop = True
 
     def should_stop(self) -> bool:
-        """True once the job was cancelled or this attempt no longer owns it."""
+        """True once the job was cancelled, this attempt no longer owns it, or its time is up."""
         now = time.monotonic()
+        if now > self._deadline:
+            self.timed_out = True
+            return True
         if not self._stop and now - self._last_check >= self.interval:
             self._last_check = now
             with session_scope(self.url) as session:
@@ -182,6 +195,15 @@ def run_job(settings: Settings, job_id: str) -> str:
     try:
         outcome = runner(settings, job_id, reporter)
     except TrainingCancelled:
+        if reporter.timed_out:
+            error = (
+                f"the job ran longer than its time limit of {reporter.time_limit_s:g} s "
+                f"({reporter.limit_setting})"
+            )
+            finished = reporter.finish(
+                "failed", error=error, on_owned=lambda s: _mark_product(s, job_id, "failed")
+            )
+            return "failed" if finished else "lost"
         if reporter.finish("cancelled", on_owned=lambda s: _mark_product(s, job_id, "cancelled")):
             return "cancelled"
         return "lost"
@@ -410,9 +432,14 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         progress=progress_from(total - final_steps),
         should_stop=reporter.should_stop,
     )
+    # This attempt writes its own folder; only the attempt that still owns the job moves it into
+    # place, inside the transaction that records the success, so a losing attempt can never
+    # overwrite the winner's checkpoint.
     out = settings.classifiers_dir / classifier_id
+    staged = settings.classifiers_dir / f".{classifier_id}.attempt-{reporter.claim.attempt}"
+    shutil.rmtree(staged, ignore_errors=True)
     save_classifier(
-        out,
+        staged,
         clf.cpu(),
         {
             "backbone": card["backbone"],
@@ -431,12 +458,22 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
             .where(Classifier.id == classifier_id)
             .values(status="ready", labels=data.class_names, metrics=metrics)
         )
+        install_checkpoint(staged, out)
 
-    return (
-        "succeeded"
-        if reporter.finish("succeeded", metrics=metrics or {}, on_owned=record)
-        else "lost"
-    )
+    try:
+        won = reporter.finish("succeeded", metrics=metrics or {}, on_owned=record)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return "succeeded" if won else "lost"
+
+
+def install_checkpoint(staged: Path, out: Path) -> None:
+    """Move a checkpoint's files from `staged` into `out`, the weights before the card: predict
+    reloads a classifier when its card changes, and each file is replaced atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(staged.iterdir(), key=lambda f: f.name == "model.json")
+    for f in files:
+        os.replace(f, out / f.name)
 
 
 def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> str:
@@ -499,49 +536,104 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
 
 
 def recover_orphans(settings: Settings) -> list[str]:
-    """Re-queue running jobs whose worker went silent (crash, kill, restart) and queued jobs whose
-    message was never sent; a job lost MAX_ATTEMPTS times fails instead. Returns re-queued ids."""
+    """Make sure every unfinished job will run, whatever the broker lost. Returns the ids sent.
+
+    - A running job whose worker went silent (crash, kill, OOM) is re-queued, or cancelled when a
+      cancel was asked for, or failed after MAX_ATTEMPTS lost attempts.
+    - A queued job whose message was never sent (broker down at submit or at a re-queue) is sent.
+    - A queued job whose message no worker took within `queued_resend_after_s` is sent again: the
+      broker may have lost it (Redis restarted without persistence). Sending twice is safe, since
+      the conditional claim drops a duplicate.
+
+    `enqueued_at` is written only after a send succeeded, so a broker outage during recovery
+    leaves the job to the next pass instead of stranding it.
+    """
     url = settings.resolved_database_url
     now = utcnow()
     stale = now - timedelta(seconds=settings.job_stale_after_s)
-    requeued = []
+    resend_before = now - timedelta(seconds=settings.queued_resend_after_s)
     with session_scope(url) as session:
-        candidates = session.execute(
-            select(Job.id, Job.kind, Job.status, Job.attempts).where(
-                or_(
-                    and_(Job.status == "running", Job.heartbeat_at < stale),
-                    and_(
-                        Job.status == "queued",
-                        Job.enqueued_at.is_(None),
-                        Job.created_at < now - timedelta(seconds=30),
-                    ),
-                )
+        lost = session.execute(
+            select(Job.id, Job.attempts, Job.cancel_requested).where(
+                Job.status == "running", Job.heartbeat_at < stale
             )
         ).all()
-    for job_id, kind, status, attempts in candidates:
-        with session_scope(url) as session:
-            guard = Job.heartbeat_at < stale if status == "running" else Job.enqueued_at.is_(None)
-            if status == "running" and attempts >= MAX_ATTEMPTS:
-                result = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == status, guard)
-                    .values(
-                        status="failed",
-                        finished_at=now,
-                        error=f"the worker running this job was lost {attempts} times",
-                    )
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    _mark_product(session, job_id, "failed")
-                continue
+        # No worker claims a queued job with a cancel request (older versions re-queued a
+        # cancelled running job whose worker died): it is cancelled here instead.
+        cancelled = session.scalars(
+            select(Job.id).where(Job.status == "queued", Job.cancel_requested.is_(True))
+        ).all()
+        for job_id in cancelled:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == status, guard)
-                .values(status="queued", enqueued_at=now, worker=None)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="cancelled", finished_at=now)
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                continue
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                _mark_product(session, job_id, "cancelled")
+    for job_id, attempts, cancel_requested in lost:
+        _recover_lost(settings, job_id, attempts, cancel_requested, stale, now)
+    with session_scope(url) as session:
+        unsent = session.execute(
+            select(Job.id, Job.kind).where(
+                Job.status == "queued",
+                or_(
+                    and_(
+                        Job.enqueued_at.is_(None),
+                        # The API sends right after committing; give it that moment.
+                        Job.created_at < now - timedelta(seconds=30),
+                    ),
+                    Job.enqueued_at < resend_before,
+                ),
+            )
+        ).all()
+    sent = []
+    for job_id, kind in unsent:
+        if send_queued(settings, job_id, kind):
+            sent.append(job_id)
+    return sent
+
+
+def _recover_lost(
+    settings: Settings,
+    job_id: str,
+    attempts: int,
+    cancel_requested: bool,
+    stale: Any,
+    now: Any,
+) -> None:
+    """A running job whose worker is gone: cancelled, failed, or queued again (sent later by
+    `recover_orphans`, with `enqueued_at` NULL until a send succeeds)."""
+    owned_by_lost_worker = and_(Job.id == job_id, Job.status == "running", Job.heartbeat_at < stale)
+    with session_scope(settings.resolved_database_url) as session:
+        if cancel_requested:
+            values: dict[str, Any] = {"status": "cancelled", "finished_at": now}
+        elif attempts >= MAX_ATTEMPTS:
+            values = {
+                "status": "failed",
+                "finished_at": now,
+                "error": f"the worker running this job was lost {attempts} times",
+            }
+        else:
+            values = {"status": "queued", "enqueued_at": None, "worker": None}
+        result = session.execute(update(Job).where(owned_by_lost_worker).values(**values))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return
+        if values["status"] != "queued":
+            _mark_product(session, job_id, values["status"])
+        log.warning("job %s: its worker was lost; now %s", job_id, values["status"])
+
+
+def send_queued(settings: Settings, job_id: str, kind: str) -> bool:
+    """Send a queued job's message and record when; False (logged) when the broker is down."""
+    try:
         enqueue(settings, TASK_OF_KIND[kind], job_id)
-        log.warning("re-queued job %s (was %s)", job_id, status)
-        requeued.append(job_id)
-    return requeued
+    except Exception:
+        log.exception("could not send job %s; the next recovery pass retries", job_id)
+        return False
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=utcnow())
+        )
+    log.warning("sent queued job %s again", job_id)
+    return True

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.datastructures import FormData, UploadFile
 
+from app.errors import no_nul
+
 
 async def read_form(request: Request, *, max_files: int) -> FormData:
     content_type = request.headers.get("content-type", "")
@@ -35,7 +37,7 @@ def text_field(form: FormData, name: str, *, required: bool = False) -> str | No
         return None
     if not isinstance(value, str):
         raise HTTPException(422, f"form field '{name}' must be text, not a file")
-    return value
+    return no_nul(value, f"form field '{name}'")
 
 
 def file_fields(form: FormData, name: str) -> list[UploadFile]:

@@ -123,12 +123,13 @@ def make_settings(backend: Backend, builtin_dir: Path, tmp_path: Path) -> Callab
             return made[0].model_copy(update=overrides)
         if backend.name == "postgres":
             reset_postgres(backend)
-        settings = Settings(
+        values: dict[str, Any] = dict(
             data_dir=tmp_path / "data", database_url=backend.database_url,
             broker_url=backend.broker_url, builtin_models_dir=builtin_dir, worker_device="cpu",
             max_upload_bytes=4_000_000, max_files=60, max_archive_uncompressed_bytes=3_000_000,
-            max_image_pixels=4_000_000, **overrides,
+            max_image_pixels=4_000_000,
         )
+        settings = Settings(**{**values, **overrides})
         if backend.name == "sqlite":
             migrate(settings)
         settings.ensure_dirs()
@@ -226,7 +227,7 @@ def omniglot_zip(characters: list[int], drawings: range) -> bytes:
 class WorkerProcess:
     """`mtl worker` in a subprocess with the test's settings."""
 
-    def __init__(self, settings: Settings, log: Path) -> None:
+    def __init__(self, settings: Settings, log: Path, extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "MTL_DATA_DIR": str(settings.data_dir),
                "MTL_BUILTIN_MODELS_DIR": str(settings.resolved_builtin_dir),
                "MTL_WORKER_DEVICE": "cpu", "MTL_CHECKPOINT_EVERY_S": "1",
@@ -238,6 +239,7 @@ class WorkerProcess:
                 env[name] = value
             else:
                 env.pop(name, None)
+        env.update(extra_env or {})
         self.log = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
@@ -259,11 +261,12 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """start(settings, **env): a worker process; keyword arguments are extra MTL_* variables."""
     workers: list[WorkerProcess] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        w = WorkerProcess(settings, tmp_path / "worker.log")
+    def start(settings: Settings, **extra_env: str) -> WorkerProcess:
+        w = WorkerProcess(settings, tmp_path / "worker.log", extra_env)
         workers.append(w)
         return w
 
@@ -283,3 +286,69 @@ def wait_for_job(client: Any, headers: dict[str, str], job_id: str, *, timeout: 
         time.sleep(0.3)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout} s: {job}\n{tail}")
+
+
+# ----------------------------------------------------------------------------- a private Redis
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A `redis-server` of the test's own on a free port, without persistence (as a Redis without
+    AOF behaves after a crash): restarting it loses every queued message. Never the shared one."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # a crash: nothing is saved
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def llen(self, queue: str) -> int:
+        import redis
+
+        return int(redis.Redis.from_url(self.url).llen(queue))
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import delete
 
 from app.api.routes.base_models import to_public as base_model_public
 from app.base_models import set_default
 from app.deps import AdminKey, SessionDep, SettingsDep
+from app.params import pretrain_config
 from app.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -22,72 +21,6 @@ from app.tables import ApiKey, BaseModel, Dataset, Job, new_id
 from worker.celery_app import PRETRAIN_BASE_MODEL
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
-PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "int": int,
-    "float": (int, float),
-    "bool": bool,
-    "str": str,
-}
-
-
-def expected_name(name: str) -> str:
-    from dataclasses import fields
-
-    from models.config import PretrainConfig
-
-    return next(str(f.type) for f in fields(PretrainConfig) if f.name == name)
-
-
-def pretrain_config(algorithm: str, params: dict[str, Any], dataset: Dataset) -> Any:
-    """Validate pretraining options against `models.config` and the dataset's shape."""
-    from dataclasses import fields
-
-    from models.config import ALGORITHMS, PretrainConfig
-    from models.errors import ConfigError
-
-    if algorithm not in ALGORITHMS:
-        raise HTTPException(422, f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
-    known = {f.name for f in fields(PretrainConfig)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise HTTPException(
-            422,
-            f"unknown pretraining parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known - {'algorithm'}))}",
-        )
-    types = {f.name: PYTHON_TYPES.get(str(f.type)) for f in fields(PretrainConfig)}
-    for name, value in params.items():
-        expected = types.get(name)
-        if expected is not None and (
-            not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
-        ):
-            raise HTTPException(
-                422, f"pretraining parameter {name} must be {expected_name(name)}, got {value!r}"
-            )
-    try:
-        config = PretrainConfig(**{**params, "algorithm": algorithm})
-    except ConfigError as exc:
-        raise HTTPException(422, str(exc)) from None
-    except TypeError as exc:
-        raise HTTPException(422, f"bad pretraining parameters: {exc}") from None
-    counts = [c["count"] for c in dataset.classes]
-    if not config.replacement and config.ways > len(counts):
-        raise HTTPException(
-            422,
-            f"{config.ways}-way episodes need {config.ways} classes; the "
-            f"dataset has {len(counts)} (lower params.ways)",
-        )
-    need = config.shots + config.queries
-    if need > min(counts):
-        raise HTTPException(
-            422,
-            f"shots + queries = {need} images per class, but the smallest "
-            f"class of the dataset has {min(counts)}",
-        )
-    if config.iterations > 1_000_000:
-        raise HTTPException(422, "iterations must be at most 1000000")
-    return config
 
 
 @router.post("/pretraining-jobs", status_code=202, response_model=PretrainingJobCreated)
@@ -102,7 +35,12 @@ def create_pretraining_job(
     dataset = session.get(Dataset, body.dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {body.dataset_id} not found")
-    config = pretrain_config(body.algorithm, body.params, dataset)
+    config = pretrain_config(
+        body.algorithm,
+        body.params,
+        [c["count"] for c in dataset.classes],
+        max_memory_bytes=settings.max_pretrain_memory_bytes,
+    )
     base_id = new_id()
     session.add(
         BaseModel(

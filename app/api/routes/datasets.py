@@ -11,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.forms import file_fields, read_form, text_field
 from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
+from app.errors import no_nul
 from app.schemas import DatasetPublic, as_utc
 from app.storage import ImageStore
 from app.tables import Dataset, DatasetImage
-from app.uploads import LabelledFile, UploadError, check_files, read_archive
+from app.uploads import LabelledFile, check_files, display_name, read_archive
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -82,44 +83,45 @@ async def create_dataset(
         raise HTTPException(422, "send either 'archive' or 'files' with 'labels', not both")
     if len(archives) > 1:
         raise HTTPException(422, "send one 'archive'")
-    try:
-        if archives:
-            data = await archives[0].read()
-            unpacked = await run_in_threadpool(
-                read_archive,
-                data,
-                max_files=settings.max_files,
-                max_uncompressed=settings.max_archive_uncompressed_bytes,
-            )
-            candidates, rejected = unpacked.good, unpacked.rejected
-        elif files:
-            if len(labels) != len(files):
-                raise HTTPException(
-                    422,
-                    f"{len(files)} files but {len(labels)} labels; send one "
-                    "'labels' value per file, in the same order",
-                )
-            candidates, rejected = [], []
-            for i, (upload, label) in enumerate(zip(files, labels, strict=True)):
-                if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
-                    raise HTTPException(422, f"label {i + 1} must be 1 to {MAX_LABEL} characters")
-                candidates.append(
-                    LabelledFile(
-                        upload.filename or f"file{i + 1}", label.strip(), await upload.read()
-                    )
-                )
-        else:
+    if archives:
+        data = await archives[0].read()
+        unpacked = await run_in_threadpool(
+            read_archive,
+            data,
+            max_files=settings.max_files,
+            max_uncompressed=settings.max_archive_uncompressed_bytes,
+        )
+        candidates, rejected = unpacked.good, unpacked.rejected
+    elif files:
+        if len(labels) != len(files):
             raise HTTPException(
                 422,
-                "send an 'archive' (.zip of class folders) or 'files' with one 'labels' value each",
+                f"{len(files)} files but {len(labels)} labels; send one "
+                "'labels' value per file, in the same order",
             )
-    except UploadError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        candidates, rejected = [], []
+        for i, (upload, label) in enumerate(zip(files, labels, strict=True)):
+            if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+                raise HTTPException(422, f"label {i + 1} must be 1 to {MAX_LABEL} characters")
+            no_nul(label, f"label {i + 1}")
+            candidates.append(
+                LabelledFile(
+                    display_name(upload.filename or f"file{i + 1}"),
+                    label.strip(),
+                    await upload.read(),
+                )
+            )
+    else:
+        raise HTTPException(
+            422,
+            "send an 'archive' (.zip of class folders) or 'files' with one 'labels' value each",
+        )
     for f in candidates:
         if len(f.label) > MAX_LABEL:
             raise HTTPException(
                 422, f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters"
             )
+        no_nul(f.label, f"class name {f.label[:40]!r}")
     checked = await run_in_threadpool(check_files, candidates, max_pixels=settings.max_image_pixels)
     rejected = rejected + checked.rejected
     counts = Counter(f.label for f in checked.good)

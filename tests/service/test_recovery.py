@@ -1,0 +1,204 @@
+"""Failure modes of the job pipeline: a broker that loses its queue, a broker down while recovery
+sends, a cancelled job whose worker dies, a job over its time limit, and two attempts racing to
+save one classifier."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from app.db import session_scope
+from app.main import create_app
+from app.settings import Settings
+from app.tables import BaseModel, Classifier, Job, utcnow
+from tests.service.conftest import Backend, RedisServer, new_key, small_zip, wait_for_job
+
+
+def upload(client: Any, headers: dict[str, str]) -> str:
+    r = client.post("/v1/datasets", headers=headers, data={"name": "set"},
+                    files={"archive": ("set.zip", small_zip(), "application/zip")})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def new_classifier(client: Any, headers: dict[str, str], dataset_id: str,
+                   steps: int = 1) -> dict[str, Any]:
+    r = client.post("/v1/classifiers", headers=headers,
+                    json={"name": "c", "dataset_id": dataset_id, "base_model_id": "handwriting",
+                          "params": {"steps": steps}})
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+def as_lost_worker(settings: Settings, job_id: str, **values: Any) -> None:
+    """Make a job look as if its worker died while running it (no heartbeat for an hour)."""
+    long_ago = utcnow() - timedelta(hours=1)
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="running", attempts=1, heartbeat_at=long_ago, started_at=long_ago, **values))
+
+
+def job_row(settings: Settings, job_id: str) -> Job:
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_queued_jobs_survive_a_broker_restart_without_persistence(
+        backend: Backend, make_settings: Any, private_redis: RedisServer,
+        start_worker: Any) -> None:
+    """Jobs queued while no worker runs; Redis restarts and loses its queue; a worker started
+    afterwards still runs every job, once."""
+    if backend.name != "postgres":
+        pytest.skip("the Redis broker is tested in the distributed setup (PostgreSQL)")
+    settings = make_settings(broker_url=private_redis.url)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        dataset_id = upload(client, user)
+        jobs = [new_classifier(client, user, dataset_id)["job_id"] for _ in range(3)]
+        assert private_redis.llen("training") == 3
+        private_redis.restart()
+        assert private_redis.llen("training") == 0  # the messages are gone; the rows say queued
+        worker = start_worker(settings, MTL_QUEUED_RESEND_AFTER_S="2")
+        for job_id in jobs:
+            job = wait_for_job(client, user, job_id, timeout=120, log=worker.log)
+            assert job["status"] == "succeeded" and job["attempts"] == 1, job
+
+
+def test_recovery_survives_a_broker_outage(make_settings: Any,
+                                           private_redis: RedisServer) -> None:
+    """A lost worker's job is re-queued while the broker is down: recovery does not stop, the
+    job is not marked sent, and the next pass sends it once the broker is back."""
+    from worker.jobs import recover_orphans
+
+    settings = make_settings(broker_url=private_redis.url)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        job_id = new_classifier(client, user, upload(client, user))["job_id"]
+    private_redis.restart()  # the first message is gone
+    as_lost_worker(settings, job_id)
+    private_redis.stop()
+    assert recover_orphans(settings) == []
+    job = job_row(settings, job_id)
+    assert (job.status, job.enqueued_at) == ("queued", None)
+    with session_scope(settings.resolved_database_url) as session:  # as if 30 s had passed
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(created_at=utcnow() - timedelta(minutes=5)))
+    private_redis.start()
+    assert recover_orphans(settings) == [job_id]
+    assert job_row(settings, job_id).enqueued_at is not None
+    assert private_redis.llen("training") == 1
+
+
+def test_a_queued_message_not_taken_in_time_is_sent_again(client: Any,
+                                                          make_settings: Any) -> None:
+    from worker.jobs import recover_orphans
+
+    settings = make_settings()
+    user = new_key(settings, "acme")
+    job_id = new_classifier(client, user, upload(client, user))["job_id"]
+    assert recover_orphans(settings) == []  # sent just now: nothing to do
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(enqueued_at=utcnow() - timedelta(seconds=601)))
+    assert recover_orphans(settings) == [job_id]
+    assert recover_orphans(settings) == []  # and not again until the bound has passed anew
+
+
+def test_a_cancelled_job_whose_worker_died_ends_cancelled(client: Any, settings: Settings,
+                                                          admin: dict) -> None:
+    """Cancel asked while running, then the worker died: the job and its base model end
+    cancelled instead of being re-queued (and skipped) forever."""
+    from worker.jobs import recover_orphans
+
+    dataset_id = upload(client, admin)
+    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
+                    json={"name": "b", "dataset_id": dataset_id, "algorithm": "protonet",
+                          "params": {"ways": 3, "shots": 1, "queries": 1, "iterations": 5}})
+    assert r.status_code == 202, r.text
+    job_id, base_id = r.json()["job_id"], r.json()["base_model_id"]
+    as_lost_worker(settings, job_id)
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=admin).json()["status"] == "running"
+    recover_orphans(settings)
+    job = client.get(f"/v1/jobs/{job_id}", headers=admin).json()
+    assert job["status"] == "cancelled", job
+    with session_scope(settings.resolved_database_url) as session:
+        base = session.get(BaseModel, base_id)
+        assert base is not None and base.status == "cancelled"
+
+    # A job an older version left queued with a cancel request is finished too.
+    clf = new_classifier(client, admin, dataset_id)
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(update(Job).where(Job.id == clf["job_id"]).values(cancel_requested=True))
+    recover_orphans(settings)
+    assert client.get(f"/v1/jobs/{clf['job_id']}", headers=admin).json()["status"] == "cancelled"
+    assert client.get(f"/v1/classifiers/{clf['id']}", headers=admin).json()["status"] == "cancelled"
+
+
+def test_a_job_over_its_time_limit_fails(client: Any, settings: Settings, admin: dict) -> None:
+    """The worker stops a pretraining attempt at its time limit (checkpointing first) and fails
+    the job with a message that names the limit."""
+    from worker.jobs import run_job
+
+    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
+                    json={"name": "long", "dataset_id": upload(client, admin),
+                          "algorithm": "mtl-reptile",
+                          "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
+                                     "inner_steps": 1, "iterations": 5000}})
+    assert r.status_code == 202, r.text
+    limited = settings.model_copy(update={"pretraining_time_limit_s": 1.0})
+    assert run_job(limited, r.json()["job_id"]) == "failed"
+    job = client.get(f"/v1/jobs/{r.json()['job_id']}", headers=admin).json()
+    assert job["status"] == "failed" and "MTL_PRETRAINING_TIME_LIMIT_S" in job["error"], job
+    assert 0 < job["progress"]["step"] < 5000
+
+
+def test_a_losing_attempt_never_overwrites_the_winners_classifier(
+        client: Any, settings: Settings, user: dict) -> None:
+    """Attempt 1 went silent and was re-queued; attempt 2 finished. When attempt 1 then reaches
+    its end (its last ownership check passed just before it lost the job), it writes nothing."""
+    from worker.jobs import Reporter, claim_job, train_classifier
+
+    created = new_classifier(client, user, upload(client, user), steps=2)
+    job_id = created["job_id"]
+    first = claim_job(settings, job_id)
+    assert first is not None
+    with session_scope(settings.resolved_database_url) as session:  # recovery re-queues it
+        session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+    second = claim_job(settings, job_id)
+    assert second is not None and second.attempt == 2
+    assert train_classifier(settings, job_id, Reporter(settings, second)) == "succeeded"
+    weights = settings.classifiers_dir / created["id"] / "model.safetensors"
+    written = weights.stat()
+
+    class LateReporter(Reporter):
+        def should_stop(self) -> bool:
+            return False  # the race: every check passed before attempt 2 took the job
+
+    assert train_classifier(settings, job_id, LateReporter(settings, first)) == "lost"
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (written.st_ino,
+                                                                    written.st_mtime_ns)
+    assert sorted(p.name for p in settings.classifiers_dir.iterdir()) == [created["id"]]
+    with session_scope(settings.resolved_database_url) as session:
+        clf = session.get(Classifier, created["id"])
+        assert clf is not None and clf.status == "ready"
+
+
+def test_embedded_broker_keeps_to_the_data_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    """Sending through the filesystem broker creates nothing in the current directory."""
+    from worker.celery_app import TRAIN_CLASSIFIER, enqueue
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    enqueue(settings, TRAIN_CLASSIFIER, "some-job")
+    assert list(cwd.iterdir()) == []
+    assert (settings.broker_folder / "control").is_dir()
