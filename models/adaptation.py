@@ -109,6 +109,8 @@ def adapt(
             loss_value = float(loss.detach())
             if progress is not None:
                 progress(step + 1, steps, loss_value)
+            if step + 1 >= config.steps and loss_value < config.stop_loss:
+                break
     return clf.eval()
 
 

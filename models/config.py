@@ -201,12 +201,18 @@ class AdaptConfig:
     # saturate the softmax and fine-tuning from them lost 6-10 points on validation alphabets;
     # the scale leaves the 0-step prediction (ProtoNet's) unchanged.
     prototype_scale: float = 10.0
+    # Steps beyond `steps` (those `min_epochs` adds) end once a batch's loss falls below this:
+    # a many-shot support set is fitted long before its 20th epoch, and those epochs dominate
+    # evaluation time. 0 disables it.
+    stop_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bn_stats not in BN_STATS:
             raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
         if self.head_init not in HEAD_INITS:
             raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
+        if not self.stop_loss >= 0:
+            raise ConfigError(f"stop_loss must not be negative, got {self.stop_loss}")
         if not self.prototype_scale > 0:
             raise ConfigError(f"prototype_scale must be positive, got {self.prototype_scale}")
         if self.steps < 0 or self.lr < 0 or self.batch_size < 0 or self.min_epochs < 0:
@@ -225,7 +231,7 @@ class AdaptConfig:
         base = dict(card.get("adaptation", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "min_epochs", "head_init", "bn_stats",
-                                             "prototype_scale")
+                                             "prototype_scale", "stop_loss")
                       if k in base})
 
 

@@ -73,6 +73,22 @@ def test_min_epochs_adds_steps_only_where_batches_are_smaller_than_the_support(
         AdaptConfig(min_epochs=-1)
 
 
+def test_stop_loss_ends_only_the_extra_steps_once_the_support_is_fitted() -> None:
+    x, y = some_images(5, 8, seed=5)
+    seen: list[tuple[int, float]] = []
+    config = AdaptConfig(steps=10, lr=0.5, batch_size=8, min_epochs=200, stop_loss=0.05)
+    adapt(small_net(), x, y, config=config, progress=lambda step, _total, loss: seen.append((step, loss)))
+    total = config.steps_for(40)
+    assert total == 1000
+    # It stopped early, at the first batch under the threshold after the minimum of 10 steps.
+    assert 10 <= len(seen) < total
+    assert seen[-1][1] < 0.05 and all(loss >= 0.05 for step, loss in seen[10:-1])
+    never = AdaptConfig(steps=10, lr=0.5, batch_size=8, min_epochs=2, stop_loss=10.0)
+    steps: list[int] = []
+    adapt(small_net(), x, y, config=never, progress=lambda step, _total, _loss: steps.append(step))
+    assert len(steps) == 10  # the first `steps` always run
+
+
 def test_adapt_leaves_the_base_model_untouched_and_meta_head_needs_matching_ways() -> None:
     net = small_net(ways=5)
     before = {k: v.clone() for k, v in net.state_dict().items()}
