@@ -27,17 +27,19 @@ def migrate(settings: Settings) -> None:
 
 
 def initialize(settings: Settings) -> None:
-    """Idempotent: register built-in base models and `MTL_ADMIN_KEY`."""
+    """Idempotent: register built-in base models and `MTL_ADMIN_KEY` (revoking the key of an
+    earlier value of that setting)."""
     from sqlalchemy.exc import IntegrityError
 
     from app.base_models import register_builtin_models
     from app.db import session_scope
-    from app.security import register_key
+    from app.security import register_key, revoke_env_keys
 
     settings.ensure_dirs()
     try:
         with session_scope(settings.resolved_database_url) as session:
             register_builtin_models(session=session, root=settings.resolved_builtin_dir)
+            revoke_env_keys(session=session, keep=settings.admin_key)
             if settings.admin_key:
                 register_key(session=session, key=settings.admin_key, tenant="admin", admin=True)
     except IntegrityError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -267,12 +268,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
     import signal
-    import subprocess
 
     import uvicorn
 
     from app.bootstrap import migrate
+    from app.embedded import EmbeddedWorker
     from app.main import create_app
 
     settings = _service_settings()
@@ -281,7 +283,9 @@ def _serve(args: argparse.Namespace) -> int:
         migrate(settings)
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+        # A worker that keeps dying stops the whole service (non-zero exit), as SIGTERM would.
+        worker = EmbeddedWorker(settings, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        worker.start()
 
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(0)
@@ -291,14 +295,15 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+        uvicorn.run(create_app(settings, embedded_worker=worker), host=args.host, port=args.port)
+    except SystemExit:
+        pass
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
+    if worker is not None and worker.gave_up:
+        print("error: the embedded worker kept dying; see its log above", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -310,6 +315,10 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--queues", default="training,pretraining", help="comma-separated queues")
     p.add_argument("--loglevel", default="INFO")
+    # Set by `mtl serve` for its embedded worker: exit when that process is gone, and say when
+    # ready by writing this process's pid to a file.
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=_worker)
 
 
@@ -323,7 +332,18 @@ def _worker(args: argparse.Namespace) -> int:
         raise UsageError(
             f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(QUEUES)}"
         )
-    run_worker(_service_settings(), queues, loglevel=args.loglevel)
+    if "MTL_DATA_DIR" not in os.environ:
+        # Without it a worker would quietly use ./var: another database and broker than the
+        # API's, so it would never see a job.
+        raise UsageError(
+            "set MTL_DATA_DIR (and MTL_DATABASE_URL and MTL_BROKER_URL in the distributed "
+            "setup) to the API's values; a worker with its own ./var would never see a job"
+        )
+    if args.parent_pid is not None:
+        from app.embedded import exit_with_parent
+
+        exit_with_parent(args.parent_pid)
+    run_worker(_service_settings(), queues, loglevel=args.loglevel, ready_file=args.ready_file)
     return 0
 
 

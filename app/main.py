@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
+from app.embedded import EmbeddedWorker
 from app.errors import ServiceError
 from app.predict import PredictService
 from app.settings import Settings, get_settings
@@ -87,8 +88,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for `settings` (default: from the environment). The database must be migrated."""
+def create_app(
+    settings: Settings | None = None, *, embedded_worker: EmbeddedWorker | None = None
+) -> FastAPI:
+    """The API for `settings` (default: from the environment). The database must be migrated.
+    With `embedded_worker` (`mtl serve`), /readyz also needs that worker running."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -103,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="MTL model-customization service", version="1", lifespan=lifespan)
     app.state.settings = settings
+    app.state.embedded_worker = embedded_worker
     app.state.predict_service = PredictService(
         cache_size=settings.predict_cache_size,
         device=settings.predict_device,

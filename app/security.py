@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.tables import ApiKey
@@ -41,9 +41,20 @@ def register_key(*, session: Session, key: str, tenant: str, admin: bool) -> Non
     scope = "admin" if admin else "user"
     if row is None:
         prefix = key_prefix(key) or "env-" + digest[:8]
-        session.add(ApiKey(prefix=prefix, key_hash=digest, tenant=tenant, scope=scope))
-    elif row.scope != scope:
-        row.scope = scope
+        session.add(
+            ApiKey(prefix=prefix, key_hash=digest, tenant=tenant, scope=scope, from_env=True)
+        )
+    else:
+        row.scope, row.from_env = scope, True
+
+
+def revoke_env_keys(*, session: Session, keep: str | None) -> int:
+    """Delete keys registered from an earlier `MTL_ADMIN_KEY` (all but `keep`): changing the
+    setting and restarting must revoke the old key. Returns how many were deleted."""
+    query = delete(ApiKey).where(ApiKey.from_env.is_(True))
+    if keep is not None:
+        query = query.where(ApiKey.key_hash != hash_key(keep))
+    return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
 
 
 def find_key(*, session: Session, key: str) -> ApiKey | None:

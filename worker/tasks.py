@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_ready
@@ -51,19 +52,41 @@ def recovery_loop(settings: Settings, stop: threading.Event | None = None) -> No
             return
 
 
-def run_worker(settings: Settings, queues: list[str], *, loglevel: str = "INFO") -> None:
-    """Run a worker in this process (the solo pool: one job at a time, CUDA-safe)."""
+def run_worker(
+    settings: Settings,
+    queues: list[str],
+    *,
+    loglevel: str = "INFO",
+    ready_file: Path | None = None,
+) -> None:
+    """Run a worker in this process (the solo pool: one job at a time, CUDA-safe). With
+    `ready_file`, this process's pid is written there once the worker takes jobs."""
     import os
     import socket
 
     from PIL import Image
+    from sqlalchemy.engine import make_url
 
     from worker.celery_app import make_celery
 
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     settings.ensure_dirs()
+    log.warning(
+        "worker: data dir %s, database %s, broker %s",
+        settings.resolved_data_dir,
+        make_url(settings.resolved_database_url).render_as_string(hide_password=True),
+        settings.resolved_broker_url.split("@")[-1],
+    )
     app = make_celery(settings)
     register_tasks(app, settings)
+    if ready_file is not None:
+
+        @worker_ready.connect(weak=False)
+        def _say_ready(**_: object) -> None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(str(os.getpid()))
+            tmp.replace(ready_file)
+
     app.worker_main(
         [
             "worker",

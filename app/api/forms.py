@@ -11,7 +11,10 @@ from starlette.datastructures import FormData, UploadFile
 from app.errors import no_nul
 
 
-async def read_form(request: Request, *, max_files: int) -> FormData:
+async def read_form(
+    request: Request, *, max_files: int, setting: str = "MTL_MAX_FILES"
+) -> FormData:
+    """The multipart form of `request`; 413 naming `setting` for more than `max_files` files."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise HTTPException(415, "send multipart/form-data")
@@ -20,12 +23,12 @@ async def read_form(request: Request, *, max_files: int) -> FormData:
     except HTTPException as exc:
         if "Too many files" in str(exc.detail):
             raise HTTPException(
-                413, f"too many files; the limit is {max_files} (MTL_MAX_FILES)"
+                413, f"too many files; the limit is {max_files} ({setting})"
             ) from None
         raise
     uploads = [v for v in form.multi_items() if isinstance(v[1], UploadFile)]
     if len(uploads) > max_files:
-        raise HTTPException(413, f"too many files; the limit is {max_files} (MTL_MAX_FILES)")
+        raise HTTPException(413, f"too many files; the limit is {max_files} ({setting})")
     return form
 
 

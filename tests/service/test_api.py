@@ -89,10 +89,23 @@ def test_admin_key_from_settings(make_settings: Any) -> None:
     from app.main import create_app
 
     settings = make_settings(admin_key="mtl_envkey_0123456789abcdefghijklmn")
+    old = {"Authorization": "Bearer mtl_envkey_0123456789abcdefghijklmn"}
     with TestClient(create_app(settings)) as client:
-        headers = {"Authorization": "Bearer mtl_envkey_0123456789abcdefghijklmn"}
-        made = client.post("/v1/admin/api-keys", headers=headers, json={"tenant": "t"})
+        made = client.post("/v1/admin/api-keys", headers=old, json={"tenant": "t"})
         assert made.status_code == 201
+    # A restart with another MTL_ADMIN_KEY revokes the old one; keys it made stay.
+    new = "another-admin-key-of-24-characters"
+    with TestClient(create_app(make_settings(admin_key=new))) as client:
+        assert_error(client.post("/v1/admin/api-keys", headers=old, json={"tenant": "t"}), 401,
+                     "unknown")
+        made_by_new = client.post("/v1/admin/api-keys", headers={"Authorization": f"Bearer {new}"},
+                                  json={"tenant": "t"})
+        assert made_by_new.status_code == 201
+        assert client.get("/v1/datasets", headers={
+            "Authorization": f"Bearer {made.json()['key']}"}).status_code == 200
+    with TestClient(create_app(make_settings(admin_key=None))) as client:  # and none: no key
+        assert_error(client.get("/v1/jobs", headers={"Authorization": f"Bearer {new}"}), 401,
+                     "unknown")
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -427,3 +440,24 @@ def test_migrations_up_and_down_on_empty_sqlite(tmp_path: Path) -> None:
         inspect(engine).get_table_names())
     command.downgrade(alembic_config(settings.resolved_database_url), "base")  # type: ignore[arg-type]
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+
+
+def test_predict_limits_name_their_setting(make_settings: Any) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from app.main import create_app
+    from app.tables import Classifier
+
+    settings = make_settings(max_predict_files=3)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        ds = upload_zip(client, user, small_zip()).json()
+        clf = client.post("/v1/classifiers", headers=user,
+                          json={"name": "c", "dataset_id": ds["id"]}).json()
+        with session_scope(settings.resolved_database_url) as session:
+            session.execute(update(Classifier).where(Classifier.id == clf["id"])
+                            .values(status="ready"))
+        files = [("files", (f"{i}.png", b"x", "image/png")) for i in range(4)]
+        r = client.post(f"/v1/classifiers/{clf['id']}/predict", headers=user, files=files)
+        assert_error(r, 413, "(MTL_MAX_PREDICT_FILES)")

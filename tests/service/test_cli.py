@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import REPO
+from tests.service.conftest import REPO, free_port
 
 
 def mtl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -24,12 +24,6 @@ def embedded_env(tmp_path: Path, builtin_dir: Path) -> dict[str, str]:
            if not k.startswith("MTL_") or k in ("MTL_DATA_ROOT",)}
     env.update(MTL_DATA_DIR=str(tmp_path / "data"), MTL_BUILTIN_MODELS_DIR=str(builtin_dir))
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_migrate_keys_and_worker_options(tmp_path: Path, builtin_dir: Path) -> None:
@@ -46,27 +40,41 @@ def test_migrate_keys_and_worker_options(tmp_path: Path, builtin_dir: Path) -> N
     assert r.returncode == 2 and "--tenant" in r.stderr
     r = mtl("worker", "--queues", "gpu", env=env)
     assert r.returncode == 2 and "unknown queue" in r.stderr
+    # A worker without the API's settings would quietly use ./var and never see a job.
+    bare = {k: v for k, v in env.items() if k != "MTL_DATA_DIR"}
+    r = mtl("worker", env=bare)
+    assert r.returncode == 2 and "MTL_DATA_DIR" in r.stderr
+
+
+def start_serve(env: dict[str, str], log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`mtl serve` on a free port, once /readyz says ready; (process, base URL)."""
+    port = free_port()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port),
+                                 *extra], env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url, log)
+    return proc, url
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError("mtl serve did not become ready:\n" + log.read_text()[-3000:])
 
 
 def test_serve_embedded_starts_migrated_with_builtin_models(tmp_path: Path,
                                                             builtin_dir: Path) -> None:
     env = embedded_env(tmp_path, builtin_dir)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc, url = start_serve(env, tmp_path / "serve.log")
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            time.sleep(0.3)
-        else:
-            raise AssertionError("mtl serve did not become ready")
         key = mtl("keys", "create", "--tenant", "acme", env=env).stdout.strip()
         models = httpx.get(f"{url}/v1/base-models", headers={"Authorization": f"Bearer {key}"})
         assert models.status_code == 200
@@ -75,3 +83,48 @@ def test_serve_embedded_starts_migrated_with_builtin_models(tmp_path: Path,
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+def test_serve_supervises_its_worker(tmp_path: Path, builtin_dir: Path) -> None:
+    """The embedded worker is killed: /readyz turns 503 within seconds, the worker is restarted
+    and the service is ready again. `mtl serve` is killed: its worker does not outlive it."""
+    from app.embedded import ready_file
+    from app.settings import Settings
+
+    env = embedded_env(tmp_path, builtin_dir)
+    ready = ready_file(Settings(data_dir=tmp_path / "data"))
+    log = tmp_path / "serve.log"
+    proc, url = start_serve(env, log)
+    try:
+        first = int(ready.read_text())
+        os.kill(first, signal.SIGKILL)  # as the kernel's OOM killer does
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            assert time.monotonic() < deadline, "/readyz still 200 with the worker dead"
+            time.sleep(0.05)
+        assert httpx.get(f"{url}/healthz", timeout=2).status_code == 200  # alive, not ready
+        wait_ready(proc, url, log)
+        second = int(ready.read_text())
+        assert second != first and alive(second)
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive(second):
+            assert time.monotonic() < deadline, "the worker outlived mtl serve"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        leftover = int(ready.read_text())
+        if alive(leftover):  # only on failure: never leave a worker behind
+            os.kill(leftover, signal.SIGKILL)

@@ -199,7 +199,9 @@ async def predict(
             "trained (status 'ready')",
         )
     session.close()  # do not hold a connection while predicting
-    form = await read_form(request, max_files=settings.max_predict_files)
+    form = await read_form(
+        request, max_files=settings.max_predict_files, setting="MTL_MAX_PREDICT_FILES"
+    )
     top_k_text = text_field(form, "top_k")
     try:
         top_k = 5 if top_k_text is None else int(top_k_text)

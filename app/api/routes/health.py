@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -14,7 +14,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    """Liveness: answered on the event loop itself, so it shows when that loop is blocked."""
     return {"status": "ok"}
 
 
@@ -38,8 +39,12 @@ def _check(settings: Settings) -> str | None:
 
 
 @router.get("/readyz")
-async def readyz(settings: SettingsDep) -> dict[str, str]:
-    problem = await run_in_threadpool(_check, settings)
+async def readyz(request: Request, settings: SettingsDep) -> dict[str, str]:
+    """Ready when the database and the broker answer, and under `mtl serve` its worker runs."""
+    worker = request.app.state.embedded_worker
+    problem = worker.problem() if worker is not None else None
+    if problem is None:
+        problem = await run_in_threadpool(_check, settings)
     if problem is not None:
         raise HTTPException(503, problem)
     return {"status": "ready"}
