@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbones import to_backbone_input
 from models.config import AdaptConfig
 from models.data import EpisodeSampler, ImageSet, to_float
 from models.errors import ConfigError, TrainingCancelled
@@ -42,7 +43,7 @@ def _init_head(
         # but no longer saturate the softmax, so fine-tuning from them still has gradients.
         backbone.eval()
         with torch.no_grad():
-            f = backbone((x - net.mean) / net.std)
+            f = backbone(to_backbone_input((x - net.mean) / net.std))
         protos = torch.zeros(num_classes, f.shape[1], device=f.device)
         protos.index_add_(0, y, f)
         protos /= torch.bincount(y, minlength=num_classes).clamp_min(1).unsqueeze(1)

@@ -36,7 +36,16 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
         raise ConfigError(
             f"unknown backbone {name!r}; known backbones: {', '.join(available_backbones())}"
         )
-    return _REGISTRY[name](**kwargs)
+    # Channels-last weights (and inputs, see `to_backbone_input`) let oneDNN's convolutions skip
+    # layout conversions: a Conv-4 step on 64 Omniglot images took 80-100 ms instead of 114-157
+    # ms on one CPU thread. Flatten still reads features in (C, H, W) order, so checkpoints
+    # written before are unaffected.
+    return _REGISTRY[name](**kwargs).to(memory_format=torch.channels_last)
+
+
+def to_backbone_input(x: torch.Tensor) -> torch.Tensor:
+    """Images as the backbones prefer them (channels-last memory, same shape and values)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def feature_dim(backbone: nn.Module, channels: int, image_size: int) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.backbones import create_backbone, feature_dim
+from models.backbones import create_backbone, feature_dim, to_backbone_input
 
 META_HEAD = "meta"
 TRANSFER_HEAD = "transfer"
@@ -54,7 +54,7 @@ class MetaNet(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        return self.backbone(to_backbone_input((x - self.mean) / self.std))
 
     def forward(self, x: torch.Tensor, head: str = META_HEAD) -> torch.Tensor:
         f = self.features(x)
@@ -116,7 +116,7 @@ class Classifier(nn.Module):
         self.labels = list(labels)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        return self.backbone(to_backbone_input((x - self.mean) / self.std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
