@@ -113,6 +113,8 @@ def create_app(
         device=settings.predict_device,
         max_wait_s=settings.predict_batch_wait_ms / 1000,
         max_batch=settings.predict_max_batch,
+        max_pixels=settings.max_image_pixels,
+        decode_threads=settings.predict_decode_threads,
     )
     app.include_router(api_router)
 

@@ -1,7 +1,7 @@
 """Predicting in the API process: a bounded LRU cache of loaded classifiers, run off the event loop,
 with concurrent requests to one classifier micro-batched into one forward pass.
 
-Each request decodes its own images in a worker thread; the decoded images then join the
+Each request decodes its own images in one of a few decoding threads (never on the event loop); the decoded images then join the
 classifier's pending batch, which is run after at most `max_wait_s` (or at once when it reaches
 `max_batch` images) as one forward pass in a thread, and every request gets its own rows back.
 The wait is only worth it when another request could still join: a batch also runs at once when
@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+
+from app.uploads import check_image
 
 Ranked = list[tuple[str, float]]
 
@@ -40,8 +43,15 @@ class PredictService:
         device: str = "cpu",
         max_wait_s: float = 0.005,
         max_batch: int = 64,
+        max_pixels: int = 40_000_000,
+        decode_threads: int = 2,
     ) -> None:
         self.cache_size = cache_size
+        self.max_pixels = max_pixels
+        # Decoding is the expensive, memory-hungry step (a 6000x6000 PNG of 120 KB is 100 MB
+        # and half a second decoded): it runs in these few threads, never on the event loop, and
+        # never in more threads at once than this however many requests arrive.
+        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="mtl-decode")
         self.device = device
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
@@ -98,13 +108,16 @@ class PredictService:
         arrays: list[Any] = []
         errors: list[str | None] = []
         for data in images:
-            try:
-                arrays.append(
-                    decode_image(data, channels=card["channels"], image_size=card["image_size"])
-                )
-                errors.append(None)
-            except DatasetError as exc:
-                errors.append(str(exc))
+            # The declared size first, so that a decompression bomb is never decoded.
+            reason = check_image(data, max_pixels=self.max_pixels, decode=False)
+            if reason is None:
+                try:
+                    arrays.append(
+                        decode_image(data, channels=card["channels"], image_size=card["image_size"])
+                    )
+                except DatasetError as exc:
+                    reason = str(exc)
+            errors.append(reason)
         batch = torch.from_numpy(np.stack(arrays)) if arrays else None
         return batch, errors, list(clf.labels)
 
@@ -190,8 +203,8 @@ class PredictService:
         """Top-k (label, probability) per image, or the reason an image could not be decoded."""
         self._decoding[classifier_id] = self._decoding.get(classifier_id, 0) + 1
         try:
-            batch, errors, labels = await run_in_threadpool(
-                self._decode, classifier_id, directory, images
+            batch, errors, labels = await asyncio.get_running_loop().run_in_executor(
+                self._decoder, self._decode, classifier_id, directory, images
             )
         except BaseException:
             self._decoded(classifier_id, joining=False)

@@ -34,8 +34,9 @@ class CheckedUpload:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_image(data: bytes, *, max_pixels: int) -> str | None:
-    """None when `data` is a fully decodable image within the pixel limit, else the reason."""
+def check_image(data: bytes, *, max_pixels: int, decode: bool = True) -> str | None:
+    """None when `data` is a fully decodable image within the pixel limit, else the reason.
+    With `decode=False` only the header is read (the caller decodes it next)."""
     if not data:
         return "empty file"
     try:
@@ -50,7 +51,8 @@ def check_image(data: bytes, *, max_pixels: int) -> str | None:
                     )
                 if width < 1 or height < 1:
                     return "image has no pixels"
-                img.load()
+                if decode:
+                    img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return f"image too large (over MTL_MAX_IMAGE_PIXELS={max_pixels})"
     except UnidentifiedImageError:

@@ -22,7 +22,6 @@ from app.schemas import (
     as_utc,
 )
 from app.tables import ApiKey, BaseModel, Classifier, Job, utcnow
-from app.uploads import check_image
 from worker.celery_app import TRAIN_CLASSIFIER
 from worker.jobs import training_steps
 
@@ -214,25 +213,15 @@ async def predict(
         raise HTTPException(422, "send at least one image as 'files'")
     names = [f.filename or f"file{i + 1}" for i, f in enumerate(files)]
     contents = [await f.read() for f in files]
-    results: list[PredictResult | None] = [None] * len(files)
-    to_predict: list[int] = []
-    for i, data in enumerate(contents):
-        reason = check_image(data, max_pixels=settings.max_image_pixels)
-        if reason is None:
-            to_predict.append(i)
-        else:
-            results[i] = PredictResult(filename=names[i], error=reason)
-    if to_predict:
-        ranked = await predictor.predict(
-            clf.id, settings.classifiers_dir / clf.id, [contents[i] for i in to_predict], top_k
-        )
-        for i, r in zip(to_predict, ranked, strict=True):
-            results[i] = (
-                PredictResult(filename=names[i], error=r)
-                if isinstance(r, str)
-                else PredictResult(
-                    filename=names[i],
-                    predictions=[Prediction(label=lbl, probability=p) for lbl, p in r],
-                )
+    # Checking and decoding happen in the predict service's decoding threads, off the loop.
+    ranked = await predictor.predict(clf.id, settings.classifiers_dir / clf.id, contents, top_k)
+    return PredictResponse(
+        results=[
+            PredictResult(filename=name, error=r)
+            if isinstance(r, str)
+            else PredictResult(
+                filename=name, predictions=[Prediction(label=lbl, probability=p) for lbl, p in r]
             )
-    return PredictResponse(results=[r for r in results if r is not None])
+            for name, r in zip(names, ranked, strict=True)
+        ]
+    )
