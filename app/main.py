@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
@@ -121,6 +123,14 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a JSON body that is not even text (invalid UTF-8): malformed
+            # JSON, which this API answers with 422 like any other.
+            return JSONResponse({"detail": "malformed JSON: the body is not UTF-8 text"}, 422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ServiceError)
     async def _refused(_: Request, exc: ServiceError) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import delete
 
+from app.api.responses import errors
 from app.api.routes.base_models import to_public as base_model_public
 from app.base_models import set_default
 from app.deps import AdminKey, SessionDep, SettingsDep
@@ -20,10 +21,15 @@ from app.security import create_api_key
 from app.tables import ApiKey, BaseModel, Dataset, Job, new_id
 from worker.celery_app import PRETRAIN_BASE_MODEL
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403, 422))
 
 
-@router.post("/pretraining-jobs", status_code=202, response_model=PretrainingJobCreated)
+@router.post(
+    "/pretraining-jobs",
+    status_code=202,
+    response_model=PretrainingJobCreated,
+    responses=errors(404, 413),
+)
 def create_pretraining_job(
     body: PretrainingJobCreate, session: SessionDep, key: AdminKey, settings: SettingsDep
 ) -> PretrainingJobCreated:
@@ -69,7 +75,11 @@ def create_pretraining_job(
     return PretrainingJobCreated(job_id=job.id, base_model_id=base_id)
 
 
-@router.post("/base-models/{base_model_id}/default", response_model=BaseModelPublic)
+@router.post(
+    "/base-models/{base_model_id}/default",
+    response_model=BaseModelPublic,
+    responses=errors(404, 409),
+)
 def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> BaseModelPublic:
     row = session.get(BaseModel, base_model_id)
     if row is None:
@@ -82,7 +92,7 @@ def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> Base
     return base_model_public(row)
 
 
-@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated)
+@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=errors(413))
 def create_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKeyCreated:
     """A new API key; the key itself is shown only in this answer."""
     plain, row = create_api_key(session=session, tenant=body.tenant, admin=body.admin)
@@ -90,7 +100,7 @@ def create_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKey
     return ApiKeyCreated(key=plain, prefix=row.prefix, tenant=row.tenant, scope=row.scope)
 
 
-@router.delete("/api-keys/{prefix}", status_code=204)
+@router.delete("/api-keys/{prefix}", status_code=204, responses=errors(404))
 def revoke_key(prefix: str, session: SessionDep, key: AdminKey) -> Response:
     result = session.execute(delete(ApiKey).where(ApiKey.prefix == prefix))
     if result.rowcount != 1:  # type: ignore[attr-defined]

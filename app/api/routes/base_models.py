@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import or_, select
 
+from app.api.responses import errors
 from app.deps import CurrentKey, SessionDep
 from app.schemas import BaseModelPublic
 from app.tables import BaseModel
 
-router = APIRouter(prefix="/v1/base-models", tags=["base models"])
+router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422))
 
 
 def to_public(row: BaseModel) -> BaseModelPublic:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select, update
 
 from app.api.forms import file_fields, read_form, text_field
+from app.api.responses import errors
 from app.api.routes.datasets import get_owned as get_owned_dataset
 from app.base_models import base_model_dir, read_card
 from app.deps import CurrentKey, PredictServiceDep, SessionDep, SettingsDep, get_tenant_row
@@ -25,7 +26,9 @@ from app.tables import ApiKey, BaseModel, Classifier, Job, utcnow
 from worker.celery_app import TRAIN_CLASSIFIER
 from worker.jobs import training_steps
 
-router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
+router = APIRouter(
+    prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422)
+)
 log = logging.getLogger(__name__)
 
 _PREDICT_DOC = {
@@ -84,7 +87,9 @@ def visible_base_model(session: SessionDep, key: ApiKey, base_model_id: str | No
     return base
 
 
-@router.post("", status_code=202, response_model=ClassifierCreated)
+@router.post(
+    "", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413)
+)
 def create_classifier(
     body: ClassifierCreate,
     request: Request,
@@ -142,12 +147,12 @@ def list_classifiers(session: SessionDep, key: CurrentKey) -> list[ClassifierPub
     return [to_public(c) for c in rows]
 
 
-@router.get("/{classifier_id}", response_model=ClassifierPublic)
+@router.get("/{classifier_id}", response_model=ClassifierPublic, responses=errors(404))
 def read_classifier(classifier_id: str, session: SessionDep, key: CurrentKey) -> ClassifierPublic:
     return to_public(get_owned(session, key, classifier_id))
 
 
-@router.delete("/{classifier_id}", status_code=204)
+@router.delete("/{classifier_id}", status_code=204, responses=errors(404))
 def delete_classifier(
     classifier_id: str,
     session: SessionDep,
@@ -180,6 +185,7 @@ def delete_classifier(
     response_model=PredictResponse,
     response_model_exclude_none=True,
     openapi_extra=_PREDICT_DOC,
+    responses=errors(404, 409, 413, 415),
 )
 async def predict(
     classifier_id: str,

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.forms import file_fields, read_form, text_field
+from app.api.responses import errors
 from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
 from app.errors import no_nul
 from app.schemas import DatasetPublic, as_utc
@@ -17,7 +18,7 @@ from app.storage import ImageStore
 from app.tables import Dataset, DatasetImage
 from app.uploads import LabelledFile, check_files, display_name, read_archive
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 
 MAX_LABEL = 200
 
@@ -67,7 +68,13 @@ def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> Dataset:
     return get_tenant_row(session, key, Dataset, dataset_id, "dataset")
 
 
-@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_UPLOAD_DOC)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    openapi_extra=_UPLOAD_DOC,
+    responses=errors(413, 415),
+)
 async def create_dataset(
     request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
 ) -> DatasetPublic:
@@ -191,12 +198,12 @@ def list_datasets(session: SessionDep, key: CurrentKey) -> list[DatasetPublic]:
     return [to_public(ds) for ds in rows]
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=errors(404))
 def read_dataset(dataset_id: str, session: SessionDep, key: CurrentKey) -> DatasetPublic:
     return to_public(get_owned(session, key, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, responses=errors(404))
 def delete_dataset(
     dataset_id: str, session: SessionDep, key: CurrentKey, settings: SettingsDep
 ) -> Response:

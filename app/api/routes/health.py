@@ -6,11 +6,12 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from app.api.responses import errors
 from app.db import get_engine
 from app.deps import SettingsDep
 from app.settings import Settings
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=errors(422))
 
 
 @router.get("/healthz")
@@ -38,7 +39,7 @@ def _check(settings: Settings) -> str | None:
     return None
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=errors(503))
 async def readyz(request: Request, settings: SettingsDep) -> dict[str, str]:
     """Ready when the database and the broker answer, and under `mtl serve` its worker runs."""
     worker = request.app.state.embedded_worker

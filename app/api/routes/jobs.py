@@ -8,12 +8,13 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.api.responses import errors
 from app.deps import CurrentKey, SessionDep
 from app.schemas import JobPublic, as_utc
 from app.settings import Settings
 from app.tables import ApiKey, BaseModel, Classifier, Job, utcnow
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -75,12 +76,12 @@ def list_jobs(session: SessionDep, key: CurrentKey) -> list[JobPublic]:
     return [to_public(j) for j in session.scalars(query).all()]
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
 def read_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
     return to_public(get_visible(session, key, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
 def cancel_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
     """A queued job is cancelled at once; a running one stops at its next step."""
     job = get_visible(session, key, job_id)

@@ -1,0 +1,29 @@
+"""The error answers each route can give, for the OpenAPI document: every one is
+`{"detail": "<message>"}` (validation errors included, see `app.main`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+WHY = {
+    401: "no API key, or an unknown one",
+    403: "the route needs an admin key",
+    404: "no such resource (another tenant's is answered the same)",
+    409: "the resource is not in a state that allows this",
+    413: "the request is over a size or count limit (the message names the setting)",
+    415: "the body must be multipart/form-data",
+    422: "an invalid, out-of-bounds or malformed value (the message names it)",
+    503: "the database, the broker or the embedded worker is not available",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for FastAPI: each status with the error body and why it happens."""
+    return {code: {"model": ErrorResponse, "description": WHY[code]} for code in codes}

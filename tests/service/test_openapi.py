@@ -1,0 +1,65 @@
+"""The API against its own OpenAPI document (schemathesis), on both setups: no 5xx, no status
+code the document does not list, no response body that does not match its schema. Bounded: a
+fixed number of generated cases per operation, and a deadline for the whole run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")  # a dev dependency (pyproject.toml)
+
+from hypothesis import HealthCheck, Phase, given  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.settings import Settings  # noqa: E402
+from tests.service.conftest import new_key, small_zip  # noqa: E402
+
+EXAMPLES_PER_OPERATION = 25  # per operation and generation mode (positive, negative)
+DEADLINE_S = 150.0  # per setup: a run that takes longer fails
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance,
+          content_type_conformance]
+
+
+def test_api_matches_its_openapi_document(client: Any, settings: Settings) -> None:
+    from schemathesis import GenerationMode
+
+    headers = new_key(settings, "acme", admin=True)
+    # Something to find: a dataset and a classifier of the tenant whose key the cases send.
+    ds = client.post("/v1/datasets", headers=headers, data={"name": "set"},
+                     files={"archive": ("set.zip", small_zip())}).json()
+    client.post("/v1/classifiers", headers=headers, json={"name": "c", "dataset_id": ds["id"]})
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    started = time.monotonic()
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis_settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None,
+                                 derandomize=True, database=None, phases=[Phase.generate],
+                                 suppress_health_check=list(HealthCheck))
+            def run(case: Any) -> None:
+                assert time.monotonic() - started < DEADLINE_S, "over the contract run's limit"
+                case.call_and_validate(headers=headers, checks=CHECKS)
+
+            try:
+                run()
+            except Unsatisfiable:
+                pass  # no parameters, no body: nothing to make invalid (/healthz, /readyz)
+            except Exception as exc:  # every failing operation is reported, not just the first
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+    assert operations >= 19
+    assert not failures, "\n\n".join(failures)
