@@ -71,7 +71,8 @@ def classifier_defaults() -> dict[str, Any]:
 def adapt_config(params: dict[str, Any]) -> AdaptConfig:
     """The `AdaptConfig` of a classifier's resolved parameters (as stored with its job)."""
     values = {**_LEGACY_ADAPT_PARAMS, **{k: v for k, v in params.items() if v is not None}}
-    return AdaptConfig(**{name: values[api] for api, name in ADAPT_FIELDS.items()})
+    # A setting added to the ML core after the job was stored takes its default.
+    return AdaptConfig(**{name: values[api] for api, name in ADAPT_FIELDS.items() if api in values})
 
 
 class ClassifierParams(Strict):
@@ -94,6 +95,13 @@ class ClassifierParams(Strict):
     bn_stats: Literal["frozen", "support"] | None = None
     prototype_scale: float | None = Field(
         default=None, gt=0.0, le=1000.0, description="logit scale of a 'prototype' head"
+    )
+    stop_loss: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description="steps beyond `steps` (added by min_epochs) end once a batch's loss is "
+        "below this (0: never)",
     )
 
     def resolved(self, card_adaptation: dict[str, Any]) -> dict[str, Any]:

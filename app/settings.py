@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         return Path(__file__).parent / "builtin_models"
 
     @property
+    def uploads_dir(self) -> Path:
+        """Work folders of uploads in progress: on the images' filesystem, so a checked file is
+        moved into the store, not copied."""
+        return self.resolved_data_dir / "uploads"
+
+    @property
     def images_dir(self) -> Path:
         return self.resolved_data_dir / "images"
 
@@ -128,6 +134,7 @@ class Settings(BaseSettings):
         for d in (
             self.resolved_data_dir,
             self.images_dir,
+            self.uploads_dir,
             self.classifiers_dir,
             self.base_models_dir,
         ):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -15,22 +14,22 @@ class ImageStore:
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 
-    def put(self, data: bytes) -> tuple[str, bool]:
-        """Store `data`; returns its sha256 and whether this call created the file."""
-        digest = hashlib.sha256(data).hexdigest()
-        target = self.path(digest)
+    def put_file(self, source: Path) -> tuple[str, bool]:
+        """Move the file `source` into the store (hashed in chunks, never read whole); returns
+        its sha256 and whether this call created the stored file. `source` is consumed; it must
+        be on the store's filesystem (the data directory)."""
+        digest = hashlib.sha256()
+        with source.open("rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                digest.update(chunk)
+        name = digest.hexdigest()
+        target = self.path(name)
         if target.exists():
-            return digest, False
+            source.unlink(missing_ok=True)
+            return name, False
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return digest, True
+        os.replace(source, target)
+        return name, True
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

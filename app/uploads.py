@@ -1,5 +1,9 @@
 """Checking uploaded images and archives before anything is stored. Uses PIL only (no torch):
-every image is fully decoded once, so truncated files and decompression bombs are caught here."""
+every image is fully decoded once, so truncated files and decompression bombs are caught here.
+
+Memory stays bounded whatever the upload: every file (an archive member or an uploaded part) is
+streamed to its own temporary file in a work folder, in chunks, and checked from there one at a
+time; the store then moves the good ones into place."""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import stat
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,11 +26,14 @@ class UploadError(ServiceError):
     status = 422
 
 
+CHUNK = 1024 * 1024
+
+
 @dataclass
 class LabelledFile:
     filename: str
     label: str
-    data: bytes
+    path: Path  # a temporary file in the upload's work folder
 
 
 @dataclass
@@ -34,15 +42,15 @@ class CheckedUpload:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_image(data: bytes, *, max_pixels: int, decode: bool = True) -> str | None:
-    """None when `data` is a fully decodable image within the pixel limit, else the reason.
-    With `decode=False` only the header is read (the caller decodes it next)."""
-    if not data:
+def check_image(source: bytes | Path, *, max_pixels: int, decode: bool = True) -> str | None:
+    """None when `source` (bytes or a file) is a fully decodable image within the pixel limit,
+    else the reason. With `decode=False` only the header is read (the caller decodes it next)."""
+    if (source.stat().st_size if isinstance(source, Path) else len(source)) == 0:
         return "empty file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     return (
@@ -82,15 +90,19 @@ def _safe_parts(name: str) -> list[str]:
     return parts
 
 
-def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> CheckedUpload:
-    """Labelled files from a zip whose folders are the class names (one enclosing folder allowed).
+def read_archive(
+    archive: BinaryIO, *, workdir: Path, max_files: int, max_uncompressed: int
+) -> CheckedUpload:
+    """Labelled files from a zip whose folders are the class names (one enclosing folder allowed),
+    each member streamed to its own file under `workdir`.
 
     The archive is refused as a whole for unsafe members (absolute paths, `..`, symlinks), more
-    than `max_files` members or more than `max_uncompressed` bytes once unpacked (zip bombs);
-    files outside a class folder and hidden files are listed as rejected.
+    than `max_files` members or more than `max_uncompressed` bytes once unpacked (zip bombs: the
+    bytes are counted as they are written, not trusted from the zip directory); files outside a
+    class folder and hidden files are listed as rejected.
     """
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, ValueError):
         raise UploadError("archive is not a readable .zip file") from None
     with zf:
@@ -124,7 +136,7 @@ def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> Check
         strip = 1 if len(tops) == 1 and any(len(p) >= 3 for p in visible) else 0
         result = CheckedUpload()
         total = 0
-        for info, parts in members:
+        for n, (info, parts) in enumerate(members):
             rel = parts[strip:]
             name = display_name("/".join(parts))
             if _hidden(parts):
@@ -133,11 +145,10 @@ def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> Check
             if len(rel) < 2:
                 result.rejected.append((name, "not inside a class folder"))
                 continue
-            label = "/".join(rel[:-1])
-            # Declared sizes can lie: read at most what is left of the budget, plus one byte.
+            target = workdir / f"member-{n}"
             try:
-                with zf.open(info) as fh:
-                    content = fh.read(max_uncompressed - total + 1)
+                with zf.open(info) as src:
+                    total += copy_limited(src, target, max_uncompressed - total)
             except (
                 zipfile.BadZipFile,
                 OSError,
@@ -145,17 +156,34 @@ def read_archive(data: bytes, *, max_files: int, max_uncompressed: int) -> Check
                 NotImplementedError,
                 RuntimeError,
             ) as exc:
+                target.unlink(missing_ok=True)
                 result.rejected.append((name, f"cannot be extracted: {exc}"))
                 continue
-            total += len(content)
-            if total > max_uncompressed:
+            except _OverBudget:
                 raise UploadError(
                     "archive unpacks to more than the limit of "
                     f"{max_uncompressed} bytes (MTL_MAX_ARCHIVE_UNCOMPRESSED_BYTES)",
                     status=413,
-                )
-            result.good.append(LabelledFile(name, label, content))
+                ) from None
+            result.good.append(LabelledFile(name, "/".join(rel[:-1]), target))
     return result
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def copy_limited(src: IO[bytes], target: Path, budget: int) -> int:
+    """Stream `src` into the file `target` chunk by chunk; raises _OverBudget past `budget`
+    bytes. Returns the bytes written."""
+    written = 0
+    with target.open("wb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise _OverBudget
+            out.write(chunk)
+    return written
 
 
 def _hidden(parts: list[str]) -> bool:
@@ -163,12 +191,14 @@ def _hidden(parts: list[str]) -> bool:
 
 
 def check_files(files: list[LabelledFile], *, max_pixels: int) -> CheckedUpload:
-    """Decode every file; good ones are kept, others listed with the reason."""
+    """Decode every file, one at a time; good ones are kept, others listed with the reason (and
+    their temporary file removed at once)."""
     result = CheckedUpload()
     for f in files:
-        reason = check_image(f.data, max_pixels=max_pixels)
+        reason = check_image(f.path, max_pixels=max_pixels)
         if reason is None:
             result.good.append(f)
         else:
+            f.path.unlink(missing_ok=True)
             result.rejected.append((f.filename, reason))
     return result

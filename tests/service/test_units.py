@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from app.schemas import ClassifierParams, adapt_config
 from app.settings import Settings
-from app.uploads import UploadError, read_archive
+from app.uploads import CheckedUpload, UploadError, read_archive
 from tests.service.conftest import random_png, zip_bytes
 from worker.jobs import classification_metrics, holdout_split, training_steps
 
@@ -31,15 +34,18 @@ def test_classification_metrics() -> None:
     assert m["per_class"][1] == {"label": "b", "precision": 0.6667, "recall": 1.0, "support": 2}
 
 
-def test_archive_layouts() -> None:
-    flat = read_archive(zip_bytes({"a/1.png": random_png(1), "b/1.png": random_png(2)}),
-                        max_files=10, max_uncompressed=10**7)
+def test_archive_layouts(tmp_path: Path) -> None:
+    def read(members: dict[str, bytes]) -> CheckedUpload:
+        return read_archive(BytesIO(zip_bytes(members)), workdir=tmp_path, max_files=10,
+                            max_uncompressed=10**7)
+
+    flat = read({"a/1.png": random_png(1), "b/1.png": random_png(2)})
     assert sorted(f.label for f in flat.good) == ["a", "b"]
-    enclosed = read_archive(zip_bytes({"top/a/1.png": random_png(1), "top/b/1.png": b"x"}),
-                            max_files=10, max_uncompressed=10**7)
+    assert flat.good[0].path.read_bytes() == random_png(1)  # each member in its own file
+    enclosed = read({"top/a/1.png": random_png(1), "top/b/1.png": b"x"})
     assert sorted(f.label for f in enclosed.good) == ["a", "b"]
     with pytest.raises(UploadError, match="outside"):
-        read_archive(zip_bytes({"a/../../x.png": b"x"}), max_files=10, max_uncompressed=10**7)
+        read({"a/../../x.png": b"x"})
 
 
 def test_classifier_params_resolution() -> None:

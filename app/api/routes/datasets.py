@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections import Counter
+from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
@@ -14,9 +18,17 @@ from app.api.responses import errors
 from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
 from app.errors import no_nul
 from app.schemas import DatasetPublic, as_utc
+from app.settings import Settings
 from app.storage import ImageStore
 from app.tables import Dataset, DatasetImage
-from app.uploads import LabelledFile, check_files, display_name, read_archive
+from app.uploads import (
+    CHUNK,
+    CheckedUpload,
+    LabelledFile,
+    check_files,
+    display_name,
+    read_archive,
+)
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 
@@ -90,66 +102,89 @@ async def create_dataset(
         raise HTTPException(422, "send either 'archive' or 'files' with 'labels', not both")
     if len(archives) > 1:
         raise HTTPException(422, "send one 'archive'")
-    if archives:
-        data = await archives[0].read()
-        unpacked = await run_in_threadpool(
-            read_archive,
-            data,
-            max_files=settings.max_files,
-            max_uncompressed=settings.max_archive_uncompressed_bytes,
-        )
-        candidates, rejected = unpacked.good, unpacked.rejected
-    elif files:
-        if len(labels) != len(files):
-            raise HTTPException(
-                422,
-                f"{len(files)} files but {len(labels)} labels; send one "
-                "'labels' value per file, in the same order",
-            )
-        candidates, rejected = [], []
-        for i, (upload, label) in enumerate(zip(files, labels, strict=True)):
-            if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
-                raise HTTPException(422, f"label {i + 1} must be 1 to {MAX_LABEL} characters")
-            no_nul(label, f"label {i + 1}")
-            candidates.append(
-                LabelledFile(
-                    display_name(upload.filename or f"file{i + 1}"),
-                    label.strip(),
-                    await upload.read(),
-                )
-            )
-    else:
+    if not archives and not files:
         raise HTTPException(
             422,
             "send an 'archive' (.zip of class folders) or 'files' with one 'labels' value each",
         )
-    for f in candidates:
-        if len(f.label) > MAX_LABEL:
-            raise HTTPException(
-                422, f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters"
-            )
-        no_nul(f.label, f"class name {f.label[:40]!r}")
-    checked = await run_in_threadpool(check_files, candidates, max_pixels=settings.max_image_pixels)
-    rejected = rejected + checked.rejected
-    counts = Counter(f.label for f in checked.good)
-    if len(counts) < 2:
-        why = "; ".join(f"{f}: {r}" for f, r in rejected[:5])
+    if files and len(labels) != len(files):
         raise HTTPException(
             422,
-            "a dataset needs at least 2 classes with at least one good image; "
-            f"this upload has {len(counts)}" + (f" (rejected: {why})" if why else ""),
+            f"{len(files)} files but {len(labels)} labels; send one "
+            "'labels' value per file, in the same order",
         )
-    # Writing files and rows blocks: off the event loop.
-    ds = await run_in_threadpool(
-        store_dataset,
-        session=session,
-        store=ImageStore(settings.images_dir),
-        tenant=key.tenant,
-        name=name,
-        files=checked.good,
-        rejected=rejected,
-    )
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+            raise HTTPException(422, f"label {i + 1} must be 1 to {MAX_LABEL} characters")
+        no_nul(label, f"label {i + 1}")
+    # Every file goes to its own temporary file in this folder, and is checked from there: the
+    # upload's size never decides how much memory it takes. What is not stored is removed here.
+    with tempfile.TemporaryDirectory(dir=settings.uploads_dir, prefix="upload-") as work:
+        unpacked = await run_in_threadpool(
+            unpack_upload,
+            workdir=Path(work),
+            archive=archives[0].file if archives else None,
+            files=[
+                (display_name(f.filename or f"file{i + 1}"), str(label).strip(), f.file)
+                for i, (f, label) in enumerate(zip(files, labels, strict=True))
+            ],
+            settings=settings,
+        )
+        for f in unpacked.good:
+            if len(f.label) > MAX_LABEL:
+                raise HTTPException(
+                    422, f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters"
+                )
+            no_nul(f.label, f"class name {f.label[:40]!r}")
+        checked = await run_in_threadpool(
+            check_files, unpacked.good, max_pixels=settings.max_image_pixels
+        )
+        rejected = unpacked.rejected + checked.rejected
+        counts = Counter(f.label for f in checked.good)
+        if len(counts) < 2:
+            why = "; ".join(f"{f}: {r}" for f, r in rejected[:5])
+            raise HTTPException(
+                422,
+                "a dataset needs at least 2 classes with at least one good image; "
+                f"this upload has {len(counts)}" + (f" (rejected: {why})" if why else ""),
+            )
+        # Writing files and rows blocks: off the event loop.
+        ds = await run_in_threadpool(
+            store_dataset,
+            session=session,
+            store=ImageStore(settings.images_dir),
+            tenant=key.tenant,
+            name=name,
+            files=checked.good,
+            rejected=rejected,
+        )
     return to_public(ds)
+
+
+def unpack_upload(
+    *,
+    workdir: Path,
+    archive: BinaryIO | None,
+    files: list[tuple[str, str, BinaryIO]],
+    settings: Settings,
+) -> CheckedUpload:
+    """The upload's files, each streamed into its own file under `workdir`: an archive's members,
+    or (file name, label, content) parts."""
+    if archive is not None:
+        return read_archive(
+            archive,
+            workdir=workdir,
+            max_files=settings.max_files,
+            max_uncompressed=settings.max_archive_uncompressed_bytes,
+        )
+    result = CheckedUpload()
+    for i, (filename, label, content) in enumerate(files):
+        target = workdir / f"part-{i}"
+        content.seek(0)
+        with target.open("wb") as out:
+            shutil.copyfileobj(content, out, CHUNK)
+        result.good.append(LabelledFile(filename, label, target))
+    return result
 
 
 def store_dataset(
@@ -168,7 +203,7 @@ def store_dataset(
     try:
         rows = []
         for f in files:
-            digest, new = store.put(f.data)
+            digest, new = store.put_file(f.path)
             if new:
                 created.append(digest)
             rows.append(DatasetImage(sha256=digest, filename=f.filename, label=f.label))
