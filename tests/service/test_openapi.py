@@ -7,22 +7,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-
-schemathesis = pytest.importorskip("schemathesis")  # a dev dependency (pyproject.toml)
-
-from hypothesis import HealthCheck, Phase, given  # noqa: E402
-from hypothesis import settings as hypothesis_settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis  # a dev dependency (pyproject.toml): CI runs this test, never skips it
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from app.settings import Settings  # noqa: E402
-from tests.service.conftest import new_key, small_zip  # noqa: E402
+from app.settings import Settings
+from tests.service.conftest import new_key, small_zip
 
 EXAMPLES_PER_OPERATION = 25  # per operation and generation mode (positive, negative)
 DEADLINE_S = 150.0  # per setup: a run that takes longer fails
