@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,7 @@ def main() -> None:
             train_s = result.card["training"]["seconds"]
             print(f"{spec}: {train_s:.0f} s of training -> {ckpt}", flush=True)
         for adapt in args.adapt:
+            started = time.perf_counter()
             try:
                 cell = evaluate(net, val, ways=args.ways, shots=args.shots, queries=args.queries,
                                 episodes=args.episodes, config=AdaptConfig(**adapt), seed=12345,
@@ -134,6 +136,8 @@ def main() -> None:
                    "ways": args.ways, "shots": args.shots, "episodes": args.episodes,
                    "accuracy": round(cell.accuracy, 4), "ci95": round(cell.ci95, 4),
                    "train_seconds": round(train_s, 1), "final_loss": final_loss,
+                   "eval_seconds": round(time.perf_counter() - started, 1),
+                   "queries": args.queries, "per_episode": cell.per_episode,
                    "machine": f"{platform.machine()} {torch.get_num_threads()} threads"}
             print(json.dumps(row), flush=True)
             with args.out.open("a") as fh:

@@ -56,11 +56,25 @@ part_specs() {
         echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
       done
       echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
-    *) echo "unknown part $1 (transfer, meta, maml, mtl)" >&2; exit 2 ;;
+    *) echo "unknown part $1 (transfer, meta, maml, mtl, stoploss)" >&2; exit 2 ;;
   esac
 }
 
+# Evaluation cost: does ending the min_epochs steps once the support set is fitted (stop_loss)
+# lose accuracy? Transfer's model (lr TRANSFER_LR), 20-way 5-shot and 5-way 15-shot.
+stoploss() {
+  local spec="{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"standard\"}"
+  local adapt='[{"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support"},
+                {"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support", "stop_loss": 0.01},
+                {"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support", "stop_loss": 0.05}]'
+  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+      --ways 20 --shots 5 --queries 15 --episodes 40 --adapt "$adapt" "$spec"
+  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+      --ways 5 --shots 15 --queries 5 --episodes 40 --adapt "$adapt" "$spec"
+}
+
 for part in "$@"; do
+  if [ "$part" = stoploss ]; then stoploss; continue; fi
   mapfile -t SPECS < <(part_specs "$part")
   $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
       --ways 5 --shots 1 --queries 15 --episodes 100 --adapt "$ADAPT" "${SPECS[@]}"
