@@ -59,6 +59,13 @@ class Profile:
     max_shot_queries: int  # queries per class in the largest-shot cell
     adapt_batch: int = 64  # cap on images per adaptation step, so 35-way 100-shot stays affordable
     common: dict[str, Any] = field(default_factory=dict)
+    # Which per-method settings (RECIPES): "legacy" reproduces the first Table 1 runs, "fair" the
+    # settings each method won on validation classes (tuning-omniglot-fair.jsonl).
+    recipe: str = "legacy"
+    # Omniglot only: pretrain on the background alphabets minus the 6 validation alphabets of
+    # benchmarks/tune.py, and score those every `validate_every` passes (the training curve).
+    holdout_validation: bool = False
+    validate_every: int = 0
 
 
 PROFILES: dict[tuple[str, str], Profile] = {
@@ -92,6 +99,15 @@ PROFILES: dict[tuple[str, str], Profile] = {
     # What 2 CPU cores afford in about an hour per data set: an 84x84 image pass costs ~10x an
     # Omniglot one, and a 100-shot episode needs 20 epochs over 500-3500 images, so the 100-shot
     # and 35-way cells are left to `full` and `gpu`.
+    # The fair fight: every method with the settings it won on validation alphabets, the
+    # validation alphabets held out of pretraining so that each run draws its own training curve,
+    # at a budget where the curves flatten (benchmarks/results/table1-omniglot-fair/plateau.png).
+    ("omniglot", "fair"): Profile(28, 1, 32, budget_passes=400_000, episodes=100, ways=[5, 20],
+                                  shots=[1, 5], max_shot_queries=15, recipe="fair",
+                                  holdout_validation=True, validate_every=100_000),
+    ("omniglot", "fair-smoke"): Profile(28, 1, 8, budget_passes=1_500, episodes=3, ways=[5],
+                                        shots=[1], max_shot_queries=15, recipe="fair",
+                                        holdout_validation=True, validate_every=750),
     ("miniimagenet-lite", "quick"): Profile(84, 3, 32, budget_passes=30_000, episodes=30,
                                             ways=[5, 20], shots=[1, 5], max_shot_queries=15,
                                             common={"augment": True}),
@@ -104,27 +120,57 @@ PROFILES: dict[tuple[str, str], Profile] = {
                                           common={"augment": True}),
 }
 
-# Shared meta-training settings, then per-method changes (chosen on validation classes).
-# These are PretrainConfig's defaults (measured on held-out Omniglot alphabets for MTL-Reptile);
-# the baselines share them so that only the algorithm differs.
-BASE_CONFIG: dict[str, Any] = {"ways": 5, "shots": 5, "queries": 5, "meta_batch": 1,
+# The first Table 1 runs' settings ("legacy"): PretrainConfig's defaults of the time (measured on
+# held-out Omniglot alphabets for MTL-Reptile only), shared by the baselines so that only the
+# algorithm differs, with no annealing (that was one of the experiment's defects).
+LEGACY_BASE: dict[str, Any] = {"ways": 5, "shots": 5, "queries": 5, "meta_batch": 1,
                                "inner_steps": 5, "inner_lr": 0.1, "transfer_lr": 0.2,
-                               "outer_lr": 1.0, "beta": 0.5, "combine": "paper"}
-METHOD_CONFIG: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
+                               "outer_lr": 1.0, "beta": 0.5, "combine": "paper",
+                               "meta_schedule": "constant"}
+LEGACY_METHODS: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
 # MAML's outer step is a gradient step, not Reptile's move toward the adapted weights, so
 # outer_lr 1.0 is a learning rate of 1: FOMAML on validation alphabets (5-way 1-shot, 100k
 # passes) reached 82.0% at 0.1, 80.6% at 0.3 and chance (20.6%) at 1.0
 # (benchmarks/results/tuning-omniglot-maml-outer-lr.jsonl).
 for _m in ("maml", "fomaml", "mtl-maml", "mtl-fomaml"):
-    METHOD_CONFIG[_m] = {"outer_lr": 0.1}
+    LEGACY_METHODS[_m] = {"outer_lr": 0.1}
 # How each method's base model adapts at test time (protonet: nearest class mean, no steps).
 # min_epochs: many-shot tasks get more steps, so that every support image is seen 20 times
 # (20-way 15-shot on validation alphabets: benchmarks/results/tuning-omniglot-min-epochs.jsonl).
-ADAPTATION: dict[str, dict[str, Any]] = {
+LEGACY_ADAPTATION: dict[str, dict[str, Any]] = {
     m: {"steps": 30, "lr": 0.1, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support"}
     for m in METHODS
 }
-ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
+LEGACY_ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
+
+# "fair": each method with what it won on the 6 validation alphabets at 200,000 passes
+# (benchmarks/tune_fair.sh, rows in benchmarks/results/tuning-omniglot-fair.jsonl; README).
+FAIR_BASE: dict[str, Any] = {"ways": 5, "shots": 5, "queries": 5, "inner_steps": 5, "inner_lr": 0.1,
+                             "combine": "paper", "meta_schedule": "linear"}
+# The supervised recipe, for Transfer and every MTL variant's transfer half.
+SUPERVISED: dict[str, Any] = {"transfer_batch": 64, "momentum": 0.9, "weight_decay": 5e-4,
+                              "transfer_schedule": "cosine", "transfer_head": "standard",
+                              "transfer_lr": 0.1}
+FAIR_METHODS: dict[str, dict[str, Any]] = {
+    "transfer": SUPERVISED,
+    "protonet": {"meta_batch": 1, "protonet_lr": 0.003},
+    "mtl-protonet": {**SUPERVISED, "meta_batch": 1, "protonet_lr": 0.001, "beta": 0.5},
+    "reptile": {"meta_batch": 1, "outer_lr": 1.0},
+    "mtl-reptile": {**SUPERVISED, "meta_batch": 1, "outer_lr": 1.0, "beta": 0.5},
+    "maml": {"meta_batch": 4, "outer_lr": 0.1, "inner_steps": 1},
+    "mtl-maml": {**SUPERVISED, "meta_batch": 4, "outer_lr": 0.1, "inner_steps": 1, "beta": 0.5},
+    "fomaml": {"meta_batch": 4, "outer_lr": 0.1},
+    "mtl-fomaml": {**SUPERVISED, "meta_batch": 4, "outer_lr": 0.1, "beta": 0.5},
+}
+_FINE_TUNE: dict[str, Any] = {"steps": 30, "lr": 0.1, "min_epochs": 20, "head_init": "prototype",
+                              "prototype_scale": 10.0, "bn_stats": "support", "stop_loss": 0.01}
+FAIR_ADAPTATION: dict[str, dict[str, Any]] = {m: _FINE_TUNE for m in METHODS}
+FAIR_ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
+
+RECIPES: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]] = {
+    "legacy": (LEGACY_BASE, LEGACY_METHODS, LEGACY_ADAPTATION),
+    "fair": (FAIR_BASE, FAIR_METHODS, FAIR_ADAPTATION),
+}
 
 
 def git_commit() -> str:
@@ -158,6 +204,12 @@ def load_splits(dataset: str, profile: Profile) -> tuple[Any, Any]:
             for s in (base, unseen):
                 s.images = s.images.expand(-1, 3, -1, -1).contiguous()
         return base, unseen
+    if dataset == "omniglot" and profile.holdout_validation:
+        from benchmarks.tune import omniglot_split
+
+        return (omniglot_split(6, 0)[0],
+                load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=profile.image_size,
+                             channels=profile.channels))
     if dataset == "omniglot":
         return (load_dataset(root / "omniglot" / "images_background.npz", image_size=profile.image_size,
                              channels=profile.channels),
@@ -173,7 +225,8 @@ def load_splits(dataset: str, profile: Profile) -> tuple[Any, Any]:
 def method_config(method: str, profile: Profile) -> Any:
     from models.config import PretrainConfig
 
-    spec = {**BASE_CONFIG, **profile.common, **METHOD_CONFIG[method], "algorithm": method,
+    base, per_method, _ = RECIPES[profile.recipe]
+    spec = {**base, **profile.common, **per_method[method], "algorithm": method,
             "image_size": profile.image_size, "channels": profile.channels, "filters": profile.filters,
             "iterations": 1}
     config = PretrainConfig(**spec)
@@ -205,6 +258,14 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     report.setdefault("methods", {})
     report.setdefault("cells", [])
     base, unseen = load_splits(dataset, profile)
+    val = None
+    if profile.holdout_validation:
+        from benchmarks.tune import omniglot_split
+
+        val = omniglot_split(6, 0)[1]
+        report["base_classes"] = (f"Omniglot background alphabets minus the 6 validation alphabets "
+                                  f"({base.num_classes} characters)")
+        report["validation_classes"] = f"the 6 held-out background alphabets ({val.num_classes} characters)"
     smallest = min(unseen.class_counts())
     ckpt_root = (REPO / "runs" / "bench" if profile_name != "smoke" else out / "checkpoints") / f"{dataset}-{profile_name}"
     started = time.perf_counter()
@@ -216,15 +277,19 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
             done = card["training"]["completed"]
         except CheckpointError:
             done = False
+        adapt = AdaptConfig(**{**RECIPES[profile.recipe][2][method], "batch_size": profile.adapt_batch})
         if not done:
             print(f"[{method}] pretraining {config.iterations} iterations "
                   f"({config.passes_per_iteration()} passes each)", file=sys.stderr, flush=True)
-            pretrain(config, base, device=dev, out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120)
+            validate = validation_curve(val, adapt, profile) if val is not None else None
+            pretrain(config, base, device=dev, out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120,
+                     validate=validate, validate_every=max(1, profile.validate_every
+                                                           // config.passes_per_iteration()))
         net, card = load_base_model(ckpt, device=dev)
-        adapt = AdaptConfig(**{**ADAPTATION[method], "batch_size": profile.adapt_batch})
         report["methods"][method] = {"config": asdict(config), "adaptation": asdict(adapt),
                                      "train_seconds": card["training"]["seconds"],
-                                     "iterations": config.iterations}
+                                     "iterations": config.iterations,
+                                     "validation": card.get("validation", [])}
         for ways in profile.ways:
             for shots in profile.shots:
                 if any(c["method"] == method and c["ways"] == ways and c["shots"] == shots
@@ -247,6 +312,28 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     return report
 
 
+CURVE_EPISODES = 60
+
+
+def validation_curve(val: Any, adapt: Any, profile: Profile) -> Any:
+    """The `validate` callback of a training curve: 5-way 1-shot on the validation classes with the
+    method's adaptation, and with the prototype head alone (a probe of the features)."""
+    from models.adaptation import evaluate
+    from models.config import AdaptConfig
+
+    probe = AdaptConfig(steps=0, lr=0.0, head_init="prototype", bn_stats="frozen")
+
+    def validate(net: Any) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for key, config in (("accuracy", adapt), ("probe_accuracy", probe)):
+            cell = evaluate(net, val, ways=5, shots=1, queries=15, episodes=min(CURVE_EPISODES, profile.episodes),
+                            config=config, seed=12345, device="cpu")
+            scores[key], scores[key.replace("accuracy", "ci95")] = cell.accuracy, cell.ci95
+        return scores
+
+    return validate
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     """results.json, table1.md and table1.png of a report, in `out` (with its paired comparison
     recomputed from the cells, so a run and a merge give the same)."""
@@ -255,6 +342,38 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, out / "table1.md")
     write_chart(report, out / "table1.png")
+    if any(info.get("validation") for info in report.get("methods", {}).values()):
+        write_curves(report, out / "plateau.png")
+
+
+def write_curves(report: dict[str, Any], path: Path) -> None:
+    """Validation accuracy against image passes, one line per method: where training flattens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m in METHODS:
+        curve = report["methods"].get(m, {}).get("validation")
+        if not curve:
+            continue
+        xs = [p["passes"] for p in curve]
+        for ax, key in zip(axes, ("accuracy", "probe_accuracy"), strict=True):
+            ax.errorbar(xs, [100 * p[key] for p in curve], yerr=[100 * p[key.replace("accuracy", "ci95")] for p in curve],
+                        marker="o", capsize=3, label=PAPER_COLUMNS[m],
+                        linestyle="-" if is_mtl(m) else "--")
+    for ax, title in zip(axes, ("each method's adaptation", "prototype head, 0 steps (feature probe)"),
+                         strict=True):
+        ax.set_title(f"validation alphabets, 5-way 1-shot: {title}", fontsize=9)
+        ax.set_xlabel("image passes (forward + backward)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{report['dataset']}, {report['profile']} profile: training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def is_mtl(method: str) -> bool:
@@ -447,7 +566,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--profile", choices=["smoke", "quick", "cpu", "full", "gpu"], default="quick")
+    p.add_argument("--profile", choices=sorted({name for _, name in PROFILES}), default="quick")
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/table1-<dataset>-<profile>")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")

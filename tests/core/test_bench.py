@@ -155,3 +155,24 @@ def test_omniglot_vinyals_splits_for_table1(shared_data: Path) -> None:
     assert not {n.rsplit("/", 1)[0] for n in base.class_names} & {n.rsplit("/", 1)[0] for n in unseen.class_names}
     assert PROFILES[("omniglot-vinyals", "cpu")].ways == [5, 20]
     assert PROFILES[("omniglot-vinyals", "cpu")].shots == [1, 5]
+
+
+def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
+        shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fair"
+    assert main(["bench", "table1", "--dataset", "omniglot", "--profile", "fair-smoke", "--out", str(out),
+                 "--methods", "transfer,mtl-protonet", "--device", "cpu"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert "minus the 6 validation alphabets (804 characters)" in report["base_classes"]
+    for method in ("transfer", "mtl-protonet"):
+        info = report["methods"][method]
+        # The fair recipe: the supervised half trains on mixed-class batches with momentum.
+        assert info["config"]["transfer_batch"] == 64 and info["config"]["momentum"] == 0.9
+        assert info["config"]["meta_schedule"] == "linear"
+        curve = info["validation"]
+        # Every 750 passes and at the end; passes grow, accuracies are real 5-way scores.
+        assert [p["passes"] for p in curve] == sorted(p["passes"] for p in curve) and len(curve) >= 2
+        assert all(0.0 <= p["accuracy"] <= 1.0 and 0.0 <= p["probe_accuracy"] <= 1.0 for p in curve)
+    assert report["methods"]["mtl-protonet"]["config"]["beta"] == 0.5
+    assert (out / "plateau.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["paired"][0]["best_mtl"] == "mtl-protonet"
