@@ -44,3 +44,16 @@ def initialize(settings: Settings) -> None:
                 register_key(session=session, key=settings.admin_key, tenant="admin", admin=True)
     except IntegrityError:
         pass  # another API node registered them at the same moment
+    remove_abandoned_uploads(settings)
+
+
+def remove_abandoned_uploads(settings: Settings, older_than_s: float = 24 * 3600) -> None:
+    """Work folders of uploads an API process crashed in the middle of. Only old ones: another
+    API node sharing the data directory may be writing a recent one."""
+    import shutil
+    import time
+
+    cutoff = time.time() - older_than_s
+    for folder in settings.uploads_dir.glob("upload-*"):
+        if folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -464,6 +464,9 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         won = reporter.finish("succeeded", metrics=metrics or {}, on_owned=record)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+    if won:  # what attempts lost to a crash left behind
+        for leftover in settings.classifiers_dir.glob(f".{classifier_id}.attempt-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     return "succeeded" if won else "lost"
 
 

@@ -83,3 +83,20 @@ def test_settings_refuse_unsafe_production_values() -> None:
     with pytest.raises(ValidationError):
         Settings(environment="staging")
     assert Settings(environment="production", admin_key="x" * 24).admin_key
+
+
+def test_abandoned_upload_folders_are_removed_at_start(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from app.bootstrap import remove_abandoned_uploads
+
+    settings = Settings(data_dir=tmp_path)
+    settings.ensure_dirs()
+    old, recent = settings.uploads_dir / "upload-old", settings.uploads_dir / "upload-new"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "member-0").write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    remove_abandoned_uploads(settings)
+    assert not old.exists() and recent.exists()  # a recent one may be another node's
