@@ -3,6 +3,8 @@ checkpointing, the deadline) is passed in, so the CLI, a test and a Celery task 
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +36,15 @@ class PretrainResult:
     net: MetaNet
     card: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def machine_description(device: torch.device) -> str:
+    """What a run was measured on, for its card: CPU, cores, torch threads, GPU."""
+    desc = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+    if device.type == "cuda":
+        desc += f", {torch.cuda.get_device_name(device)}"
+    return desc
 
 
 def seed_everything(seed: int) -> None:
@@ -295,6 +306,7 @@ def pretrain(
                      "num_classes": data.num_classes},
             "seed": config.seed,
             "device": str(device),
+            "machine": machine_description(device),
             "training": {"iteration": iteration, "iterations": config.iterations,
                          "completed": completed, "seconds": round(seconds, 2)},
             "history": history,
