@@ -162,10 +162,12 @@ FAIR_METHODS: dict[str, dict[str, Any]] = {
     "fomaml": {"meta_batch": 4, "outer_lr": 0.1},
     "mtl-fomaml": {**SUPERVISED, "meta_batch": 4, "outer_lr": 0.1, "beta": 0.5},
 }
+# Fine-tuning from the scaled prototype head was the best or within 0.7 points of the best of the
+# three adaptations tried for every method measured (5-way 1-shot on validation alphabets), so
+# every method adapts the same way; ProtoNet too (91.1 vs 90.6 for its own 0-step prediction).
 _FINE_TUNE: dict[str, Any] = {"steps": 30, "lr": 0.1, "min_epochs": 20, "head_init": "prototype",
-                              "prototype_scale": 10.0, "bn_stats": "support", "stop_loss": 0.01}
+                              "prototype_scale": 10.0, "bn_stats": "support"}
 FAIR_ADAPTATION: dict[str, dict[str, Any]] = {m: _FINE_TUNE for m in METHODS}
-FAIR_ADAPTATION["protonet"] = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
 
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]] = {
     "legacy": (LEGACY_BASE, LEGACY_METHODS, LEGACY_ADAPTATION),
