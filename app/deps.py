@@ -35,12 +35,12 @@ def get_db(settings: SettingsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer mtl_...`")
+# The raw credentials, for a route that must check the key without holding a session open
+# (a server-sent event stream).
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_current_key(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
+def get_current_key(session: SessionDep, credentials: BearerCredentials) -> ApiKey:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(
             401,

@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.docs import install_docs
 from app.api.main import api_router
+from app.console import install_console
 from app.embedded import EmbeddedWorker
 from app.errors import ServiceError
 from app.predict import PredictService
@@ -107,7 +109,14 @@ def create_app(
         initialize(settings)
         yield
 
-    app = FastAPI(title="MTL model-customization service", version="1", lifespan=lifespan)
+    # /docs and /redoc are served from local assets by install_docs (FastAPI's load a CDN).
+    app = FastAPI(
+        title="MTL model-customization service",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.embedded_worker = embedded_worker
     app.state.predict_service = PredictService(
@@ -119,6 +128,8 @@ def create_app(
         decode_threads=settings.predict_decode_threads,
     )
     app.include_router(api_router)
+    install_docs(app)
+    install_console(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

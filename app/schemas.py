@@ -162,10 +162,21 @@ class JobProgress(BaseModel):
     eta_seconds: float | None
 
 
+JobPhase = Literal[
+    "queued", "preparing", "holdout_pass", "final_pass", "pretraining", "saving"
+]
+
+
 class JobPublic(BaseModel):
     id: str
     kind: Literal["training", "pretraining"]
     status: JobStatus
+    phase: JobPhase | None = Field(
+        description="what the job is doing: queued; preparing (loading the base model and "
+        "images); holdout_pass (a classifier trained on its training split, to measure holdout "
+        "accuracy); final_pass (trained again from the base model on every image, so the loss "
+        "starts high again); pretraining; saving. Null once the job has finished."
+    )
     progress: JobProgress
     metrics: dict[str, Any] | None
     error: str | None
@@ -236,3 +247,50 @@ class ApiKeyCreated(BaseModel):
     prefix: str
     tenant: str
     scope: str
+
+
+class DatasetImagePublic(BaseModel):
+    id: int
+    filename: str
+    label: str
+
+
+class DatasetImagePage(BaseModel):
+    data: list[DatasetImagePublic]
+    count: int = Field(description="images matching the query, across all pages")
+
+
+class CardAccuracy(BaseModel):
+    """One measured few-shot result: accuracy on classes the base model never saw."""
+
+    ways: int
+    shots: int
+    episodes: int
+    accuracy: float
+    ci95: float | None
+
+
+class BaseModelCard(BaseModel):
+    id: str
+    name: str
+    algorithm: str
+    image_size: int
+    channels: int
+    is_default: bool
+    status: str
+    suits: str = Field(description="what kind of images this base model is meant for")
+    pretrained_on: str | None = Field(description="the data it was pretrained on")
+    training_seconds: float | None
+    accuracy: list[CardAccuracy] = Field(
+        description="few-shot accuracy measured on unseen classes (empty when not measured)"
+    )
+    adaptation: dict[str, Any] = Field(
+        description="the fine-tuning settings its classifiers use unless a request says otherwise"
+    )
+
+
+class ApiKeyPublic(BaseModel):
+    prefix: str
+    tenant: str
+    scope: str
+    created_at: datetime

@@ -125,6 +125,8 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     loss: Mapped[float | None] = mapped_column(Float)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
+    # What a running attempt is doing (worker.jobs.PHASES); reset when a worker claims the job.
+    phase: Mapped[str | None] = mapped_column(String(32))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

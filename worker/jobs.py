@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 TASK_OF_KIND = {"training": TRAIN_CLASSIFIER, "pretraining": PRETRAIN_BASE_MODEL}
 MAX_ATTEMPTS = 3
+# What a running job is doing, in order (`Job.phase`). A classifier's job trains twice: first on
+# its training split to measure holdout accuracy, then from the base model again on every image,
+# so its loss starts high a second time; the phase says why.
+PHASES = ("preparing", "holdout_pass", "final_pass", "pretraining", "saving")
 
 
 class JobFailed(Exception):
@@ -69,6 +73,7 @@ def claim_job(settings: Settings, job_id: str) -> Claim | None:
                 started_at=now,
                 finished_at=None,
                 error=None,
+                phase="preparing",
             )
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -136,6 +141,12 @@ class Reporter:
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 self._stop = True
 
+    def set_phase(self, phase: str) -> None:
+        """Record what the job does next (one of PHASES); written at once, as phases are few."""
+        assert phase in PHASES, phase
+        with session_scope(self.url) as session:
+            session.execute(update(Job).where(self._owned()).values(phase=phase))
+
     def should_stop(self) -> bool:
         """True once the job was cancelled, this attempt no longer owns it, or its time is up."""
         now = time.monotonic()
@@ -166,6 +177,7 @@ class Reporter:
                 "error": error,
                 "eta_seconds": None,
                 "heartbeat_at": utcnow(),
+                "phase": None,
             }
             if metrics is not None:
                 values["metrics"] = metrics
@@ -408,6 +420,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     reporter.progress(0, total, None)
     metrics = None
     if hold_idx:
+        reporter.set_phase("holdout_pass")
         tr = torch.tensor(train_idx, device=device)
         ho = torch.tensor(hold_idx, device=device)
         held_out = adapt(
@@ -422,6 +435,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         )
         pred = held_out.predict_proba(x_all[ho]).argmax(1).cpu().tolist()
         metrics = classification_metrics([labels[i] for i in hold_idx], pred, data.class_names)
+    reporter.set_phase("final_pass")
     clf = adapt(
         net,
         x_all,
@@ -438,6 +452,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     out = settings.classifiers_dir / classifier_id
     staged = settings.classifiers_dir / f".{classifier_id}.attempt-{reporter.claim.attempt}"
     shutil.rmtree(staged, ignore_errors=True)
+    reporter.set_phase("saving")
     save_classifier(
         staged,
         clf.cpu(),
@@ -508,6 +523,7 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
         reporter.progress(p.iteration, p.total, p.loss)
 
     reporter.progress(resumed_from, config.iterations, None)
+    reporter.set_phase("pretraining")
     result = pretrain(
         config,
         data,

@@ -2,8 +2,17 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import admin, base_models, classifiers, datasets, health, jobs
+from app.api.routes import (
+    admin,
+    base_models,
+    classifiers,
+    dataset_images,
+    datasets,
+    events,
+    health,
+    jobs,
+)
 
 api_router = APIRouter()
-for module in (health, datasets, classifiers, jobs, base_models, admin):
+for module in (health, datasets, dataset_images, classifiers, jobs, events, base_models, admin):
     api_router.include_router(module.router)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from app.api.responses import errors
 from app.api.routes.base_models import to_public as base_model_public
@@ -13,9 +13,11 @@ from app.params import pretrain_config
 from app.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyPublic,
     BaseModelPublic,
     PretrainingJobCreate,
     PretrainingJobCreated,
+    as_utc,
 )
 from app.security import create_api_key
 from app.tables import ApiKey, BaseModel, Dataset, Job, new_id
@@ -33,7 +35,12 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403
 def create_pretraining_job(
     body: PretrainingJobCreate, session: SessionDep, key: AdminKey, settings: SettingsDep
 ) -> PretrainingJobCreated:
-    """Pretrain a new base model on a dataset of base classes (any tenant's)."""
+    """Pretrain a base model.
+
+    Starts a pretraining job (202) on a dataset of base classes (any tenant's) with one of
+    the algorithms of `models.algorithms`; each parameter is bounded and an out-of-bounds value
+    is a 422 naming it. The new base model is ready when the job succeeds.
+    """
     from dataclasses import asdict
 
     from app.api.routes.jobs import send_job
@@ -81,6 +88,10 @@ def create_pretraining_job(
     responses=errors(404, 409),
 )
 def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> BaseModelPublic:
+    """Set the default base model.
+
+    The base model classifiers use when a request gives no `base_model_id`; it must be ready.
+    """
     row = session.get(BaseModel, base_model_id)
     if row is None:
         raise HTTPException(404, f"base model {base_model_id} not found")
@@ -94,14 +105,38 @@ def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> Base
 
 @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=errors(413))
 def create_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKeyCreated:
-    """A new API key; the key itself is shown only in this answer."""
+    """Create an API key.
+
+    The key itself is shown only in this answer; only its hash is stored.
+    """
     plain, row = create_api_key(session=session, tenant=body.tenant, admin=body.admin)
     session.commit()
     return ApiKeyCreated(key=plain, prefix=row.prefix, tenant=row.tenant, scope=row.scope)
 
 
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
+def list_keys(session: SessionDep, key: AdminKey) -> list[ApiKeyPublic]:
+    """List API keys.
+
+    Every tenant's keys, oldest first: prefix, tenant and scope (the keys themselves are not
+    stored, only their hashes).
+    """
+    rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all()
+    return [
+        ApiKeyPublic.model_validate(
+            {"prefix": r.prefix, "tenant": r.tenant, "scope": r.scope,
+             "created_at": as_utc(r.created_at)}
+        )
+        for r in rows
+    ]
+
+
 @router.delete("/api-keys/{prefix}", status_code=204, responses=errors(404))
 def revoke_key(prefix: str, session: SessionDep, key: AdminKey) -> Response:
+    """Revoke an API key.
+
+    By its prefix (the part after `mtl_`); it stops working at once.
+    """
     result = session.execute(delete(ApiKey).where(ApiKey.prefix == prefix))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from sqlalchemy import or_, select
 
 from app.api.responses import errors
-from app.deps import CurrentKey, SessionDep
-from app.schemas import BaseModelPublic
+from app.base_models import base_model_dir, read_card
+from app.deps import CurrentKey, SessionDep, SettingsDep
+from app.model_cards import base_model_card
+from app.schemas import BaseModelCard, BaseModelPublic
 from app.tables import BaseModel
 
 router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422))
@@ -30,8 +32,30 @@ def to_public(row: BaseModel) -> BaseModelPublic:
 
 @router.get("", response_model=list[BaseModelPublic])
 def list_base_models(session: SessionDep, key: CurrentKey) -> list[BaseModelPublic]:
-    """Built-in base models, and those pretrained by the caller's tenant (admins see all)."""
+    """List base models.
+
+    Built-in base models, and those pretrained by the caller's tenant (admins see all).
+    """
     query = select(BaseModel).order_by(BaseModel.created_at, BaseModel.id)
     if key.scope != "admin":
         query = query.where(or_(BaseModel.tenant.is_(None), BaseModel.tenant == key.tenant))
     return [to_public(r) for r in session.scalars(query).all()]
+
+
+@router.get("/{base_model_id}/card", response_model=BaseModelCard, responses=errors(404))
+def read_base_model_card(
+    base_model_id: str, session: SessionDep, key: CurrentKey, settings: SettingsDep
+) -> BaseModelCard:
+    """A base model's card.
+
+    What to choose it for, what it was pretrained on, and its few-shot accuracy measured on
+    classes it never saw, as recorded in its checkpoint's card.
+    """
+    row = session.get(BaseModel, base_model_id)
+    if row is None or (row.tenant not in (None, key.tenant) and key.scope != "admin"):
+        raise HTTPException(404, f"base model {base_model_id} not found")
+    try:
+        card = read_card(base_model_dir(settings, row.storage))
+    except (OSError, ValueError):
+        card = {}  # still being pretrained: no checkpoint yet
+    return base_model_card(row, card)

@@ -97,7 +97,13 @@ def create_classifier(
     key: CurrentKey,
     settings: SettingsDep,
 ) -> ClassifierCreated:
-    """Start training a classifier on a dataset; poll its job for progress."""
+    """Train a classifier.
+
+    Starts a training job (202) that fine-tunes the base model (the default one when
+    `base_model_id` is left out) on the dataset: first on a training split to measure holdout
+    accuracy, then on every image. Parameters left out take the base model card's values.
+    Follow the job with `GET /v1/jobs/{job_id}/events`.
+    """
     from app.api.routes.jobs import send_job
 
     dataset = get_owned_dataset(session, key, body.dataset_id)
@@ -141,6 +147,10 @@ def create_classifier(
 
 @router.get("", response_model=list[ClassifierPublic])
 def list_classifiers(session: SessionDep, key: CurrentKey) -> list[ClassifierPublic]:
+    """List classifiers.
+
+    The caller's tenant's classifiers, oldest first.
+    """
     rows = session.scalars(
         select(Classifier).where(Classifier.tenant == key.tenant).order_by(Classifier.created_at)
     ).all()
@@ -149,6 +159,12 @@ def list_classifiers(session: SessionDep, key: CurrentKey) -> list[ClassifierPub
 
 @router.get("/{classifier_id}", response_model=ClassifierPublic, responses=errors(404))
 def read_classifier(classifier_id: str, session: SessionDep, key: CurrentKey) -> ClassifierPublic:
+    """Read a classifier.
+
+    Its status, labels, training parameters and, once trained, its holdout metrics: accuracy,
+    per-class precision and recall, and the confusion matrix (rows: true class, columns:
+    predicted, in `labels` order).
+    """
     return to_public(get_owned(session, key, classifier_id))
 
 
@@ -160,7 +176,10 @@ def delete_classifier(
     settings: SettingsDep,
     predictor: PredictServiceDep,
 ) -> Response:
-    """Delete a classifier; its job is cancelled if it has not finished."""
+    """Delete a classifier.
+
+    Its job is cancelled if it has not finished.
+    """
     clf = get_owned(session, key, classifier_id)
     if clf.job_id:
         session.execute(
@@ -195,7 +214,12 @@ async def predict(
     settings: SettingsDep,
     predictor: PredictServiceDep,
 ) -> PredictResponse:
-    """Classify images; a file that does not decode gets an `error` instead of predictions."""
+    """Classify images.
+
+    Repeated `files` and an optional `top_k` (default 5). Each file gets its top-k labels
+    with probabilities, or an `error` when it does not decode. Needs a classifier whose status
+    is `ready`.
+    """
     clf = get_owned(session, key, classifier_id)
     if clf.status != "ready":
         raise HTTPException(

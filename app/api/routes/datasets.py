@@ -90,7 +90,13 @@ def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> Dataset:
 async def create_dataset(
     request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
 ) -> DatasetPublic:
-    """Upload a dataset; every image is decoded, and bad ones are listed in `rejected`."""
+    """Upload a dataset.
+
+    Either `archive`, a .zip whose folders are the class names (one enclosing folder is
+    fine), or repeated `files` with one `labels` value each, in the same order. Every image is
+    decoded; the ones that are not images, too large or unreadable are left out and listed in
+    `rejected` with the reason. At least 2 classes with a good image are needed.
+    """
     form = await read_form(request, max_files=settings.max_files)
     name = (text_field(form, "name", required=True) or "").strip()
     if not name or len(name) > 200:
@@ -227,6 +233,10 @@ def store_dataset(
 
 @router.get("", response_model=list[DatasetPublic])
 def list_datasets(session: SessionDep, key: CurrentKey) -> list[DatasetPublic]:
+    """List datasets.
+
+    The caller's tenant's datasets, oldest first, with their classes and image counts.
+    """
     rows = session.scalars(
         select(Dataset).where(Dataset.tenant == key.tenant).order_by(Dataset.created_at)
     ).all()
@@ -235,6 +245,10 @@ def list_datasets(session: SessionDep, key: CurrentKey) -> list[DatasetPublic]:
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=errors(404))
 def read_dataset(dataset_id: str, session: SessionDep, key: CurrentKey) -> DatasetPublic:
+    """Read a dataset.
+
+    Its classes with image counts, and every rejected file with the reason.
+    """
     return to_public(get_owned(session, key, dataset_id))
 
 
@@ -242,7 +256,11 @@ def read_dataset(dataset_id: str, session: SessionDep, key: CurrentKey) -> Datas
 def delete_dataset(
     dataset_id: str, session: SessionDep, key: CurrentKey, settings: SettingsDep
 ) -> Response:
-    """Delete a dataset and the image files no other dataset uses."""
+    """Delete a dataset.
+
+    The image files no other dataset uses are deleted too; classifiers trained on it keep
+    working.
+    """
     ds = get_owned(session, key, dataset_id)
     digests = set(
         session.scalars(select(DatasetImage.sha256).where(DatasetImage.dataset_id == ds.id)).all()

@@ -16,7 +16,10 @@ router = APIRouter(tags=["health"], responses=errors(422))
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    """Liveness: answered on the event loop itself, so it shows when that loop is blocked."""
+    """Liveness.
+
+    Answered on the event loop itself, so it shows when that loop is blocked. No key needed.
+    """
     return {"status": "ok"}
 
 
@@ -41,7 +44,11 @@ def _check(settings: Settings) -> str | None:
 
 @router.get("/readyz", responses=errors(503))
 async def readyz(request: Request, settings: SettingsDep) -> dict[str, str]:
-    """Ready when the database and the broker answer, and under `mtl serve` its worker runs."""
+    """Readiness.
+
+    Ready when the database and the broker answer, and under `mtl serve` its worker runs;
+    503 naming what is missing otherwise. No key needed.
+    """
     worker = request.app.state.embedded_worker
     problem = worker.problem() if worker is not None else None
     if problem is None:

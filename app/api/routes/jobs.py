@@ -34,6 +34,14 @@ def send_job(session: Session, settings: Settings, task_name: str, job_id: str) 
     session.commit()
 
 
+def phase_of(job: Job) -> str | None:
+    if job.status == "queued":
+        return "queued"
+    if job.status == "running":
+        return job.phase or "preparing"
+    return None
+
+
 def to_public(job: Job) -> JobPublic:
     total = job.total_steps
     return JobPublic.model_validate(
@@ -41,6 +49,7 @@ def to_public(job: Job) -> JobPublic:
             "id": job.id,
             "kind": job.kind,
             "status": job.status,
+            "phase": phase_of(job),
             "progress": {
                 "step": job.step,
                 "total_steps": total,
@@ -69,7 +78,10 @@ def get_visible(session: Session, key: ApiKey, job_id: str) -> Job:
 
 @router.get("", response_model=list[JobPublic])
 def list_jobs(session: SessionDep, key: CurrentKey) -> list[JobPublic]:
-    """The caller's jobs, newest first (admin keys see every tenant's)."""
+    """List jobs.
+
+    The caller's jobs, newest first (admin keys see every tenant's).
+    """
     query = select(Job).order_by(Job.created_at.desc())
     if key.scope != "admin":
         query = query.where(Job.tenant == key.tenant)
@@ -78,12 +90,20 @@ def list_jobs(session: SessionDep, key: CurrentKey) -> list[JobPublic]:
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
 def read_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
+    """Read a job.
+
+    Its status, phase, progress (step, total steps, loss, ETA), attempts and outcome.
+    """
     return to_public(get_visible(session, key, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
 def cancel_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
-    """A queued job is cancelled at once; a running one stops at its next step."""
+    """Cancel a job.
+
+    A queued job is cancelled at once; a running one stops at its next step. 409 when it has
+    already finished.
+    """
     job = get_visible(session, key, job_id)
     if job.status in FINISHED:
         raise HTTPException(409, f"job {job_id} already {job.status}")

@@ -1,0 +1,71 @@
+"""A dataset's images: listed by class, and thumbnails to show them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from sqlalchemy import select
+
+from app.api.responses import errors
+from app.api.routes.datasets import get_owned
+from app.dataset_images import MAX_THUMBNAIL, list_images, thumbnail_png
+from app.deps import CurrentKey, SessionDep, SettingsDep
+from app.schemas import DatasetImagePage
+from app.storage import ImageStore
+from app.tables import DatasetImage
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
+
+
+@router.get("/{dataset_id}/images", response_model=DatasetImagePage, responses=errors(404))
+def read_dataset_images(
+    dataset_id: str,
+    session: SessionDep,
+    key: CurrentKey,
+    label: Annotated[str | None, Query(max_length=1000, description="only this class")] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DatasetImagePage:
+    """List a dataset's images.
+
+    The stored images of a dataset (those that passed the upload's checks), in upload order,
+    optionally of one class only, one page at a time.
+    """
+    ds = get_owned(session, key, dataset_id)
+    return list_images(session=session, dataset_id=ds.id, label=label, offset=offset, limit=limit)
+
+
+@router.get(
+    "/{dataset_id}/images/{image_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the image, at most `size` pixels a side"},
+        **errors(404),
+    },
+)
+def read_thumbnail(
+    dataset_id: str,
+    image_id: int,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    size: Annotated[int, Query(ge=8, le=MAX_THUMBNAIL)] = 96,
+) -> Response:
+    """A thumbnail of one image.
+
+    The stored image shrunk to fit `size`×`size` pixels (never enlarged), as PNG.
+    """
+    ds = get_owned(session, key, dataset_id)
+    sha = session.scalar(
+        select(DatasetImage.sha256).where(
+            DatasetImage.id == image_id, DatasetImage.dataset_id == ds.id
+        )
+    )
+    path = ImageStore(settings.images_dir).path(sha) if sha else None
+    if path is None or not path.exists():
+        raise HTTPException(404, f"image {image_id} of dataset {dataset_id} not found")
+    session.close()
+    png = thumbnail_png(path, size)
+    # Stored images never change (the store is content-addressed): the browser may keep it.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

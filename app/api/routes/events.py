@@ -1,0 +1,100 @@
+"""Live job progress as server-sent events (`text/event-stream`), read by the console."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.responses import errors
+from app.api.routes.jobs import FINISHED, get_visible, to_public
+from app.db import session_scope
+from app.deps import BearerCredentials, SettingsDep, get_current_key
+from app.schemas import JobPublic
+from app.settings import Settings
+from app.tables import Job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
+
+POLL_S = 0.5  # the worker writes progress at most every 0.5 s
+KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+
+_EXAMPLE = (
+    "retry: 2000\n\n"
+    "event: job\n"
+    'data: {"id": "9c1e…", "kind": "training", "status": "running", "phase": "final_pass", '
+    '"progress": {"step": 41, "total_steps": 60, "fraction": 0.6833, "loss": 0.52, '
+    '"eta_seconds": 3.1}, ...}\n\n'
+)
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _visible_job(settings: Settings, credentials: BearerCredentials, job_id: str) -> JobPublic:
+    # A short session of its own: the stream may last for hours and must not hold a connection.
+    with session_scope(settings.resolved_database_url) as session:
+        key = get_current_key(session, credentials)
+        return to_public(get_visible(session, key, job_id))
+
+
+def _read_job(settings: Settings, job_id: str) -> JobPublic | None:
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        return None if job is None else to_public(job)
+
+
+async def job_events(
+    settings: Settings, first: JobPublic, *, poll_s: float = POLL_S
+) -> AsyncIterator[str]:
+    """One `job` event with the job's JSON whenever it changes, until it has finished."""
+    yield "retry: 2000\n\n"
+    job: JobPublic | None = first
+    last_sent, quiet_since = "", asyncio.get_running_loop().time()
+    while job is not None:
+        data = job.model_dump_json()
+        now = asyncio.get_running_loop().time()
+        if data != last_sent:
+            yield f"event: job\ndata: {data}\n\n"
+            last_sent, quiet_since = data, now
+        elif now - quiet_since >= KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            quiet_since = now
+        if job.status in FINISHED:
+            return
+        await asyncio.sleep(poll_s)
+        job = await run_in_threadpool(_read_job, settings, first.id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "description": "a stream of `job` events, each with the job's JSON (as GET "
+            "/v1/jobs/{job_id} answers it) in its `data` line",
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _EXAMPLE}},
+        },
+        **errors(404),
+    },
+)
+async def stream_job_events(
+    job_id: str, settings: SettingsDep, credentials: BearerCredentials
+) -> EventStreamResponse:
+    """Follow a job live (server-sent events).
+
+    Sends the job's JSON as a `job` event at once and again whenever its status, phase, step,
+    loss or ETA changes (checked every 0.5 s), with a comment line every 15 s while nothing
+    changes. The stream ends after the event in which the job has finished (succeeded, failed
+    or cancelled); an `EventSource` should then be closed, or it reconnects. The key goes in the
+    `Authorization` header like every other call, so a browser reads the stream with `fetch`.
+    """
+    first = await run_in_threadpool(_visible_job, settings, credentials, job_id)
+    return EventStreamResponse(
+        job_events(settings, first),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,804 @@
+// The web console: plain JavaScript, no build step, no external assets. It uses the same /v1 API
+// as any client. The API key lives in sessionStorage (this tab only) and is sent in the
+// Authorization header, never in a URL; that is also why live progress is read with fetch()
+// rather than EventSource, which cannot send headers.
+"use strict";
+
+const KEY_STORAGE = "mtl.apiKey";
+const ALGORITHMS = ["mtl-reptile", "mtl-fomaml", "mtl-maml", "mtl-protonet", "reptile", "fomaml",
+  "maml", "protonet", "transfer"];
+const PHASE_TEXT = {
+  queued: "Queued: waiting for a worker",
+  preparing: "Preparing: loading the base model and the images",
+  holdout_pass: "Holdout pass: training on the training split to measure accuracy",
+  final_pass: "Final pass: training again on every image (the loss starts high again)",
+  pretraining: "Pretraining",
+  saving: "Saving the trained model",
+};
+const FINISHED = ["succeeded", "failed", "cancelled"];
+
+const state = { key: null, admin: false, abort: new AbortController() };
+
+// ------------------------------------------------------------------------------------ helpers
+
+/** A DOM element; children are nodes or text (text is never parsed as HTML). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else if (name === "style" && typeof value === "object") Object.assign(node.style, value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+}
+
+function toast(message) {
+  const t = document.getElementById("toast");
+  t.textContent = message;
+  t.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => t.classList.remove("show"), 4000);
+}
+
+const pct = (x) => `${(100 * x).toFixed(1)}%`;
+const badge = (status) => el("span", { class: `badge ${status}` }, status);
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
+}
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+/** Call the API with the key; JSON in and out. A 401 signs the user out. */
+async function api(path, { method = "GET", json, form, signal } = {}) {
+  const headers = { Authorization: `Bearer ${state.key}` };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form;
+  }
+  const res = await fetch(path, { method, headers, body, signal: signal || state.abort.signal });
+  if (res.status === 204) return null;
+  const data = await res.json().catch(() => ({ detail: `${res.status} ${res.statusText}` }));
+  if (!res.ok) {
+    if (res.status === 401 && state.key) signOut(data.detail);
+    throw new ApiError(res.status, data.detail || res.statusText);
+  }
+  return data;
+}
+
+/** An image of the API as an object URL (an <img src> cannot send the Authorization header). */
+async function imageUrl(path) {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${state.key}` },
+    signal: state.abort.signal });
+  if (!res.ok) throw new ApiError(res.status, res.statusText);
+  return URL.createObjectURL(await res.blob());
+}
+
+/**
+ * Follow a job's server-sent events (GET /v1/jobs/{id}/events), calling onJob(job) for each
+ * `job` event, until the job has finished or the page is left. Reconnects after a dropped stream.
+ */
+async function followJob(jobId, onJob) {
+  const signal = state.abort.signal;
+  while (!signal.aborted) {
+    let last = null;
+    try {
+      const res = await fetch(`/v1/jobs/${jobId}/events`, {
+        headers: { Authorization: `Bearer ${state.key}`, Accept: "text/event-stream" }, signal,
+      });
+      if (!res.ok) throw new ApiError(res.status, (await res.json()).detail);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          let event = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) event = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+          }
+          if (event === "job" && data.length) {
+            last = JSON.parse(data.join("\n"));
+            onJob(last);
+          }
+        }
+      }
+      if (last && FINISHED.includes(last.status)) return last;
+    } catch (err) {
+      if (signal.aborted) return null;
+      if (err instanceof ApiError && err.status < 500) throw err;
+    }
+    await new Promise((r) => setTimeout(r, 2000)); // dropped: reconnect, as EventSource would
+  }
+  return null;
+}
+
+// ------------------------------------------------------------------------------------ sign-in
+
+async function signIn(key) {
+  state.key = key;
+  try {
+    await api("/v1/base-models");
+  } catch (err) {
+    state.key = null;
+    throw err;
+  }
+  // A user key gets 403 here: only admins see the admin page.
+  try {
+    await api("/v1/admin/api-keys");
+    state.admin = true;
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 403) throw err;
+    state.admin = false;
+  }
+  sessionStorage.setItem(KEY_STORAGE, key);
+}
+
+function signOut(reason) {
+  sessionStorage.removeItem(KEY_STORAGE);
+  state.key = null;
+  state.admin = false;
+  document.getElementById("sign-in-error").textContent = reason || "";
+  render();
+}
+
+// ------------------------------------------------------------------------------------ zip
+
+// A folder is sent as a zip (stored, not compressed) built here, so that it goes through exactly
+// the checks an uploaded zip does and every rejected file is reported by the server.
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+async function zipFiles(entries) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const central = [];
+  let offset = 0;
+  for (const { path, file } of entries) {
+    const name = encoder.encode(path);
+    const data = new Uint8Array(await file.arrayBuffer());
+    const crc = crc32(data);
+    const local = new DataView(new ArrayBuffer(30));
+    local.setUint32(0, 0x04034b50, true);
+    local.setUint16(4, 20, true);
+    local.setUint16(6, 0x0800, true); // names are UTF-8
+    local.setUint16(12, 0x21, true); // 1980-01-01
+    local.setUint32(14, crc, true);
+    local.setUint32(18, data.length, true);
+    local.setUint32(22, data.length, true);
+    local.setUint16(26, name.length, true);
+    parts.push(local, name, data);
+    const entry = new DataView(new ArrayBuffer(46));
+    entry.setUint32(0, 0x02014b50, true);
+    entry.setUint16(4, 20, true);
+    entry.setUint16(6, 20, true);
+    entry.setUint16(8, 0x0800, true);
+    entry.setUint16(14, 0x21, true);
+    entry.setUint32(16, crc, true);
+    entry.setUint32(20, data.length, true);
+    entry.setUint32(24, data.length, true);
+    entry.setUint16(28, name.length, true);
+    entry.setUint32(42, offset, true);
+    central.push(entry, name);
+    offset += 30 + name.length + data.length;
+  }
+  const size = central.reduce((sum, p) => sum + p.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, entries.length, true);
+  end.setUint16(10, entries.length, true);
+  end.setUint32(12, size, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...central, end], { type: "application/zip" });
+}
+
+/** Files of a dropped folder, with their paths, walking its sub-folders. */
+async function walkEntry(entry, out) {
+  if (entry.isFile) {
+    const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+    out.push({ path: entry.fullPath.replace(/^\//, ""), file });
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+      if (!batch.length) break;
+      for (const child of batch) await walkEntry(child, out);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ datasets
+
+async function datasetsPage(page, selectedId) {
+  const list = el("ul", { class: "list", id: "dataset-list" });
+  const detail = el("div", { id: "dataset-detail" });
+  const error = el("p", { class: "error", role: "alert" });
+  const name = el("input", { type: "text", id: "dataset-name", placeholder: "e.g. glyphs" });
+  const zipInput = el("input", { type: "file", accept: ".zip,application/zip", id: "zip-input", hidden: true });
+  const folderInput = el("input", { type: "file", id: "folder-input", webkitdirectory: true, multiple: true, hidden: true });
+  const zone = el("div", { class: "dropzone", id: "dropzone" },
+    el("div", {}, el("b", {}, "Drop a .zip or a folder of class folders here")),
+    el("div", { class: "hint" }, "Each sub-folder is a class: glyphs/alpha/1.png, glyphs/beta/1.png, …"),
+    el("div", { class: "buttons" },
+      el("button", { type: "button", class: "secondary", onclick: () => zipInput.click() }, "Choose a zip…"),
+      el("button", { type: "button", class: "secondary", onclick: () => folderInput.click() }, "Choose a folder…")),
+    zipInput, folderInput);
+
+  async function upload(kind, payload, suggestedName) {
+    error.textContent = "";
+    const form = new FormData();
+    form.append("name", name.value.trim() || suggestedName || "dataset");
+    zone.classList.add("over");
+    zone.firstChild.textContent = "Uploading…";
+    try {
+      const archive = kind === "zip" ? payload : await zipFiles(payload);
+      form.append("archive", archive, kind === "zip" ? payload.name : `${suggestedName}.zip`);
+      const ds = await api("/v1/datasets", { method: "POST", form });
+      toast(`Dataset “${ds.name}”: ${ds.num_images} images in ${ds.classes.length} classes` +
+        (ds.rejected.length ? `, ${ds.rejected.length} rejected` : ""));
+      location.hash = `#/datasets/${ds.id}`;
+    } catch (err) {
+      error.textContent = err.message;
+    } finally {
+      zone.classList.remove("over");
+      zone.firstChild.textContent = "Drop a .zip or a folder of class folders here";
+    }
+  }
+
+  zipInput.addEventListener("change", () => {
+    const file = zipInput.files[0];
+    if (file) upload("zip", file, file.name.replace(/\.zip$/i, ""));
+  });
+  folderInput.addEventListener("change", () => {
+    const files = [...folderInput.files].map((f) => ({ path: f.webkitRelativePath || f.name, file: f }));
+    if (files.length) upload("folder", files, files[0].path.split("/")[0]);
+  });
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", async (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    const items = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry());
+    const files = [...e.dataTransfer.files];
+    if (files.length === 1 && /\.zip$/i.test(files[0].name) && !(items[0] && items[0].isDirectory)) {
+      upload("zip", files[0], files[0].name.replace(/\.zip$/i, ""));
+      return;
+    }
+    const entries = [];
+    for (const entry of items) if (entry) await walkEntry(entry, entries);
+    if (!entries.length) { error.textContent = "drop a .zip file or a folder"; return; }
+    const root = items.length === 1 && items[0].isDirectory ? items[0].name : "dataset";
+    upload("folder", entries, root);
+  });
+
+  page.append(el("div", { class: "cols" },
+    el("div", {},
+      el("div", { class: "card" }, el("h2", {}, "New dataset"),
+        el("label", {}, "Name", name), zone, error),
+      el("div", { class: "card" }, el("h2", {}, "Your datasets"), list)),
+    detail));
+
+  const datasets = await api("/v1/datasets");
+  if (!datasets.length) list.append(el("li", { class: "muted" }, "None yet: upload one."));
+  const current = datasets.find((d) => d.id === selectedId) || datasets[datasets.length - 1];
+  for (const ds of datasets.slice().reverse()) {
+    list.append(el("li", {}, el("a", { href: `#/datasets/${ds.id}`, class: ds === current ? "active" : "" },
+      el("span", {}, ds.name), el("span", { class: "muted" }, `${ds.num_images} images`))));
+  }
+  if (current) await datasetDetail(detail, current);
+  else detail.append(el("div", { class: "card" }, el("h2", {}, "Start here"),
+    el("p", {}, "Upload a few labelled images per class (5 to 20 is plenty): a zip or a folder whose " +
+      "sub-folders are the class names. Then train a classifier on it from a pretrained base model.")));
+}
+
+async function datasetDetail(box, ds) {
+  const classes = el("tbody");
+  const rejected = ds.rejected.length
+    ? el("table", { id: "rejected" }, el("thead", {}, el("tr", {}, el("th", {}, "File"), el("th", {}, "Reason"))),
+      el("tbody", {}, ds.rejected.map((r) => el("tr", {}, el("td", {}, r.file), el("td", {}, r.reason)))))
+    : el("p", { class: "muted" }, "No file was rejected.");
+  box.append(el("div", { class: "card", id: "dataset-card" },
+    el("div", { class: "row" },
+      el("div", {}, el("h1", {}, ds.name),
+        el("p", { class: "muted" }, `${ds.num_images} images in ${ds.classes.length} classes · uploaded ${new Date(ds.created_at).toLocaleString()}`)),
+      el("button", { type: "button", onclick: () => { location.hash = `#/classifiers/new?dataset=${ds.id}`; } },
+        "Train a classifier"),
+      el("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete dataset “${ds.name}”?`)) return;
+        await api(`/v1/datasets/${ds.id}`, { method: "DELETE" });
+        location.hash = "#/datasets";
+      } }, "Delete")),
+    el("h3", {}, "Classes"),
+    el("table", { id: "classes" }, el("thead", {}, el("tr", {}, el("th", {}, "Class"), el("th", { class: "num" }, "Images"),
+      el("th", {}, "Examples"))), classes),
+    el("h3", {}, `Rejected files (${ds.rejected.length})`),
+    rejected));
+  const shown = ds.classes.slice(0, 40);
+  for (const c of shown) {
+    const thumbs = el("div", { class: "thumbs" });
+    classes.append(el("tr", { dataset: { label: c.name } }, el("td", {}, c.name), el("td", { class: "num" }, c.count), el("td", {}, thumbs)));
+    loadThumbs(ds.id, c.name, thumbs);
+  }
+  if (ds.classes.length > shown.length) {
+    classes.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, `… and ${ds.classes.length - shown.length} more classes`)));
+  }
+}
+
+async function loadThumbs(datasetId, label, box) {
+  try {
+    const page = await api(`/v1/datasets/${datasetId}/images?label=${encodeURIComponent(label)}&limit=8`);
+    for (const img of page.data) {
+      const url = await imageUrl(`/v1/datasets/${datasetId}/images/${img.id}/thumbnail?size=88`);
+      box.append(el("img", { src: url, alt: img.filename, title: img.filename }));
+    }
+  } catch (err) {
+    if (!state.abort.signal.aborted) box.append(el("span", { class: "muted" }, "(no preview)"));
+  }
+}
+
+// ------------------------------------------------------------------------------------ classifiers
+
+async function classifiersPage(page, selectedId, query) {
+  const list = el("ul", { class: "list", id: "classifier-list" });
+  const detail = el("div", { id: "classifier-detail" });
+  page.append(el("div", { class: "cols" },
+    el("div", {},
+      el("div", { class: "card" }, el("a", { href: "#/classifiers/new" }, el("button", { type: "button" }, "New classifier"))),
+      el("div", { class: "card" }, el("h2", {}, "Your classifiers"), list)),
+    detail));
+  const classifiers = await api("/v1/classifiers");
+  if (!classifiers.length) list.append(el("li", { class: "muted" }, "None yet."));
+  const creating = selectedId === "new" || !classifiers.length;
+  const current = creating ? null
+    : classifiers.find((c) => c.id === selectedId) || classifiers[classifiers.length - 1];
+  for (const c of classifiers.slice().reverse()) {
+    list.append(el("li", {}, el("a", { href: `#/classifiers/${c.id}`, class: c === current ? "active" : "" },
+      el("span", {}, c.name), badge(c.status))));
+  }
+  if (creating) await newClassifier(detail, query);
+  else await classifierDetail(detail, current);
+}
+
+function modelCard(card) {
+  const acc = card.accuracy.length
+    ? el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Task on unseen classes"), el("th", { class: "num" }, "Accuracy"))),
+      el("tbody", {}, card.accuracy.map((a) => el("tr", {},
+        el("td", {}, `${a.ways}-way ${a.shots}-shot (${a.episodes} episodes)`),
+        el("td", { class: "num" }, `${pct(a.accuracy)}${a.ci95 !== null ? ` ± ${(100 * a.ci95).toFixed(1)}` : ""}`)))))
+    : el("p", { class: "muted" }, "No accuracy measured yet.");
+  return el("div", { class: "model-card", id: "model-card" },
+    el("div", {}, el("b", {}, card.name), " ", card.is_default ? el("span", { class: "badge" }, "default") : null,
+      el("span", { class: "muted" }, ` · ${card.algorithm} · ${card.channels === 1 ? "grayscale" : "colour"} ${card.image_size}×${card.image_size}`)),
+    el("p", {}, el("b", {}, "Suits: "), card.suits),
+    card.pretrained_on ? el("p", { class: "muted" }, `Pretrained on ${card.pretrained_on}` +
+      (card.training_seconds ? ` in ${duration(card.training_seconds)}` : "")) : null,
+    acc);
+}
+
+async function newClassifier(box, query) {
+  const [datasets, models] = await Promise.all([api("/v1/datasets"), api("/v1/base-models")]);
+  const ready = models.filter((m) => m.status === "ready");
+  const error = el("p", { class: "error", role: "alert" });
+  if (!datasets.length) {
+    box.append(el("div", { class: "card" }, el("h1", {}, "New classifier"),
+      el("p", {}, "First ", el("a", { href: "#/datasets" }, "upload a dataset"), ".")));
+    return;
+  }
+  const dsSelect = el("select", { id: "clf-dataset" }, datasets.slice().reverse().map((d) =>
+    el("option", { value: d.id, selected: d.id === query.get("dataset") }, `${d.name} (${d.num_images} images, ${d.classes.length} classes)`)));
+  const modelSelect = el("select", { id: "clf-base-model" }, ready.map((m) =>
+    el("option", { value: m.id, selected: m.is_default }, `${m.name}${m.is_default ? " (default)" : ""}`)));
+  const name = el("input", { type: "text", id: "clf-name", placeholder: "e.g. glyphs classifier" });
+  const holdout = el("input", { type: "number", id: "clf-holdout", min: 0, max: 0.5, step: 0.05, value: 0.2 });
+  const steps = el("input", { type: "number", id: "clf-steps", min: 0, max: 10000, placeholder: "the base model's (usually 30)" });
+  const cardBox = el("div");
+  async function showCard() {
+    cardBox.replaceChildren(el("p", { class: "muted" }, "Loading the model card…"));
+    try {
+      cardBox.replaceChildren(modelCard(await api(`/v1/base-models/${modelSelect.value}/card`)));
+    } catch (err) {
+      cardBox.replaceChildren(el("p", { class: "error" }, err.message));
+    }
+  }
+  modelSelect.addEventListener("change", showCard);
+  const start = el("button", { type: "submit", id: "clf-start" }, "Start training");
+  const form = el("form", { id: "new-classifier" },
+    el("h1", {}, "New classifier"),
+    el("label", {}, "Name", name),
+    el("label", {}, "Dataset", dsSelect),
+    el("label", {}, "Base model", modelSelect),
+    cardBox,
+    el("div", { class: "row" },
+      el("label", {}, "Holdout fraction (kept aside per class to measure accuracy)", holdout),
+      el("label", {}, "Training steps per pass", steps)),
+    start, error);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    start.disabled = true;
+    const ds = datasets.find((d) => d.id === dsSelect.value);
+    try {
+      const created = await api("/v1/classifiers", { method: "POST", json: {
+        name: name.value.trim() || ds.name, dataset_id: dsSelect.value, base_model_id: modelSelect.value,
+        params: { holdout_fraction: Number(holdout.value), ...(steps.value ? { steps: Number(steps.value) } : {}) },
+      } });
+      location.hash = `#/classifiers/${created.id}`;
+    } catch (err) {
+      error.textContent = err.message;
+      start.disabled = false;
+    }
+  });
+  box.append(el("div", { class: "card" }, form));
+  if (ready.length) await showCard();
+  else error.textContent = "No base model is ready.";
+}
+
+/** A live progress panel for a job: bar, phase, step, ETA, loss curve, cancel. */
+function progressPanel(job, { onFinished, onUpdate, cancellable = true } = {}) {
+  const bar = el("div", { style: { width: "0%" } });
+  const phase = el("div", { class: "phase", id: "job-phase" });
+  const step = el("b", { id: "job-step" });
+  const eta = el("b", { id: "job-eta" });
+  const loss = el("b", { id: "job-loss" });
+  const status = el("span", { id: "job-status" });
+  const svg = svgEl("svg", { class: "curve", viewBox: "0 0 600 200", preserveAspectRatio: "none", id: "loss-curve" });
+  const points = [];
+  const cancel = el("button", { type: "button", class: "danger", id: "job-cancel", onclick: async () => {
+    cancel.disabled = true;
+    try { await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" }); toast("Cancel requested"); }
+    catch (err) { toast(err.message); cancel.disabled = false; }
+  } }, "Cancel");
+  const panel = el("div", { class: "card", id: "progress-panel" },
+    el("div", { class: "row" }, el("h2", {}, job.kind === "training" ? "Training" : "Pretraining", " ", status),
+      cancellable ? cancel : null),
+    phase,
+    el("div", { class: "progress", id: "job-progress" }, bar),
+    el("div", { class: "stats" },
+      el("div", { class: "stat" }, step, el("span", {}, "step")),
+      el("div", { class: "stat" }, loss, el("span", {}, "loss")),
+      el("div", { class: "stat" }, eta, el("span", {}, "time left"))),
+    svg,
+    el("div", { class: "legend" },
+      el("span", {}, el("i", { style: { background: "var(--holdout)" } }), "holdout pass"),
+      el("span", {}, el("i", { style: { background: "var(--final)" } }), job.kind === "training" ? "final pass" : "pretraining")));
+
+  function drawCurve(total) {
+    svg.replaceChildren();
+    if (points.length < 2) return;
+    const maxLoss = Math.max(...points.map((p) => p.loss)) * 1.05 || 1;
+    const x = (s) => (600 * s) / Math.max(1, total);
+    const y = (l) => 195 - (190 * l) / maxLoss;
+    for (const kind of ["holdout_pass", "other"]) {
+      const sel = points.filter((p) => (kind === "holdout_pass") === (p.phase === "holdout_pass"));
+      if (sel.length < 2) continue;
+      svg.append(svgEl("polyline", { points: sel.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none",
+        stroke: kind === "holdout_pass" ? "#2563eb" : "#ea580c", "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
+    }
+    const boundary = points.find((p) => p.phase === "final_pass");
+    if (boundary && points.some((p) => p.phase === "holdout_pass")) {
+      svg.append(svgEl("line", { x1: x(boundary.step), x2: x(boundary.step), y1: 0, y2: 200, stroke: "#9ca3af",
+        "stroke-dasharray": "4 4", "vector-effect": "non-scaling-stroke" }));
+    }
+  }
+
+  function update(j) {
+    const p = j.progress;
+    bar.style.width = `${(100 * p.fraction).toFixed(1)}%`;
+    status.replaceChildren(badge(j.status));
+    phase.textContent = j.phase ? PHASE_TEXT[j.phase] || j.phase
+      : j.status === "succeeded" ? "Finished" : j.status === "failed" ? `Failed: ${j.error}` : "Cancelled";
+    step.textContent = `${p.step} / ${p.total_steps}`;
+    loss.textContent = p.loss === null ? "–" : p.loss.toFixed(3);
+    eta.textContent = j.status === "running" ? duration(p.eta_seconds) : "–";
+    cancel.hidden = FINISHED.includes(j.status);
+    if (onUpdate) onUpdate(j);
+    if (p.loss !== null && j.status === "running") {
+      const lastPoint = points[points.length - 1];
+      if (!lastPoint || lastPoint.step !== p.step) points.push({ step: p.step, loss: p.loss, phase: j.phase });
+      drawCurve(p.total_steps);
+    }
+  }
+  update(job);
+  if (!FINISHED.includes(job.status)) {
+    followJob(job.id, update).then((last) => { if (last && onFinished) onFinished(last); })
+      .catch((err) => toast(err.message));
+  }
+  return panel;
+}
+
+async function classifierDetail(box, clf) {
+  const statusBadge = el("span", { id: "classifier-status" }, badge(clf.status));
+  const CLASSIFIER_STATUS = { running: "training", succeeded: "ready" };
+  const head = el("div", { class: "card" },
+    el("div", { class: "row" },
+      el("div", {}, el("h1", {}, clf.name, " ", statusBadge),
+        el("p", { class: "muted" }, `${clf.labels.length} classes · base model ${clf.base_model_id} · `,
+          el("a", { href: `#/datasets/${clf.dataset_id}` }, "dataset"))),
+      el("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete classifier “${clf.name}”?`)) return;
+        await api(`/v1/classifiers/${clf.id}`, { method: "DELETE" });
+        location.hash = "#/classifiers";
+      } }, "Delete")));
+  box.append(head);
+  if (clf.job_id && clf.status !== "ready") {
+    const job = await api(`/v1/jobs/${clf.job_id}`);
+    box.append(progressPanel(job, {
+      onFinished: () => route(),
+      onUpdate: (j) => statusBadge.replaceChildren(badge(CLASSIFIER_STATUS[j.status] || j.status)),
+    }));
+  }
+  if (clf.status === "ready") {
+    if (clf.metrics) box.append(resultsCard(clf));
+    else box.append(el("div", { class: "card muted" }, "No holdout metrics: trained with holdout_fraction 0."));
+    box.append(tryIt(clf));
+  }
+}
+
+function resultsCard(clf) {
+  const m = clf.metrics;
+  const max = Math.max(1, ...m.confusion_matrix.flat());
+  const heat = el("table", { class: "heat", id: "confusion" },
+    el("thead", {}, el("tr", {}, el("th", {}, "true \\ predicted"), clf.labels.map((l) => el("th", {}, l)))),
+    el("tbody", {}, m.confusion_matrix.map((row, i) => el("tr", {}, el("th", { class: "row" }, clf.labels[i]),
+      row.map((v, j) => {
+        const a = v / max;
+        const hue = i === j ? "37,99,235" : "220,38,38";
+        return el("td", { title: `${clf.labels[i]} → ${clf.labels[j]}: ${v}`,
+          style: { background: v ? `rgba(${hue},${(0.15 + 0.85 * a).toFixed(2)})` : "#f3f4f6", color: a > 0.5 ? "#fff" : "#111827" } }, v);
+      })))));
+  return el("div", { class: "card", id: "results" },
+    el("h2", {}, "Results on held-out images"),
+    el("div", { class: "stats" },
+      el("div", { class: "stat" }, el("b", { class: "big", id: "holdout-accuracy" }, pct(m.holdout_accuracy)), el("span", {}, "holdout accuracy")),
+      el("div", { class: "stat" }, el("b", {}, m.per_class.reduce((s, c) => s + c.support, 0)), el("span", {}, "held-out images"))),
+    el("div", { class: "cols2" },
+      el("div", {}, el("h3", {}, "Per class"),
+        el("table", { id: "per-class" }, el("thead", {}, el("tr", {}, el("th", {}, "Class"), el("th", { class: "num" }, "Precision"),
+          el("th", { class: "num" }, "Recall"), el("th", { class: "num" }, "Images"))),
+        el("tbody", {}, m.per_class.map((c) => el("tr", {}, el("td", {}, c.label), el("td", { class: "num" }, pct(c.precision)),
+          el("td", { class: "num" }, pct(c.recall)), el("td", { class: "num" }, c.support)))))),
+      el("div", {}, el("h3", {}, "Confusion matrix"), el("div", { class: "heat-wrap" }, heat),
+        el("p", { class: "hint" }, "Rows: the true class; columns: the predicted one. Blue: right, red: mistaken."))));
+}
+
+function tryIt(clf) {
+  const results = el("div", { id: "predictions" });
+  const error = el("p", { class: "error", role: "alert" });
+  const topK = el("input", { type: "number", id: "top-k", min: 1, max: clf.labels.length, value: Math.min(3, clf.labels.length) });
+  const input = el("input", { type: "file", accept: "image/*", multiple: true, id: "try-input", hidden: true });
+  const zone = el("div", { class: "dropzone", id: "try-dropzone" },
+    el("div", {}, el("b", {}, "Drop images here to classify them")),
+    el("div", { class: "buttons" }, el("button", { type: "button", class: "secondary", onclick: () => input.click() }, "Choose images…")),
+    input);
+  async function predict(files) {
+    if (!files.length) return;
+    error.textContent = "";
+    const form = new FormData();
+    for (const f of files) form.append("files", f, f.name);
+    form.append("top_k", String(topK.value || 3));
+    try {
+      const answer = await api(`/v1/classifiers/${clf.id}/predict`, { method: "POST", form });
+      results.replaceChildren(...answer.results.map((r, i) => el("div", { class: "prediction" },
+        el("img", { src: URL.createObjectURL(files[i]), alt: r.filename }),
+        el("div", {}, el("div", { class: "muted" }, r.filename),
+          r.error ? el("p", { class: "error" }, r.error)
+            : r.predictions.map((p) => el("div", { class: "bar" }, el("div", { style: { width: pct(p.probability) } }),
+              el("span", {}, el("b", {}, p.label), pct(p.probability))))))));
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  }
+  input.addEventListener("change", () => predict([...input.files]));
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("over"); predict([...e.dataTransfer.files]); });
+  return el("div", { class: "card", id: "try-it" }, el("h2", {}, "Try it"),
+    el("label", { class: "inline" }, "Top", topK, "labels"), zone, error, results);
+}
+
+// ------------------------------------------------------------------------------------ admin
+
+async function adminPage(page) {
+  if (!state.admin) {
+    page.append(el("div", { class: "card" }, "The admin pages need an admin key."));
+    return;
+  }
+  const [models, jobs, keys, datasets] = await Promise.all([api("/v1/base-models"), api("/v1/jobs"),
+    api("/v1/admin/api-keys"), api("/v1/datasets")]);
+  const modelsCard = el("div", { class: "card", id: "admin-models" }, el("h2", {}, "Base models"),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Algorithm"), el("th", {}, "Input"),
+      el("th", {}, "Status"), el("th", {}, "Accuracy (5-way 1-shot)"), el("th", {}, ""))),
+    el("tbody", {}, models.map((m) => {
+      const result = Object.values(m.metrics || {}).flatMap((r) => (r && r.results) || [])
+        .find((r) => r.ways === 5 && r.shots === 1);
+      return el("tr", { dataset: { model: m.id } }, el("td", {}, m.name), el("td", {}, m.algorithm),
+        el("td", {}, `${m.channels === 1 ? "gray" : "RGB"} ${m.image_size}²`), el("td", {}, badge(m.status)),
+        el("td", {}, result ? pct(result.accuracy) : "–"),
+        el("td", {}, m.is_default ? el("span", { class: "badge" }, "default")
+          : m.status === "ready" ? el("button", { type: "button", class: "secondary", onclick: async () => {
+            await api(`/v1/admin/base-models/${m.id}/default`, { method: "POST" });
+            toast(`${m.name} is now the default base model`);
+            route();
+          } }, "Make default") : null));
+    }))));
+
+  const error = el("p", { class: "error", role: "alert" });
+  const ptName = el("input", { type: "text", id: "pt-name", placeholder: "e.g. my-base" });
+  const ptDataset = el("select", { id: "pt-dataset" }, datasets.map((d) => el("option", { value: d.id }, `${d.name} (${d.classes.length} classes)`)));
+  const ptAlgorithm = el("select", { id: "pt-algorithm" }, ALGORITHMS.map((a) => el("option", { value: a }, a)));
+  const ptParams = el("input", { type: "text", id: "pt-params", value: '{"iterations": 1000}' });
+  const ptForm = el("form", { id: "pretrain-form" },
+    el("div", { class: "row" }, el("label", {}, "Name", ptName), el("label", {}, "Dataset of base classes", ptDataset)),
+    el("div", { class: "row" }, el("label", {}, "Algorithm", ptAlgorithm),
+      el("label", {}, "Parameters (JSON: iterations, ways, shots, queries, image_size, channels, …)", ptParams),
+      el("button", { type: "submit" }, "Start pretraining")), error);
+  ptForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    try {
+      let params;
+      try { params = JSON.parse(ptParams.value || "{}"); } catch { throw new Error("the parameters are not valid JSON"); }
+      const created = await api("/v1/admin/pretraining-jobs", { method: "POST", json: {
+        name: ptName.value.trim() || "base-model", dataset_id: ptDataset.value, algorithm: ptAlgorithm.value, params } });
+      toast(`Pretraining job ${created.job_id.slice(0, 8)} started`);
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  const pretraining = jobs.filter((j) => j.kind === "pretraining");
+  const jobsBox = el("div", { id: "pretraining-jobs" });
+  for (const j of pretraining.slice(0, 10)) {
+    const model = models.find((m) => m.id === j.base_model_id);
+    if (FINISHED.includes(j.status)) {
+      jobsBox.append(el("div", { class: "row", style: { padding: "6px 0", borderBottom: "1px solid var(--line)" } },
+        el("span", {}, model ? model.name : j.base_model_id), badge(j.status),
+        el("span", { class: "muted" }, `${j.progress.step} / ${j.progress.total_steps} iterations`),
+        el("span", { class: "muted" }, j.error || "")));
+    } else {
+      jobsBox.append(el("h3", {}, model ? model.name : j.base_model_id), progressPanel(j, { onFinished: () => route() }));
+    }
+  }
+  if (!pretraining.length) jobsBox.append(el("p", { class: "muted" }, "No pretraining job yet."));
+
+  const newKey = el("div");
+  const keyTenant = el("input", { type: "text", id: "key-tenant", placeholder: "tenant, e.g. acme" });
+  const keyAdmin = el("input", { type: "checkbox", id: "key-admin" });
+  const keyError = el("p", { class: "error", role: "alert" });
+  const keyForm = el("form", { id: "key-form" },
+    el("div", { class: "row" }, el("label", {}, "Tenant", keyTenant),
+      el("label", { class: "inline" }, keyAdmin, "admin"), el("button", { type: "submit" }, "Create key")), keyError, newKey);
+  keyForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    keyError.textContent = "";
+    try {
+      const k = await api("/v1/admin/api-keys", { method: "POST", json: { tenant: keyTenant.value.trim(), admin: keyAdmin.checked } });
+      await renderKeys();
+      newKey.replaceChildren(el("p", {}, "The new key (shown only now; copy it):"), el("div", { class: "newkey", id: "new-key" }, k.key));
+    } catch (err) {
+      keyError.textContent = err.message;
+    }
+  });
+  const keysBody = el("tbody");
+  async function renderKeys(rows) {
+    rows = rows || await api("/v1/admin/api-keys");
+    keysBody.replaceChildren(...rows.map((k) => el("tr", {}, el("td", {}, el("code", {}, k.prefix)), el("td", {}, k.tenant),
+      el("td", {}, k.scope), el("td", {}, new Date(k.created_at).toLocaleString()),
+      el("td", {}, state.key.startsWith(`mtl_${k.prefix}_`) ? el("span", { class: "muted" }, "this key")
+        : el("button", { type: "button", class: "danger", onclick: async () => {
+          if (!confirm(`Revoke key ${k.prefix} of ${k.tenant}?`)) return;
+          await api(`/v1/admin/api-keys/${k.prefix}`, { method: "DELETE" });
+          await renderKeys();
+        } }, "Revoke")))));
+  }
+  await renderKeys(keys);
+  page.append(modelsCard,
+    el("div", { class: "card" }, el("h2", {}, "Pretraining"), ptForm, jobsBox),
+    el("div", { class: "card", id: "admin-keys" }, el("h2", {}, "API keys"),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Prefix"), el("th", {}, "Tenant"), el("th", {}, "Scope"),
+        el("th", {}, "Created"), el("th", {}, ""))), keysBody), keyForm));
+}
+
+// ------------------------------------------------------------------------------------ routing
+
+async function route() {
+  state.abort.abort(); // stop the previous page's streams and image loads
+  state.abort = new AbortController();
+  const page = document.getElementById("page");
+  page.replaceChildren();
+  const [path, queryString] = (location.hash.replace(/^#\/?/, "") || "datasets").split("?");
+  const [section, id] = path.split("/");
+  const query = new URLSearchParams(queryString || "");
+  for (const a of document.querySelectorAll("nav a[data-page]")) a.classList.toggle("active", a.dataset.page === section);
+  try {
+    if (section === "classifiers") await classifiersPage(page, id, query);
+    else if (section === "admin") await adminPage(page);
+    else await datasetsPage(page, id);
+  } catch (err) {
+    if (!state.abort.signal.aborted && state.key) page.append(el("div", { class: "card error" }, err.message));
+  }
+}
+
+function render() {
+  const signedIn = Boolean(state.key);
+  document.getElementById("sign-in").hidden = signedIn;
+  document.getElementById("nav").hidden = !signedIn;
+  document.getElementById("who").hidden = !signedIn;
+  document.getElementById("nav-admin").hidden = !state.admin;
+  if (!signedIn) {
+    state.abort.abort(); // the signed-out page's streams stop; sign-in gets a fresh signal
+    state.abort = new AbortController();
+    document.getElementById("page").replaceChildren();
+    return;
+  }
+  const prefix = state.key.split("_")[1] || "key";
+  document.getElementById("who-key").textContent = `${state.admin ? "admin" : "user"} key ${prefix}…`;
+  route();
+}
+
+document.getElementById("sign-in-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = document.getElementById("api-key");
+  const error = document.getElementById("sign-in-error");
+  error.textContent = "";
+  try {
+    await signIn(input.value.trim());
+    input.value = "";
+    render();
+  } catch (err) {
+    error.textContent = err instanceof ApiError && err.status === 401
+      ? `That key was refused: ${err.message}` : err.message;
+  }
+});
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", () => { if (state.key) route(); });
+
+(async () => {
+  const saved = sessionStorage.getItem(KEY_STORAGE);
+  if (saved) {
+    try { await signIn(saved); } catch { sessionStorage.removeItem(KEY_STORAGE); }
+  }
+  render();
+})();
