@@ -71,6 +71,10 @@ class PretrainConfig:
     # classifier with a fixed scale, Chen et al.'s Baseline++).
     transfer_head: TransferHead = "zeros"
     cosine_scale: float = 10.0
+    # Run a meta-batch's inner loops as one batched computation (torch.func.vmap) instead of a loop
+    # over tasks: the same directions (tests: to 1e-5); batch-norm running statistics end as the
+    # tasks' mean instead of the last task's. Full-batch inner steps only (inner_batch 0).
+    vectorise_tasks: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +100,8 @@ class PretrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.vectorise_tasks and self.inner_batch > 0:
+            raise ConfigError("vectorise_tasks needs full-batch inner steps (inner_batch 0)")
         if self.transfer_batch < 0:
             raise ConfigError(f"transfer_batch must be 0 (the tasks' images) or more, got {self.transfer_batch}")
         if not 0.0 <= self.momentum < 1.0:

@@ -143,6 +143,13 @@ def train_step(
         if learner == "protonet":
             grads, loss = alg.protonet_gradient(net, theta, tasks)
             meta = alg.adam_direction(grads, state, lr=config.protonet_lr)
+        elif config.vectorise_tasks and learner == "reptile":
+            meta, loss = alg.reptile_direction_vectorised(
+                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr)
+        elif config.vectorise_tasks:
+            meta, loss = alg.maml_direction_vectorised(
+                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                first_order=learner == "fomaml")
         elif learner == "reptile":
             meta, loss = alg.reptile_direction(
                 net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,

@@ -326,3 +326,41 @@ def test_cosine_transfer_head_logits_are_scaled_cosines() -> None:
                     num_base_classes=5, mean=[0.0], std=[1.0])
     assert torch.count_nonzero(zeros.transfer_head.weight) == 0
     assert torch.count_nonzero(net.transfer_head.weight) == 15
+
+
+def conv_net_and_tasks() -> tuple[MetaNet, list[alg.Task]]:
+    """A small Conv-4 (batch norm included: its buffers must be carried per task) and 4 tasks."""
+    from models.network import build_metanet
+
+    torch.manual_seed(0)
+    net = build_metanet(backbone="conv4", filters=6, channels=1, image_size=10, meta_ways=3,
+                        num_base_classes=7, mean=[0.5], std=[0.3]).double()
+    nn.init.normal_(net.meta_head.weight)
+    tasks = []
+    for s in range(4):
+        g = torch.Generator().manual_seed(40 + s)
+        tasks.append(alg.Task(torch.rand(6, 1, 10, 10, generator=g, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2]),
+                              torch.rand(3, 1, 10, 10, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2]),
+                              torch.zeros(9, dtype=torch.long)))
+    return net, tasks
+
+
+@pytest.mark.parametrize("learner", ["reptile", "fomaml", "maml"])
+def test_vectorised_meta_batch_gives_the_per_task_loops_update(learner: str) -> None:
+    net, tasks = conv_net_and_tasks()
+    looped, vectorised = copy.deepcopy(net), copy.deepcopy(net)
+    config = dict(algorithm=learner, ways=3, shots=2, queries=1, meta_batch=4, inner_steps=2, inner_lr=0.2,
+                  outer_lr=0.5, iterations=10, image_size=10, channels=1)
+    train_step(looped, tasks, PretrainConfig(**config), iteration=1, rng=np.random.default_rng(0))  # type: ignore[arg-type]
+    train_step(vectorised, tasks, PretrainConfig(**config, vectorise_tasks=True), iteration=1,  # type: ignore[arg-type]
+               rng=np.random.default_rng(0))
+    moved = 0.0
+    for (n, p), q in zip(looped.named_parameters(), vectorised.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5, msg=n)
+        moved = max(moved, float((p - net.get_parameter(n)).detach().abs().max()))
+    assert moved > 1e-3  # the step did move the weights
+    # Running statistics: the tasks' mean, a real update of the module's buffers.
+    bn = "backbone.0.1.running_mean"
+    assert not torch.equal(vectorised.get_buffer(bn), net.get_buffer(bn))
+    with pytest.raises(Exception, match="full-batch inner steps"):
+        PretrainConfig(**config, vectorise_tasks=True, inner_batch=2)  # type: ignore[arg-type]
