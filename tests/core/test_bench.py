@@ -174,5 +174,10 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
         assert [p["passes"] for p in curve] == sorted(p["passes"] for p in curve) and len(curve) >= 2
         assert all(0.0 <= p["accuracy"] <= 1.0 and 0.0 <= p["probe_accuracy"] <= 1.0 for p in curve)
     assert report["methods"]["mtl-protonet"]["config"]["beta"] == 0.5
+    # The adaptation is chosen per base model on the validation alphabets: the best of three.
+    for info in report["methods"].values():
+        choice = info["adaptation_choice"]
+        assert len(choice) == 3
+        assert info["adaptation"] == max(choice, key=lambda c: c["accuracy"])["adaptation"]
     assert (out / "plateau.png").read_bytes()[:4] == b"\x89PNG"
     assert report["paired"][0]["best_mtl"] == "mtl-protonet"
