@@ -2,10 +2,12 @@
 # Equal tuning effort for every Table 1 method (issue "Give MTL a fair fight"), on VALIDATION
 # classes only: 6 held-out Omniglot background alphabets (benchmarks/tune.py's split), 200,000
 # image passes per spec, Conv-4 with 32 filters, one torch thread per process.
-#   benchmarks/tune_fair.sh transfer|meta|maml|mtl [...]   (parts; run two side by side)
+#   benchmarks/tune_fair.sh transfer|heads|meta|maml|mtl|ways|stoploss [...]
+#   (parts; run two side by side)
 # Each spec is trained once (runs/tune/<hash>, resumable) and scored on 5-way 1-shot (100
-# episodes) and 20-way 1-shot (50 episodes), with fine-tuning (the harness's adaptation), with
-# fine-tuning from the scaled prototype head, and with the prototype head alone (0 steps).
+# episodes; CELLS="5x1 20x1" adds 20-way 1-shot, 50 episodes), with fine-tuning (the harness's
+# adaptation), with fine-tuning from the scaled prototype head, and with the prototype head alone
+# (0 steps). `ways` scores ProtoNet trained at 5 and at 20 ways on 20-way 1-shot.
 # Rows -> benchmarks/results/tuning-omniglot-fair.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +29,10 @@ MTL_TRANSFER="$RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"$TRAN
 part_specs() {
   case $1 in
     transfer)
-      for lr in 0.05 0.1 0.2; do
+      for lr in 0.05 0.1; do
         echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $lr, \"transfer_head\": \"standard\"}"
-      done
+      done ;;
+    heads)
       for head in cosine zeros; do
         echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": 0.1, \"transfer_head\": \"$head\"}"
       done ;;
@@ -49,14 +52,15 @@ part_specs() {
       done
       echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"meta_schedule\": \"linear\"}" ;;
     mtl)
-      for beta in 0.25 0.5 0.75; do
+      for beta in 0.5 0.25 0.75; do
         echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
       done
-      for beta in 0.25 0.5; do
-        echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
-      done
+      echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
       echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
-    *) echo "unknown part $1 (transfer, meta, maml, mtl, stoploss)" >&2; exit 2 ;;
+    ways)
+      echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
+      echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}" ;;
+    *) echo "unknown part $1 (transfer, heads, meta, maml, mtl, ways, stoploss)" >&2; exit 2 ;;
   esac
 }
 
@@ -76,8 +80,12 @@ stoploss() {
 for part in "$@"; do
   if [ "$part" = stoploss ]; then stoploss; continue; fi
   mapfile -t SPECS < <(part_specs "$part")
-  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
-      --ways 5 --shots 1 --queries 15 --episodes 100 --adapt "$ADAPT" "${SPECS[@]}"
-  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
-      --ways 20 --shots 1 --queries 15 --episodes 50 --adapt "$ADAPT" "${SPECS[@]}"
+  cells=${CELLS:-5x1}
+  [ "$part" = ways ] && cells=20x1
+  for cell in $cells; do
+    ways=${cell%x*}
+    episodes=$([ "$ways" = 5 ] && echo 100 || echo 50)
+    $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+        --ways "$ways" --shots "${cell#*x}" --queries 15 --episodes "$episodes" --adapt "$ADAPT" "${SPECS[@]}"
+  done
 done
