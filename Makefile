@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run quick-pretrain test lint
+.PHONY: setup browser run quick-pretrain test lint
 
 $(BIN)/mtl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,16 @@ $(BIN)/mtl: pyproject.toml
 
 setup: $(BIN)/mtl
 
+# The console's browser tests drive Debian's chromium through Playwright (which cannot download a
+# browser of its own here). Installed when missing and we are root (CI); else the tests say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	    && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "chromium is not installed (apt-get install chromium): the browser tests will be skipped"
+
 # The main job: the service, embedded (SQLite + a filesystem broker + one worker under var/),
-# with the built-in base models registered at first start. API on http://127.0.0.1:8000/docs.
+# with the built-in base models registered at first start. The console is http://127.0.0.1:8000/,
+# the API docs http://127.0.0.1:8000/docs.
 run: setup
 	MTL_DATA_DIR=$${MTL_DATA_DIR:-var} $(BIN)/mtl serve
 
@@ -28,7 +36,7 @@ quick-pretrain: setup
 	    --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_evaluation.npz \
 	    --ways 5,20 --shots 1,5 --episodes 200 --json runs/omniglot-quick/eval.json
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -501,8 +501,8 @@ function progressPanel(job, { onFinished, onUpdate, cancellable = true } = {}) {
       el("div", { class: "stat" }, eta, el("span", {}, "time left"))),
     svg,
     el("div", { class: "legend" },
-      el("span", {}, el("i", { style: { background: "var(--holdout)" } }), "holdout pass"),
-      el("span", {}, el("i", { style: { background: "var(--final)" } }), job.kind === "training" ? "final pass" : "pretraining")));
+      job.kind === "training" ? el("span", {}, el("i", { style: { background: "var(--holdout)" } }), "holdout pass") : null,
+      el("span", {}, el("i", { style: { background: "var(--final)" } }), job.kind === "training" ? "final pass" : "pretraining loss")));
 
   function drawCurve(total) {
     svg.replaceChildren();

@@ -1,0 +1,262 @@
+"""The console in a real browser: headless Chromium (Debian's `chromium`, installed by `make
+browser`) driven by Playwright, against a live server and a real worker process on the embedded
+setup, with a small real dataset made from Omniglot. One user's whole flow, the 401 path, an
+upload with rejected files, cancelling, the admin page, and /docs and /redoc with every request
+outside this machine blocked. Each page's screenshot is written under test-artifacts/console/
+(MTL_TEST_ARTIFACTS to change it; not committed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, sync_playwright  # a dev dependency: never skipped
+
+from app.settings import Settings
+from tests.service.conftest import (
+    IN_CI,
+    REPO,
+    REPO_BUILTINS,
+    free_port,
+    new_key,
+    omniglot_eval,
+)
+
+ARTIFACTS = Path(os.environ.get("MTL_TEST_ARTIFACTS", REPO / "test-artifacts")) / "console"
+CHARACTERS = (0, 7, 14)  # three characters of the Omniglot evaluation alphabets
+TRAIN_DRAWINGS = range(6)  # uploaded; drawings 10 and up are kept for "try it"
+
+
+def chromium_path() -> str:
+    found = os.environ.get("MTL_TEST_CHROMIUM") or shutil.which("chromium")
+    if found is None:
+        message = "Debian's chromium is not installed (make browser, or apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(f"{message}; CI=true: the console must be tested in a browser")
+        pytest.skip(message)
+    return found
+
+
+def write_glyphs(root: Path) -> Path:
+    """A folder of class folders of PNGs, plus two files the upload must reject."""
+    images = omniglot_eval()
+    folder = root / "glyphs"
+    for c in CHARACTERS:
+        (folder / f"char{c}").mkdir(parents=True)
+        for d in [*TRAIN_DRAWINGS, 10]:
+            target = folder / f"char{c}" / f"{d}.png" if d in TRAIN_DRAWINGS else root / f"try-char{c}.png"
+            Image.fromarray((images[c, d] * 255).astype(np.uint8)).save(target)
+    (folder / f"char{CHARACTERS[0]}" / "notes.txt").write_text("not an image")
+    (folder / f"char{CHARACTERS[1]}" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+class LiveServer:
+    """The API (create_app) under uvicorn in a thread, on a free port."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from app.main import create_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                log_level="warning", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(tmp_path: Path, start_worker: Any) -> Iterator[tuple[LiveServer, Settings]]:
+    from app.bootstrap import migrate
+
+    settings = Settings(data_dir=tmp_path / "data", builtin_models_dir=REPO_BUILTINS,
+                        worker_device="cpu")
+    migrate(settings)
+    settings.ensure_dirs()
+    start_worker(settings)  # starts importing torch while the browser signs in and uploads
+    server = LiveServer(settings)
+    yield server, settings
+    server.stop()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def follow_training(page: Page, timeout: float, screenshot: str | None = None) -> set[str]:
+    """The phases the progress panel showed until the results appeared (or the job ended)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phase = page.query_selector("#job-phase")
+        text = (phase.text_content() or "") if phase else ""
+        if text:
+            if screenshot and text.startswith("Final pass") and not any(
+                    s.startswith("Final pass") for s in seen):
+                page.wait_for_function("() => document.querySelectorAll('#loss-curve polyline').length > 0",
+                                       timeout=10_000)
+                shot(page, screenshot)
+            seen.add(text.split(":")[0])
+        if page.query_selector("#results") or page.query_selector("#try-it"):
+            return seen
+        time.sleep(0.15)
+    raise AssertionError(f"training did not finish in {timeout} s; phases seen: {seen}")
+
+
+def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_path: Path) -> None:
+    server, settings = live
+    glyphs = write_glyphs(tmp_path)
+    admin_key = new_key(settings, "ops", admin=True)["Authorization"].split()[1]
+    requests: list[str] = []
+    blocked: list[str] = []
+
+    def only_this_machine(route: Any) -> None:
+        if urlparse(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:  # as on a machine without internet; the test fails if anything tried
+            blocked.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.route("**/*", only_this_machine)
+        context.on("request", lambda r: requests.append(r.url))
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: d.accept())
+        page.set_default_timeout(20_000)
+
+        # Sign-in: a wrong key is refused with the server's reason.
+        page.goto(server.url + "/")
+        page.fill("#api-key", "mtl_00000000_not-a-real-key")
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#sign-in-error:has-text('refused')")
+        assert "unknown API key" in page.text_content("#sign-in-error")
+        shot(page, "01-sign-in-refused")
+        page.fill("#api-key", admin_key)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#dropzone")
+        assert page.evaluate("sessionStorage.getItem('mtl.apiKey')") == admin_key
+        assert page.is_visible("#nav-admin")
+
+        # A folder upload: classes with counts and thumbnails, every rejected file with its reason.
+        page.fill("#dataset-name", "glyphs")
+        page.set_input_files("#folder-input", str(glyphs))
+        page.wait_for_selector("#rejected")
+        rejected = page.inner_text("#rejected")
+        assert "glyphs/char0/notes.txt" in rejected and "glyphs/char7/broken.png" in rejected
+        reasons = dict(line.split("\t") for line in rejected.splitlines()[1:])
+        assert reasons["glyphs/char0/notes.txt"] == "not a decodable image"
+        assert "truncated" in reasons["glyphs/char7/broken.png"].lower()
+        rows = page.query_selector_all("#classes tbody tr")
+        assert [r.inner_text().split("\t")[:2] for r in rows] == [  # classes sorted by name
+            [name, str(len(TRAIN_DRAWINGS))] for name in sorted(f"char{c}" for c in CHARACTERS)]
+        page.wait_for_function(
+            "(n) => { const imgs = [...document.querySelectorAll('#classes img')];"
+            " return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+            arg=len(CHARACTERS) * len(TRAIN_DRAWINGS))
+        shot(page, "02-dataset")
+
+        # A classifier: the base model's card, then live progress through both passes.
+        page.click("text=Train a classifier")
+        page.select_option("#clf-base-model", "handwriting")
+        page.wait_for_selector("#model-card:has-text('handwritten')")
+        assert re.search(r"5-way 1-shot.*\d+\.\d%", page.inner_text("#model-card"), re.S)
+        page.fill("#clf-name", "glyphs")
+        page.fill("#clf-steps", "100")  # long enough to watch both passes
+        shot(page, "03-new-classifier")
+        page.click("#clf-start")
+        page.wait_for_selector("#progress-panel")
+        phases = follow_training(page, timeout=120, screenshot="04-training")
+        assert {"Holdout pass", "Final pass"} <= phases, phases
+
+        # Results: holdout accuracy, per-class precision/recall, confusion-matrix heat map.
+        page.wait_for_selector("#results")
+        assert re.fullmatch(r"\d+\.\d%", page.inner_text("#holdout-accuracy"))
+        assert len(page.query_selector_all("#per-class tbody tr")) == len(CHARACTERS)
+        cells = [int(c.inner_text()) for c in page.query_selector_all("#confusion tbody td")]
+        assert len(cells) == len(CHARACTERS) ** 2 and sum(cells) == len(CHARACTERS)  # 1 held out each
+        shot(page, "05-results")
+
+        # Try it: drawings the classifier never saw, top-k labels with probability bars.
+        page.set_input_files("#try-input", [str(tmp_path / f"try-char{c}.png") for c in CHARACTERS])
+        page.wait_for_function("() => document.querySelectorAll('.prediction').length === 3")
+        top = [p.query_selector(".bar b").inner_text() for p in page.query_selector_all(".prediction")]
+        assert sum(t == f"char{c}" for t, c in zip(top, CHARACTERS, strict=True)) >= 2, top
+        assert len(page.query_selector_all(".prediction .bar")) == 3 * 3  # top 3 each
+        shot(page, "06-try-it")
+
+        # Cancelling a long training job.
+        page.goto(server.url + "/#/classifiers/new")
+        page.fill("#clf-name", "long")
+        page.fill("#clf-steps", "5000")
+        page.click("#clf-start")
+        page.wait_for_selector("#job-phase:has-text('pass')", timeout=60_000)
+        page.click("#job-cancel")
+        page.wait_for_selector("#classifier-status:has-text('cancelled')", timeout=60_000)
+        shot(page, "07-cancelled")
+
+        # Admin: base models and the default, a pretraining job with its progress, API keys.
+        page.click("#nav-admin")
+        page.wait_for_selector("#admin-models tr[data-model=handwriting]")
+        page.click("#admin-models tr[data-model=handwriting] button:has-text('Make default')")
+        page.wait_for_selector("#admin-models tr[data-model=handwriting] .badge:has-text('default')")
+        page.fill("#key-tenant", "newco")
+        page.click("#key-form button[type=submit]")
+        assert page.inner_text("#new-key").startswith("mtl_")
+        page.wait_for_selector("#admin-keys td:has-text('newco')")
+        page.click("#admin-keys tr:has(td:has-text('newco')) button:has-text('Revoke')")
+        page.wait_for_selector("#admin-keys td:has-text('newco')", state="detached")
+        page.fill("#pt-name", "tiny-base")
+        page.fill("#pt-params", '{"iterations": 30, "ways": 3, "shots": 1, "queries": 1}')
+        page.click("#pretrain-form button[type=submit]")
+        page.wait_for_selector("#pretraining-jobs #progress-panel")
+        shot(page, "08-admin-pretraining")
+        status = page.wait_for_selector(
+            "#admin-models tr:has(td:has-text('tiny-base')) .badge:is(.ready, .failed, .cancelled)",
+            timeout=90_000)
+        assert status.inner_text() == "ready", page.inner_text("#pretraining-jobs")
+        shot(page, "09-admin")
+
+        # The API docs render offline.
+        page.goto(server.url + "/docs")
+        page.wait_for_function("() => document.querySelectorAll('.opblock').length >= 24")
+        shot(page, "10-docs")
+        page.goto(server.url + "/redoc")
+        page.wait_for_selector("h2:has-text('Follow a job live')")
+        shot(page, "11-redoc")
+
+        # Signing out forgets the key.
+        page.goto(server.url + "/")
+        page.click("#sign-out")
+        page.wait_for_selector("#sign-in-form")
+        assert page.evaluate("sessionStorage.getItem('mtl.apiKey')") is None
+        browser.close()
+
+    assert not errors, errors
+    assert not blocked, f"requests outside this machine: {blocked}"
+    assert not [u for u in requests if admin_key in u], "the API key appeared in a URL"
