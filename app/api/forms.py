@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import no_nul
 
@@ -20,12 +21,13 @@ async def read_form(
         raise HTTPException(415, "send multipart/form-data")
     try:
         form = await request.form(max_files=max_files + 1, max_fields=max_files + 100)
-    except HTTPException as exc:
+    except StarletteHTTPException as exc:  # Starlette's parser answers 400 for everything
         if "Too many files" in str(exc.detail):
             raise HTTPException(
                 413, f"too many files; the limit is {max_files} ({setting})"
             ) from None
-        raise
+        # A body that is not valid multipart is malformed input, a 422 like malformed JSON.
+        raise HTTPException(422, f"malformed multipart body: {exc.detail}") from None
     uploads = [v for v in form.multi_items() if isinstance(v[1], UploadFile)]
     if len(uploads) > max_files:
         raise HTTPException(413, f"too many files; the limit is {max_files} ({setting})")

@@ -25,5 +25,8 @@ WHY = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for FastAPI: each status with the error body and why it happens."""
-    return {code: {"model": ErrorResponse, "description": WHY[code]} for code in codes}
+    """`responses=` for FastAPI: each status with the error body and why it happens. The body
+    is declared as JSON explicitly (not `model=`, which FastAPI would document in the route's
+    own media type, e.g. text/event-stream for a stream's errors)."""
+    content = {"application/json": {"schema": ErrorResponse.model_json_schema()}}
+    return {code: {"description": WHY[code], "content": content} for code in codes}

@@ -230,9 +230,14 @@ def test_bad_uploads(client: Any, settings: Settings, user: dict) -> None:
     big = [("files", (f"{i}.bin", b"\0" * 1_000_000, "image/png")) for i in range(5)]
     assert_error(client.post("/v1/datasets", headers=user, files=big,
                              data={"name": "x", "labels": ["a"] * 5}), 413, "MTL_MAX_UPLOAD_BYTES")
-    many = [("files", (f"{i}.png", b"x", "image/png")) for i in range(61)]
-    assert_error(client.post("/v1/datasets", headers=user, files=many,
-                             data={"name": "x", "labels": ["a"] * 61}), 413, "MTL_MAX_FILES")
+    for count in (61, 70):  # one over the limit, and far over (refused by the parser itself)
+        many = [("files", (f"{i}.png", b"x", "image/png")) for i in range(count)]
+        assert_error(client.post("/v1/datasets", headers=user, files=many,
+                                 data={"name": "x", "labels": ["a"] * count}), 413,
+                     "MTL_MAX_FILES")
+    broken = client.post("/v1/datasets", headers={
+        **user, "Content-Type": "multipart/form-data; boundary=b"}, content=b"--b\r\n113444--b--\r\n")
+    assert_error(broken, 422, "malformed multipart")
     assert stored(settings) == (0, 0, 0)
 
 
