@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.responses import errors
+from app.api.responses import WHY
 from app.api.routes.jobs import FINISHED, get_visible, to_public
 from app.db import session_scope
 from app.deps import BearerCredentials, SettingsDep, get_current_key
@@ -17,7 +18,25 @@ from app.schemas import JobPublic
 from app.settings import Settings
 from app.tables import Job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# The route's own media type is text/event-stream; its errors are JSON like every other error,
+# so they are declared with their content type rather than with `app.api.responses.errors`.
+_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": WHY[code],
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"detail": {"type": "string"}},
+                    "required": ["detail"],
+                }
+            }
+        },
+    }
+    for code in (401, 404, 422)
+}
 
 POLL_S = 0.5  # the worker writes progress at most every 0.5 s
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
@@ -79,7 +98,7 @@ async def job_events(
             "/v1/jobs/{job_id} answers it) in its `data` line",
             "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _EXAMPLE}},
         },
-        **errors(404),
+        **_JSON_ERRORS,
     },
 )
 async def stream_job_events(

@@ -566,7 +566,12 @@ async function classifierDetail(box, clf) {
     const job = await api(`/v1/jobs/${clf.job_id}`);
     box.append(progressPanel(job, {
       onFinished: () => route(),
-      onUpdate: (j) => statusBadge.replaceChildren(badge(CLASSIFIER_STATUS[j.status] || j.status)),
+      onUpdate: (j) => {
+        const status = CLASSIFIER_STATUS[j.status] || j.status;
+        statusBadge.replaceChildren(badge(status));
+        const listed = document.querySelector("#classifier-list a.active .badge");
+        if (listed) listed.replaceWith(badge(status));
+      },
     }));
   }
   if (clf.status === "ready") {
