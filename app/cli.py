@@ -295,7 +295,14 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        uvicorn.run(create_app(settings, embedded_worker=worker), host=args.host, port=args.port)
+        # A console following a job holds an event stream open: without a limit, shutting
+        # down would wait for every browser to go away.
+        uvicorn.run(
+            create_app(settings, embedded_worker=worker),
+            host=args.host,
+            port=args.port,
+            timeout_graceful_shutdown=5,
+        )
     except SystemExit:
         pass
     finally:
