@@ -26,13 +26,12 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.adaptation import evaluate
 from models.checkpoint import load_base_model
 from models.config import AdaptConfig, PretrainConfig
-from models.data import ImageSet, data_root, load_dataset
+from models.data import ImageSet, data_root, hold_out_groups, load_dataset
 from models.errors import ConfigError
 from models.training import pretrain
 
@@ -47,11 +46,7 @@ DEFAULT_ADAPT = [
 def omniglot_split(val_alphabets: int, seed: int) -> tuple[ImageSet, ImageSet]:
     """(base, validation) from the background alphabets: `val_alphabets` whole alphabets held out."""
     data = load_dataset(data_root() / "omniglot" / "images_background.npz", image_size=28, channels=1)
-    alphabets = sorted({n.split("/")[0] for n in data.class_names})
-    held = set(np.random.default_rng(seed).choice(alphabets, size=val_alphabets, replace=False).tolist())
-    val = [i for i, n in enumerate(data.class_names) if n.split("/")[0] in held]
-    base = [i for i, n in enumerate(data.class_names) if n.split("/")[0] not in held]
-    return data.subset(base), data.subset(val)
+    return hold_out_groups(data, val_alphabets, seed)
 
 
 def mini_split(val_classes: int = 16, seed: int = 0) -> tuple[ImageSet, ImageSet]:
@@ -61,12 +56,7 @@ def mini_split(val_classes: int = 16, seed: int = 0) -> tuple[ImageSet, ImageSet
     if not 2 <= val_classes <= data.num_classes - 2:
         raise ConfigError(f"--val-classes must be between 2 and {data.num_classes - 2} "
                           f"(the train split has {data.num_classes} classes), got {val_classes}")
-    # Choose among sorted names, so the split does not depend on folder listing order.
-    names = sorted(data.class_names)
-    held = set(np.random.default_rng(seed).choice(names, size=val_classes, replace=False).tolist())
-    val = [i for i, n in enumerate(data.class_names) if n in held]
-    base = [i for i, n in enumerate(data.class_names) if n not in held]
-    return data.subset(base), data.subset(val)
+    return hold_out_groups(data, val_classes, seed)
 
 
 def main() -> None:

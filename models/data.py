@@ -88,6 +88,30 @@ class ImageSet:
         return h.hexdigest()
 
 
+def class_group(name: str) -> str:
+    """The group a class belongs to: its alphabet for Omniglot's `Alphabet/characterNN` names, else
+    the class itself. Validation classes are held out by group, so no alphabet straddles both sides."""
+    return name.split("/")[0]
+
+
+def hold_out_groups(data: ImageSet, count: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """(base, validation): a seeded choice of `count` class groups (alphabets, or classes) held out.
+
+    Groups are chosen among their sorted names, so the split depends only on the class names and
+    the seed, not on file order.
+    """
+    groups = sorted({class_group(n) for n in data.class_names})
+    if not 1 <= count <= len(groups) - 1 or data.num_classes - count < 2:
+        raise ConfigError(f"cannot hold out {count} of the {len(groups)} class groups "
+                          f"({', '.join(groups[:3])}, ...) and keep at least 2 base classes")
+    held = set(np.random.default_rng(seed).choice(groups, size=count, replace=False).tolist())
+    val = [i for i, n in enumerate(data.class_names) if class_group(n) in held]
+    base = [i for i, n in enumerate(data.class_names) if class_group(n) not in held]
+    if len(val) < 2:
+        raise ConfigError(f"{count} held-out group(s) hold {len(val)} class; validation needs at least 2")
+    return data.subset(base), data.subset(val)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) to float in [0, 1], on the same device."""
     return images.float().div_(255.0)
