@@ -367,7 +367,9 @@ def pretrain(
         if (iteration + 1) % max(1, config.iterations // 50) == 0:
             history.append({"iteration": iteration + 1, "passes": (iteration + 1) * passes,
                             "loss": round(loss_ema, 5), "seconds": round(seconds, 2)})
-        if validate_every and (iteration + 1) % validate_every == 0:
+        # A periodic point within half an interval of the end would duplicate the final one.
+        if (validate_every and (iteration + 1) % validate_every == 0
+                and config.iterations - (iteration + 1) >= validate_every // 2):
             run_validation(iteration + 1, seconds)
         if progress is not None:
             progress(Progress(iteration + 1, config.iterations, loss_ema, seconds))
