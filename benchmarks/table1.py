@@ -154,7 +154,7 @@ SUPERVISED: dict[str, Any] = {"transfer_batch": 64, "momentum": 0.9, "weight_dec
 FAIR_METHODS: dict[str, dict[str, Any]] = {
     "transfer": SUPERVISED,
     "protonet": {"meta_batch": 1, "protonet_lr": 0.003},
-    "mtl-protonet": {**SUPERVISED, "meta_batch": 1, "protonet_lr": 0.001, "beta": 0.5},
+    "mtl-protonet": {**SUPERVISED, "meta_batch": 1, "protonet_lr": 0.001, "beta": 0.75},
     "reptile": {"meta_batch": 1, "outer_lr": 1.0},
     "mtl-reptile": {**SUPERVISED, "meta_batch": 1, "outer_lr": 1.0, "beta": 0.5},
     "maml": {"meta_batch": 4, "outer_lr": 0.1, "inner_steps": 1},
