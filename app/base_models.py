@@ -1,4 +1,5 @@
-"""Where base-model checkpoints live, and registering the built-in ones at start-up."""
+"""Where base-model checkpoints live, registering the built-in ones at start-up, and finding the
+base model a request may train a classifier from."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.errors import ServiceError
+from app.jobs import ArtifactStatus
 from app.settings import Settings
-from app.tables import BaseModel
+from app.tables import ApiKeyRecord, BaseModelRecord
 
 BUILTIN_PREFIX = "builtin/"
 PREFERRED_DEFAULT = "natural"
@@ -42,30 +45,32 @@ def register_builtin_models(*, session: Session, root: Path) -> list[str]:
         sorted(p for p in root.glob("*") if (p / "model.json").exists()) if root.exists() else []
     )
     for folder in folders:
-        if session.get(BaseModel, folder.name) is not None:
+        if session.get(BaseModelRecord, folder.name) is not None:
             continue
         card = read_card(folder)
         session.add(
-            BaseModel(
+            BaseModelRecord(
                 id=folder.name,
                 name=folder.name,
                 tenant=None,
                 algorithm=str(card.get("algorithm")),
                 image_size=int(card["image_size"]),
                 channels=int(card["channels"]),
-                status="ready",
+                status=ArtifactStatus.READY,
                 storage=BUILTIN_PREFIX + folder.name,
                 metrics=card_metrics(card),
             )
         )
         added.append(folder.name)
     session.flush()
-    has_default = session.scalar(select(BaseModel.id).where(BaseModel.is_default.is_(True)))
+    has_default = session.scalar(
+        select(BaseModelRecord.id).where(BaseModelRecord.is_default.is_(True))
+    )
     if has_default is None:
         ready = session.scalars(
-            select(BaseModel.id)
-            .where(BaseModel.status == "ready")
-            .order_by(BaseModel.created_at, BaseModel.id)
+            select(BaseModelRecord.id)
+            .where(BaseModelRecord.status == ArtifactStatus.READY)
+            .order_by(BaseModelRecord.created_at, BaseModelRecord.id)
         ).all()
         if ready:
             choice = PREFERRED_DEFAULT if PREFERRED_DEFAULT in ready else ready[0]
@@ -74,4 +79,24 @@ def register_builtin_models(*, session: Session, root: Path) -> list[str]:
 
 
 def set_default(*, session: Session, base_model_id: str) -> None:
-    session.execute(update(BaseModel).values(is_default=BaseModel.id == base_model_id))
+    session.execute(update(BaseModelRecord).values(is_default=BaseModelRecord.id == base_model_id))
+
+
+def usable_base_model(
+    *, session: Session, settings: Settings, key: ApiKeyRecord, base_model_id: str | None
+) -> tuple[BaseModelRecord, dict[str, Any]]:
+    """The ready base model a caller asked for (the default one for None) and its card: 404 when
+    the caller cannot see it, 409 when it is not ready or there is no default."""
+    if base_model_id is None:
+        base = session.scalar(select(BaseModelRecord).where(BaseModelRecord.is_default.is_(True)))
+        if base is None:
+            raise ServiceError("there is no default base model; give 'base_model_id'", 409)
+    else:
+        base = session.get(BaseModelRecord, base_model_id)
+        if base is None or (
+            base.tenant is not None and base.tenant != key.tenant and key.scope != "admin"
+        ):
+            raise ServiceError(f"base model {base_model_id} not found", 404)
+    if base.status != ArtifactStatus.READY:
+        raise ServiceError(f"base model {base.id} is {base.status}, not ready", 409)
+    return base, read_card(base_model_dir(settings, base.storage))

@@ -1,4 +1,6 @@
-"""The Celery app, the same for the embedded service and distributed workers. No torch here."""
+"""The broker: the Celery app and the one map from a job's kind to its task. The API sends jobs by
+task name and never imports the worker; the worker builds its app here and adds the tasks. The
+same for the embedded service and distributed workers. No torch here."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from app.settings import Settings
 
 TRAIN_CLASSIFIER = "mtl.train_classifier"
 PRETRAIN_BASE_MODEL = "mtl.pretrain_base_model"
-QUEUES = {"training": TRAIN_CLASSIFIER, "pretraining": PRETRAIN_BASE_MODEL}
-QUEUE_OF = {task: queue for queue, task in QUEUES.items()}
+# A job's kind is also its queue's name: a worker started with `--queues pretraining` takes
+# only pretraining jobs.
+TASK_OF_KIND = {"training": TRAIN_CLASSIFIER, "pretraining": PRETRAIN_BASE_MODEL}
+QUEUE_OF = {task: queue for queue, task in TASK_OF_KIND.items()}
 
 
 def make_celery(settings: Settings) -> Celery:

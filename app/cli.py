@@ -315,43 +315,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_worker(sub: argparse._SubParsersAction) -> None:
+    # The worker is its own program (`python -m worker`, which owns its options); `mtl worker`
+    # hands this process over to it, so the API's code never imports the worker's.
     p = sub.add_parser(
-        "worker",
-        help="run a training worker (Celery, solo pool)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "worker", help="run a training worker (Celery, solo pool): python -m worker", add_help=False
     )
-    p.add_argument("--queues", default="training,pretraining", help="comma-separated queues")
-    p.add_argument("--loglevel", default="INFO")
-    # Set by `mtl serve` for its embedded worker: exit when that process is gone, and say when
-    # ready by writing this process's pid to a file.
-    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
-    p.set_defaults(handler=_worker)
+    p.set_defaults(handler=_worker, passes_on=True)
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import QUEUES
-    from worker.tasks import run_worker
-
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = [q for q in queues if q not in QUEUES]
-    if not queues or unknown:
-        raise UsageError(
-            f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(QUEUES)}"
-        )
-    if "MTL_DATA_DIR" not in os.environ:
-        # Without it a worker would quietly use ./var: another database and broker than the
-        # API's, so it would never see a job.
-        raise UsageError(
-            "set MTL_DATA_DIR (and MTL_DATABASE_URL and MTL_BROKER_URL in the distributed "
-            "setup) to the API's values; a worker with its own ./var would never see a job"
-        )
-    if args.parent_pid is not None:
-        from app.embedded import exit_with_parent
-
-        exit_with_parent(args.parent_pid)
-    run_worker(_service_settings(), queues, loglevel=args.loglevel, ready_file=args.ready_file)
-    return 0
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *args.passed_on])
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:
@@ -386,13 +359,25 @@ def _keys_create(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- main
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    # A thin entry: the benchmark's own options are parsed by `benchmarks.table1` (the same as
+    # `python -m benchmarks.table1`), imported only when this command runs.
     p = sub.add_parser("bench", help="benchmarks whose reports are committed under benchmarks/results")
     bench = p.add_subparsers(dest="bench", required=True)
-    table1 = bench.add_parser("table1", help="the paper's Table 1 on unseen classes, all methods")
-    from benchmarks import table1 as table1_module
+    table1 = bench.add_parser(
+        "table1", help="the paper's Table 1 on unseen classes, all methods", add_help=False
+    )
+    table1.set_defaults(handler=_bench_table1, passes_on=True)
 
-    table1_module.add_arguments(table1)
-    table1.set_defaults(handler=table1_module.main)
+
+def _bench_table1(args: argparse.Namespace) -> int:
+    from benchmarks import table1
+
+    parser = argparse.ArgumentParser(prog="mtl bench table1", description=table1.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    table1.add_arguments(parser)
+    bench_args = parser.parse_args(args.passed_on)
+    bench_args.argv = args.argv
+    return int(table1.main(bench_args))
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -416,7 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `mtl worker` and `mtl bench table1` pass their options on to the program they start.
+    args, passed_on = parser.parse_known_args(argv)
+    if passed_on and not getattr(args, "passes_on", False):
+        parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
+    args.passed_on = passed_on
     args.argv = argv  # recorded in checkpoint cards as the exact command
     from models.errors import MTLError
 

@@ -8,25 +8,45 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.errors import InvalidInput
+from app.pagination import decode_cursor, encode_cursor
 from app.schemas import DatasetImagePage, DatasetImagePublic
-from app.tables import DatasetImage
+from app.tables import DatasetImageRecord
 
 MAX_THUMBNAIL = 256
 
 
 def list_images(
-    *, session: Session, dataset_id: str, label: str | None, offset: int, limit: int
+    *,
+    session: Session,
+    dataset_id: str,
+    label: str | None,
+    offset: int,
+    limit: int,
+    cursor: str | None = None,
 ) -> DatasetImagePage:
-    where = [DatasetImage.dataset_id == dataset_id]
+    """One page of a dataset's images in upload order: after `cursor` when given, else from
+    `offset`; `count` is every matching image."""
+    where = [DatasetImageRecord.dataset_id == dataset_id]
     if label is not None:
-        where.append(DatasetImage.label == label)
-    count = session.scalar(select(func.count()).select_from(DatasetImage).where(*where)) or 0
-    rows = session.scalars(
-        select(DatasetImage).where(*where).order_by(DatasetImage.id).offset(offset).limit(limit)
-    ).all()
+        where.append(DatasetImageRecord.label == label)
+    count = session.scalar(select(func.count()).select_from(DatasetImageRecord).where(*where)) or 0
+    query = select(DatasetImageRecord).where(*where).order_by(DatasetImageRecord.id)
+    if cursor is not None:
+        (last_id,) = decode_cursor(cursor, 1)
+        if not isinstance(last_id, int):
+            raise InvalidInput(f"cursor {cursor!r} is not a cursor from this API")
+        query = query.where(DatasetImageRecord.id > last_id)
+    else:
+        query = query.offset(offset)
+    rows = session.scalars(query.limit(limit + 1)).all()
+    next_cursor = encode_cursor([rows[limit - 1].id]) if len(rows) > limit else None
     return DatasetImagePage(
-        data=[DatasetImagePublic(id=r.id, filename=r.filename, label=r.label) for r in rows],
+        data=[
+            DatasetImagePublic(id=r.id, filename=r.filename, label=r.label) for r in rows[:limit]
+        ],
         count=count,
+        next_cursor=next_cursor,
     )
 
 

@@ -13,7 +13,7 @@ from app.db import session_factory
 from app.predict import PredictService
 from app.security import find_key
 from app.settings import Settings
-from app.tables import ApiKey
+from app.tables import ApiKeyRecord
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -40,7 +40,7 @@ _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: 
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_current_key(session: SessionDep, credentials: BearerCredentials) -> ApiKey:
+def get_current_key(session: SessionDep, credentials: BearerCredentials) -> ApiKeyRecord:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(
             401,
@@ -53,16 +53,16 @@ def get_current_key(session: SessionDep, credentials: BearerCredentials) -> ApiK
     return key
 
 
-CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+CurrentKey = Annotated[ApiKeyRecord, Depends(get_current_key)]
 
 
-def get_admin_key(key: CurrentKey) -> ApiKey:
+def get_admin_key(key: CurrentKey) -> ApiKeyRecord:
     if key.scope != "admin":
         raise HTTPException(403, "this route needs an admin key")
     return key
 
 
-AdminKey = Annotated[ApiKey, Depends(get_admin_key)]
+AdminKey = Annotated[ApiKeyRecord, Depends(get_admin_key)]
 
 
 def get_predict_service(request: Request) -> PredictService:
@@ -76,7 +76,9 @@ PredictServiceDep = Annotated[PredictService, Depends(get_predict_service)]
 T = TypeVar("T")
 
 
-def get_tenant_row(session: Session, key: ApiKey, model: type[T], row_id: str, noun: str) -> T:
+def get_tenant_row(
+    session: Session, key: ApiKeyRecord, model: type[T], row_id: str, noun: str
+) -> T:
     """The tenant's row of `model` with this id; another tenant's row is answered like a missing one."""
     row = session.get(model, row_id)
     if row is None or getattr(row, "tenant", None) != key.tenant:

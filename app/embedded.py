@@ -4,7 +4,7 @@
   balancer or an operator sees it; the supervisor restarts it after a short pause.
 - A worker that keeps dying (more than `max_restarts` times in `window_s`) is given up on, and
   `mtl serve` exits non-zero instead of serving an API whose jobs would never run.
-- The worker watches its parent (`mtl worker --parent-pid`) and exits when `mtl serve` is gone,
+- The worker watches its parent (`python -m worker --parent-pid`) and exits when `mtl serve` is gone,
   however it went (SIGKILL included), so a restart never finds an orphan worker beside the new one.
 """
 
@@ -58,7 +58,7 @@ class EmbeddedWorker:
     def _spawn(self) -> subprocess.Popen[bytes]:
         # The worker must use this API's data directory whatever its own current directory.
         env = {**os.environ, "MTL_DATA_DIR": str(self.settings.resolved_data_dir)}
-        args = [sys.executable, "-m", "app.cli", "worker", "--parent-pid", str(os.getpid()),
+        args = [sys.executable, "-m", "worker", "--parent-pid", str(os.getpid()),
                 "--ready-file", str(self.ready_file)]
         return subprocess.Popen(args, env=env)
 

@@ -18,9 +18,10 @@ from app.api.docs import install_docs
 from app.api.main import api_router
 from app.console import install_console
 from app.embedded import EmbeddedWorker
-from app.errors import ServiceError
+from app.errors import ServiceError, http_status
 from app.predict import PredictService
 from app.settings import Settings, get_settings
+from models.errors import MTLError
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,11 @@ def create_app(
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(ServiceError)
-    async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    @app.exception_handler(MTLError)
+    async def _refused(_: Request, exc: Exception) -> JSONResponse:
+        # The one place a caller's mistake becomes a 4xx, the service's and the ML core's alike.
+        assert isinstance(exc, ServiceError | MTLError)
+        return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:

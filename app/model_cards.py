@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.jobs import ArtifactStatus
 from app.schemas import BaseModelCard, CardAccuracy
-from app.tables import BaseModel
+from app.tables import BaseModelRecord
 
 # The built-in models' cards record how they were trained, not who they are for; that is said here.
 BUILTIN_SUITS = {
@@ -16,7 +17,7 @@ BUILTIN_SUITS = {
 }
 
 
-def suits(row: BaseModel, card: dict[str, Any]) -> str:
+def suits(row: BaseModelRecord, card: dict[str, Any]) -> str:
     if card.get("description"):
         return str(card["description"])
     if row.storage.startswith("builtin/") and row.id in BUILTIN_SUITS:
@@ -30,7 +31,9 @@ def pretrained_on(card: dict[str, Any]) -> str | None:
     if not data:
         return None
     source = str(data.get("source", "")).split("/shared/data/")[-1]
-    return f"{data.get('num_classes', '?')} classes, {data.get('num_images', '?')} images ({source})"
+    return (
+        f"{data.get('num_classes', '?')} classes, {data.get('num_images', '?')} images ({source})"
+    )
 
 
 def accuracies(metrics: dict[str, Any]) -> list[CardAccuracy]:
@@ -54,7 +57,7 @@ def accuracies(metrics: dict[str, Any]) -> list[CardAccuracy]:
     return sorted(out, key=lambda a: (a.ways, a.shots))
 
 
-def base_model_card(row: BaseModel, card: dict[str, Any]) -> BaseModelCard:
+def base_model_card(row: BaseModelRecord, card: dict[str, Any]) -> BaseModelCard:
     """`card` is the model.json (empty while the model is still being pretrained)."""
     training = card.get("training") or {}
     seconds = training.get("seconds") if isinstance(training, dict) else None
@@ -65,7 +68,7 @@ def base_model_card(row: BaseModel, card: dict[str, Any]) -> BaseModelCard:
         image_size=row.image_size,
         channels=row.channels,
         is_default=row.is_default,
-        status=row.status,
+        status=ArtifactStatus(row.status),
         suits=suits(row, card),
         pretrained_on=pretrained_on(card),
         training_seconds=None if seconds is None else float(seconds),

@@ -1,4 +1,5 @@
-"""Bounds on every pretraining parameter the API accepts, checked before a job is created.
+"""Job parameters: bounds on every pretraining parameter the API accepts, checked before a job is
+created, and a classifier's stored adaptation parameters turned into `AdaptConfig`.
 
 `models.config.PretrainConfig` is the ML core's own description of a run and grows new fields;
 the service bounds each of them here, by name, so that nothing reaches a worker unbounded:
@@ -17,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from app.errors import InvalidInput
+from models.config import AdaptConfig  # torch-free
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,6 @@ def pretrain_config(
     """The `PretrainConfig` of a request, every parameter within its bounds and the run within
     the memory cap and the dataset's shape; else InvalidInput naming the parameter."""
     from models.config import ALGORITHMS, PretrainConfig
-    from models.errors import ConfigError
 
     if algorithm not in ALGORITHMS:
         raise InvalidInput(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
@@ -144,10 +145,7 @@ def pretrain_config(
         problem = bounds[name].problem(value)
         if problem is not None:
             raise InvalidInput(f"params.{name} {problem}")
-    try:
-        config = PretrainConfig(**{**params, "algorithm": algorithm})
-    except ConfigError as exc:
-        raise InvalidInput(str(exc)) from None
+    config = PretrainConfig(**{**params, "algorithm": algorithm})  # ConfigError: 422
     if not config.replacement and config.ways > len(class_counts):
         raise InvalidInput(
             f"{config.ways}-way episodes need {config.ways} classes; the "
@@ -168,3 +166,28 @@ def pretrain_config(
             "or params.transfer_batch"
         )
     return config
+
+
+# ----------------------------------------------------------------------------- adaptation
+
+# API parameter name -> `AdaptConfig` field, for every adaptation setting: the API says
+# `learning_rate` where the model code says `lr`.
+ADAPT_FIELDS = {
+    ("learning_rate" if f.name == "lr" else f.name): f.name for f in fields(AdaptConfig)
+}
+# Stored by jobs queued before these settings existed; their behaviour then, not today's default.
+_LEGACY_ADAPT_PARAMS: dict[str, Any] = {"min_epochs": 0.0, "bn_stats": "frozen"}
+
+
+def classifier_defaults() -> dict[str, Any]:
+    """Used when neither the request nor the base model's card says otherwise: the defaults of
+    `models.config.AdaptConfig`, chosen by measurement (see docs/service.md)."""
+    d = AdaptConfig()
+    return {api: getattr(d, name) for api, name in ADAPT_FIELDS.items()}
+
+
+def adapt_config(params: dict[str, Any]) -> AdaptConfig:
+    """The `AdaptConfig` of a classifier's resolved parameters (as stored with its job)."""
+    values = {**_LEGACY_ADAPT_PARAMS, **{k: v for k, v in params.items() if v is not None}}
+    # A setting added to the ML core after the job was stored takes its default.
+    return AdaptConfig(**{name: values[api] for api, name in ADAPT_FIELDS.items() if api in values})

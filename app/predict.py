@@ -1,8 +1,11 @@
-"""Predicting in the API process: a bounded LRU cache of loaded classifiers, run off the event loop,
-with concurrent requests to one classifier micro-batched into one forward pass.
+"""Predicting in the API process, off the event loop, with concurrent requests to one classifier
+micro-batched into one forward pass. Like a TorchServe handler, a request goes through three
+steps: `preprocess` (check and decode its images), `inference` (one forward pass over a batch),
+`postprocess` (top-k labels per image); the batcher between them is the rest of this class.
+Loaded classifiers come from `app.classifier_cache`.
 
-Each request decodes its own images in one of a few decoding threads (never on the event loop); the decoded images then join the
-classifier's pending batch, which is run after at most `max_wait_s` (or at once when it reaches
+Each request decodes its own images in one of a few decoding threads (never on the event
+loop); the decoded images then join the classifier's pending batch, which is run after at most `max_wait_s` (or at once when it reaches
 `max_batch` images) as one forward pass in a thread, and every request gets its own rows back.
 The wait is only worth it when another request could still join: a batch also runs at once when
 no other request to its classifier is decoding and none of its forward passes is running, so a
@@ -13,8 +16,6 @@ what it was batched with.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from app.classifier_cache import ClassifierCache
 from app.uploads import check_image
 
 Ranked = list[tuple[str, float]]
@@ -36,6 +38,8 @@ class _Pending:
 
 
 class PredictService:
+    """Top-k predictions for a classifier's images, micro-batched per classifier."""
+
     def __init__(
         self,
         *,
@@ -46,7 +50,7 @@ class PredictService:
         max_pixels: int = 40_000_000,
         decode_threads: int = 2,
     ) -> None:
-        self.cache_size = cache_size
+        self.cache = ClassifierCache(size=cache_size, device=device)
         self.max_pixels = max_pixels
         # Decoding is the expensive, memory-hungry step (a 6000x6000 PNG of 120 KB is 100 MB
         # and half a second decoded): it runs in these few threads, never on the event loop, and
@@ -56,8 +60,6 @@ class PredictService:
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
         self.forward_passes = 0
-        self._cache: OrderedDict[str, tuple[float, Any, dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         # Per classifier, touched only on the event loop: requests still decoding (they may join
         # the pending batch) and forward passes running (the next batch grows meanwhile).
@@ -65,36 +67,15 @@ class PredictService:
         self._running: dict[str, int] = {}
         self._tasks: set[asyncio.Future[None]] = set()
 
-    # ------------------------------------------------------------------ loaded classifiers
-
-    def _classifier(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]]:
-        from models.checkpoint import load_classifier
-
-        stamp = (directory / "model.json").stat().st_mtime
-        with self._lock:
-            hit = self._cache.get(classifier_id)
-            if hit is not None and hit[0] == stamp:
-                self._cache.move_to_end(classifier_id)
-                return hit[1], hit[2]
-        clf, card = load_classifier(directory, device=self.device)
-        with self._lock:
-            self._cache[classifier_id] = (stamp, clf, card)
-            self._cache.move_to_end(classifier_id)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return clf, card
-
     def evict(self, classifier_id: str) -> None:
-        with self._lock:
-            self._cache.pop(classifier_id, None)
+        self.cache.evict(classifier_id)
 
     def cached_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._cache)
+        return self.cache.ids()
 
     # ------------------------------------------------------------------ steps, in threads
 
-    def _decode(
+    def preprocess(
         self, classifier_id: str, directory: Path, images: list[bytes]
     ) -> tuple[Any, list[str | None], list[str]]:
         """uint8 (n, C, H, W) of the decodable images, the reason per image that is not, labels."""
@@ -104,7 +85,7 @@ class PredictService:
         from models.data import decode_image
         from models.errors import DatasetError
 
-        clf, card = self._classifier(classifier_id, directory)
+        clf, card = self.cache.get(classifier_id, directory)
         arrays: list[Any] = []
         errors: list[str | None] = []
         for data in images:
@@ -121,12 +102,13 @@ class PredictService:
         batch = torch.from_numpy(np.stack(arrays)) if arrays else None
         return batch, errors, list(clf.labels)
 
-    def _forward(self, classifier_id: str, directory: Path, batch: Any) -> Any:
+    def inference(self, classifier_id: str, directory: Path, batch: Any) -> Any:
+        """Class probabilities of a uint8 batch, one forward pass (in a thread)."""
         import torch
 
         from models.data import to_float
 
-        clf, _ = self._classifier(classifier_id, directory)
+        clf, _ = self.cache.get(classifier_id, directory)
         self.forward_passes += 1
         with torch.inference_mode():
             return clf.predict_proba(to_float(batch.to(self.device))).cpu()
@@ -166,7 +148,7 @@ class PredictService:
         self._running[classifier_id] = self._running.get(classifier_id, 0) + 1
         try:
             probs = await run_in_threadpool(
-                self._forward, classifier_id, pending.directory, torch.cat(batches)
+                self.inference, classifier_id, pending.directory, torch.cat(batches)
             )
         except Exception as exc:  # every waiting request gets the error
             for _, future in pending.requests:
@@ -204,18 +186,26 @@ class PredictService:
         self._decoding[classifier_id] = self._decoding.get(classifier_id, 0) + 1
         try:
             batch, errors, labels = await asyncio.get_running_loop().run_in_executor(
-                self._decoder, self._decode, classifier_id, directory, images
+                self._decoder, self.preprocess, classifier_id, directory, images
             )
         except BaseException:
             self._decoded(classifier_id, joining=False)
             raise
         self._decoded(classifier_id, joining=batch is not None)
-        out: list[Ranked | str] = []
         if batch is None:
             return [e or "" for e in errors]
         probs = await self._probabilities(classifier_id, directory, batch)
+        return self.postprocess(probs, errors, labels, top_k)
+
+    @staticmethod
+    def postprocess(
+        probs: Any, errors: list[str | None], labels: list[str], top_k: int
+    ) -> list[Ranked | str]:
+        """Per image, in request order: its top-k (label, probability), or why it did not
+        decode. `probs` has a row per decodable image."""
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         rows = iter(zip(values.tolist(), indices.tolist(), strict=True))
+        out: list[Ranked | str] = []
         for error in errors:
             if error is not None:
                 out.append(error)

@@ -1,16 +1,22 @@
-"""Request and response bodies of the v1 API, separate from the tables."""
+"""Request and response bodies of the v1 API, separate from the tables: the API never returns a
+record; `XPublic.from_record(record)` shapes what callers see."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from models.config import AdaptConfig  # torch-free
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from app.jobs import ArtifactStatus, JobKind, JobPhase, JobStatus, phase_of
+from app.params import ADAPT_FIELDS, classifier_defaults
+from app.tables import (
+    ApiKeyRecord,
+    BaseModelRecord,
+    ClassifierRecord,
+    DatasetRecord,
+    JobRecord,
+)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -53,26 +59,18 @@ class DatasetPublic(BaseModel):
     rejected: list[RejectedFile]
     created_at: datetime
 
-
-# API parameter name -> `AdaptConfig` field, for every adaptation setting: the API says
-# `learning_rate` where the model code says `lr`.
-ADAPT_FIELDS = {("learning_rate" if f.name == "lr" else f.name): f.name for f in fields(AdaptConfig)}
-# Stored by jobs queued before these settings existed; their behaviour then, not today's default.
-_LEGACY_ADAPT_PARAMS: dict[str, Any] = {"min_epochs": 0.0, "bn_stats": "frozen"}
-
-
-def classifier_defaults() -> dict[str, Any]:
-    """Used when neither the request nor the base model's card says otherwise: the defaults of
-    `models.config.AdaptConfig`, chosen by measurement (see docs/service.md)."""
-    d = AdaptConfig()
-    return {api: getattr(d, name) for api, name in ADAPT_FIELDS.items()}
-
-
-def adapt_config(params: dict[str, Any]) -> AdaptConfig:
-    """The `AdaptConfig` of a classifier's resolved parameters (as stored with its job)."""
-    values = {**_LEGACY_ADAPT_PARAMS, **{k: v for k, v in params.items() if v is not None}}
-    # A setting added to the ML core after the job was stored takes its default.
-    return AdaptConfig(**{name: values[api] for api, name in ADAPT_FIELDS.items() if api in values})
+    @classmethod
+    def from_record(cls, ds: DatasetRecord) -> DatasetPublic:
+        return cls.model_validate(
+            {
+                "id": ds.id,
+                "name": ds.name,
+                "num_images": ds.num_images,
+                "classes": ds.classes,
+                "rejected": ds.rejected,
+                "created_at": as_utc(ds.created_at),
+            }
+        )
 
 
 class ClassifierParams(Strict):
@@ -124,7 +122,7 @@ class ClassifierCreate(Strict):
 
 class ClassifierCreated(BaseModel):
     id: str
-    status: str
+    status: ArtifactStatus
     job_id: str
 
 
@@ -144,7 +142,7 @@ class ClassifierMetrics(BaseModel):
 class ClassifierPublic(BaseModel):
     id: str
     name: str
-    status: str
+    status: ArtifactStatus
     labels: list[str]
     base_model_id: str
     dataset_id: str
@@ -152,6 +150,23 @@ class ClassifierPublic(BaseModel):
     params: dict[str, Any]
     metrics: ClassifierMetrics | None
     created_at: datetime
+
+    @classmethod
+    def from_record(cls, clf: ClassifierRecord) -> ClassifierPublic:
+        return cls.model_validate(
+            {
+                "id": clf.id,
+                "name": clf.name,
+                "status": clf.status,
+                "labels": clf.labels,
+                "base_model_id": clf.base_model_id,
+                "dataset_id": clf.dataset_id,
+                "job_id": clf.job_id,
+                "params": clf.params,
+                "metrics": clf.metrics,
+                "created_at": as_utc(clf.created_at),
+            }
+        )
 
 
 class JobProgress(BaseModel):
@@ -162,14 +177,9 @@ class JobProgress(BaseModel):
     eta_seconds: float | None
 
 
-JobPhase = Literal[
-    "queued", "preparing", "holdout_pass", "final_pass", "pretraining", "saving"
-]
-
-
 class JobPublic(BaseModel):
     id: str
-    kind: Literal["training", "pretraining"]
+    kind: JobKind
     status: JobStatus
     phase: JobPhase | None = Field(
         description="what the job is doing: queued; preparing (loading the base model and "
@@ -186,6 +196,33 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
+
+    @classmethod
+    def from_record(cls, job: JobRecord) -> JobPublic:
+        total = job.total_steps
+        return cls.model_validate(
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "status": job.status,
+                "phase": phase_of(job),
+                "progress": {
+                    "step": job.step,
+                    "total_steps": total,
+                    "fraction": round(min(1.0, job.step / total), 4) if total else 0.0,
+                    "loss": job.loss,
+                    "eta_seconds": job.eta_seconds if job.status == JobStatus.RUNNING else None,
+                },
+                "metrics": job.metrics,
+                "error": job.error,
+                "classifier_id": job.classifier_id,
+                "base_model_id": job.base_model_id,
+                "created_at": as_utc(job.created_at),
+                "started_at": as_utc(job.started_at),
+                "finished_at": as_utc(job.finished_at),
+                "attempts": job.attempts,
+            }
+        )
 
 
 class Prediction(BaseModel):
@@ -210,8 +247,23 @@ class BaseModelPublic(BaseModel):
     image_size: int
     channels: int
     is_default: bool
-    status: str
+    status: ArtifactStatus
     metrics: dict[str, Any]
+
+    @classmethod
+    def from_record(cls, row: BaseModelRecord) -> BaseModelPublic:
+        return cls.model_validate(
+            {
+                "id": row.id,
+                "name": row.name,
+                "algorithm": row.algorithm,
+                "image_size": row.image_size,
+                "channels": row.channels,
+                "is_default": row.is_default,
+                "status": row.status,
+                "metrics": row.metrics or {},
+            }
+        )
 
 
 class PretrainingJobCreate(Strict):
@@ -258,6 +310,9 @@ class DatasetImagePublic(BaseModel):
 class DatasetImagePage(BaseModel):
     data: list[DatasetImagePublic]
     count: int = Field(description="images matching the query, across all pages")
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class CardAccuracy(BaseModel):
@@ -277,7 +332,7 @@ class BaseModelCard(BaseModel):
     image_size: int
     channels: int
     is_default: bool
-    status: str
+    status: ArtifactStatus
     suits: str = Field(description="what kind of images this base model is meant for")
     pretrained_on: str | None = Field(description="the data it was pretrained on")
     training_seconds: float | None
@@ -294,3 +349,10 @@ class ApiKeyPublic(BaseModel):
     tenant: str
     scope: str
     created_at: datetime
+
+    @classmethod
+    def from_record(cls, row: ApiKeyRecord) -> ApiKeyPublic:
+        return cls.model_validate(
+            {"prefix": row.prefix, "tenant": row.tenant, "scope": row.scope,
+             "created_at": as_utc(row.created_at)}
+        )

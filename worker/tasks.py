@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that hand a job id to `worker.jobs`. Torch is first imported inside
+"""Celery tasks: thin wrappers that hand a job id to `worker.run.run_job`. Torch is first imported inside
 a task, in the worker's own process (solo pool: no fork after CUDA)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import worker_ready
 
+from app.broker import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
 from app.settings import Settings
-from worker.celery_app import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(name=TRAIN_CLASSIFIER, acks_late=True, ignore_result=True)
     def train_classifier(job_id: str) -> str:
-        from worker.jobs import run_job
+        from worker.run import run_job
 
         return run_job(settings, job_id)
 
     @app.task(name=PRETRAIN_BASE_MODEL, acks_late=True, ignore_result=True)
     def pretrain_base_model(job_id: str) -> str:
-        from worker.jobs import run_job
+        from worker.run import run_job
 
         return run_job(settings, job_id)
 
@@ -40,7 +40,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
 def recovery_loop(settings: Settings, stop: threading.Event | None = None) -> None:
     """Every `recovery_interval_s`, re-queue jobs whose worker was lost."""
-    from worker.jobs import recover_orphans
+    from worker.recovery import recover_orphans
 
     stop = stop or threading.Event()
     while True:
@@ -67,7 +67,7 @@ def run_worker(
     from PIL import Image
     from sqlalchemy.engine import make_url
 
-    from worker.celery_app import make_celery
+    from app.broker import make_celery
 
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     settings.ensure_dirs()

@@ -89,6 +89,7 @@ EXAMPLES: dict[str, Any] = {
     "DatasetImagePage": {
         "data": [{"id": 101, "filename": "glyphs/alpha/01.png", "label": "alpha"}],
         "count": 13,
+        "next_cursor": "WzEwMV0",
     },
     "ClassifierCreate": {
         "name": "glyphs",
@@ -205,8 +206,15 @@ def _schema_name(schema: dict[str, Any]) -> tuple[str | None, bool]:
     return (ref.rsplit("/", 1)[-1] or None), False
 
 
+# A page's `next_cursor` (`app.pagination`): opaque to callers.
+CURSOR_EXAMPLE = "WyIyMDI1LTAxLTEwVDEwOjA1OjAwKzAwOjAwIiwiOWMxZSJd"
+
+
 def _example_for(schema: dict[str, Any]) -> Any:
     name, many = _schema_name(schema)
+    if name is not None and name.startswith("Page_") and name[5:-1] in EXAMPLES:
+        # `Page[X]` of app.pagination: one item and the cursor of the next page.
+        return {"data": [EXAMPLES[name[5:-1]]], "next_cursor": CURSOR_EXAMPLE}
     if name not in EXAMPLES:
         return None
     return [EXAMPLES[name]] if many else EXAMPLES[name]

@@ -4,30 +4,21 @@ Under CI=true a missing PostgreSQL or Redis fails the run instead of skipping.""
 
 from __future__ import annotations
 
-import io
 import os
-import subprocess
-import sys
-import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from app.settings import Settings
+from tests.utils.images import data_root
+from tests.utils.processes import RedisServer, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_BUILTINS = REPO / "app" / "builtin_models"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("MTL_DATA_ROOT", REPO.parent / "shared" / "data"))
 
 
 @dataclass
@@ -102,11 +93,11 @@ def reset_postgres(backend: Backend) -> None:
     from sqlalchemy import delete
 
     from app.db import session_scope
-    from app.tables import ApiKey, BaseModel, Classifier, Dataset, Job
+    from app.tables import ApiKeyRecord, BaseModelRecord, ClassifierRecord, DatasetRecord, JobRecord
 
     assert backend.database_url and backend.broker_url
     with session_scope(backend.database_url) as session:
-        for table in (Dataset, Classifier, Job, BaseModel, ApiKey):  # images go by cascade
+        for table in (DatasetRecord, ClassifierRecord, JobRecord, BaseModelRecord, ApiKeyRecord):  # images go by cascade
             session.execute(delete(table))
     redis.Redis.from_url(backend.broker_url).flushdb()
 
@@ -174,90 +165,7 @@ def admin(settings: Settings, client: Any) -> dict[str, str]:
     return new_key(settings, "ops", admin=True)
 
 
-# ----------------------------------------------------------------------------- images
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def random_png(seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    return png(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def small_zip(classes: int = 3, per_class: int = 3) -> bytes:
-    return zip_bytes({f"set/class{c}/img{i}.png": random_png(c * 100 + i)
-                      for c in range(classes) for i in range(per_class)})
-
-
-_OMNIGLOT: dict[str, np.ndarray] = {}
-
-
-def omniglot_eval() -> np.ndarray:
-    """Omniglot evaluation images, bool (characters, 20, 105, 105), True = paper."""
-    if "eval" not in _OMNIGLOT:
-        with np.load(data_root() / "omniglot" / "images_evaluation.npz") as data:
-            _OMNIGLOT["eval"] = data["images"]
-    return _OMNIGLOT["eval"]
-
-
-def omniglot_png(character: int, drawing: int) -> bytes:
-    return png((omniglot_eval()[character, drawing] * 255).astype(np.uint8))
-
-
-def omniglot_zip(characters: list[int], drawings: range) -> bytes:
-    return zip_bytes({f"chars/ch{c}/{d}.png": omniglot_png(c, d)
-                      for c in characters for d in drawings})
-
-
 # ----------------------------------------------------------------------------- worker
-
-
-class WorkerProcess:
-    """`mtl worker` in a subprocess with the test's settings."""
-
-    def __init__(self, settings: Settings, log: Path, extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "MTL_DATA_DIR": str(settings.data_dir),
-               "MTL_BUILTIN_MODELS_DIR": str(settings.resolved_builtin_dir),
-               "MTL_WORKER_DEVICE": "cpu", "MTL_CHECKPOINT_EVERY_S": "1",
-               "MTL_JOB_STALE_AFTER_S": "3", "MTL_RECOVERY_INTERVAL_S": "1",
-               "OMP_NUM_THREADS": "2"}
-        for name, value in (("MTL_DATABASE_URL", settings.database_url),
-                            ("MTL_BROKER_URL", settings.broker_url)):
-            if value:
-                env[name] = value
-            else:
-                env.pop(name, None)
-        env.update(extra_env or {})
-        self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
-                                     cwd=REPO, stdout=self._fh, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._fh.close()
 
 
 @pytest.fixture
@@ -275,71 +183,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         w.stop()
 
 
-def wait_for_job(client: Any, headers: dict[str, str], job_id: str, *, timeout: float = 240,
-                 until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
-                 log: Path | None = None) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] in until:
-            return dict(job)
-        time.sleep(0.3)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"job {job_id} did not reach {until} in {timeout} s: {job}\n{tail}")
-
-
 # ----------------------------------------------------------------------------- a private Redis
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A `redis-server` of the test's own on a free port, without persistence (as a Redis without
-    AOF behaves after a crash): restarting it loses every queued message. Never the shared one."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # a crash: nothing is saved
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def llen(self, queue: str) -> int:
-        import redis
-
-        return int(redis.Redis.from_url(self.url).llen(queue))
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.settings import Settings
-from app.tables import Dataset, DatasetImage, Job
-from tests.service.conftest import new_key, random_png, small_zip, zip_bytes
+from app.tables import DatasetImageRecord, DatasetRecord, JobRecord
+from tests.service.conftest import new_key
+from tests.utils.images import random_png, small_zip, zip_bytes
 
 
 def upload_zip(client: Any, headers: dict[str, str], data: bytes, name: str = "set") -> Any:
@@ -26,8 +27,8 @@ def upload_zip(client: Any, headers: dict[str, str], data: bytes, name: str = "s
 def stored(settings: Settings) -> tuple[int, int, int]:
     """(datasets, dataset images, image files) now stored."""
     with session_scope(settings.resolved_database_url) as session:
-        datasets = session.scalar(select(func.count()).select_from(Dataset))
-        images = session.scalar(select(func.count()).select_from(DatasetImage))
+        datasets = session.scalar(select(func.count()).select_from(DatasetRecord))
+        images = session.scalar(select(func.count()).select_from(DatasetImageRecord))
     files = sum(1 for p in settings.images_dir.rglob("*") if p.is_file())
     return int(datasets or 0), int(images or 0), files
 
@@ -67,14 +68,14 @@ def test_auth_matrix(client: Any, settings: Settings, user: dict, admin: dict) -
         assert_error(client.get(path, headers=other), 404, "not found")
     assert_error(client.delete(f"/v1/datasets/{ds['id']}", headers=other), 404, "not found")
     assert_error(client.post(f"/v1/jobs/{clf['job_id']}/cancel", headers=other), 404, "not found")
-    assert client.get("/v1/datasets", headers=other).json() == []
+    assert client.get("/v1/datasets", headers=other).json()["data"] == []
 
     # Admin-made keys: shown once, usable, revocable.
     made = client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "acme"})
     assert made.status_code == 201
     body = made.json()
     headers = {"Authorization": f"Bearer {body['key']}"}
-    assert [d["id"] for d in client.get("/v1/datasets", headers=headers).json()] == [ds["id"]]
+    assert [d["id"] for d in client.get("/v1/datasets", headers=headers).json()["data"]] == [ds["id"]]
     assert client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin).status_code == 204
     assert_error(client.get("/v1/datasets", headers=headers), 401, "unknown")
     assert_error(client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin), 404,
@@ -137,7 +138,7 @@ def test_dataset_lifecycle(client: Any, settings: Settings, user: dict) -> None:
     assert r.json()["classes"] == [{"name": "a", "count": 2}, {"name": "b", "count": 2}]
     assert stored(settings) == (2, 9, 6)
 
-    listed = client.get("/v1/datasets", headers=user).json()
+    listed = client.get("/v1/datasets", headers=user).json()["data"]
     assert [d["id"] for d in listed] == [ds["id"], r.json()["id"]]
     assert client.get(f"/v1/datasets/{ds['id']}", headers=user).json()["num_images"] == 5
     assert client.delete(f"/v1/datasets/{ds['id']}", headers=user).status_code == 204
@@ -265,17 +266,21 @@ def test_classifier_and_job_lifecycle(client: Any, settings: Settings, user: dic
     assert created["status"] == "queued"
     clf = client.get(f"/v1/classifiers/{created['id']}", headers=user).json()
     assert clf["labels"] == ["class0", "class1", "class2"] and clf["metrics"] is None
-    assert clf["base_model_id"] == "handwriting" or clf["base_model_id"] == "natural"
+    # Left out, the base model is the default one: the natural-image model when installed.
+    has_natural = (settings.resolved_builtin_dir / "natural" / "model.json").exists()
+    default = [m["id"] for m in client.get("/v1/base-models", headers=user).json()["data"]
+               if m["is_default"]]
+    assert clf["base_model_id"] == default[0] == ("natural" if has_natural else "handwriting")
     assert clf["params"]["steps"] > 0
     job = client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()
     assert job["kind"] == "training" and job["status"] == "queued" and job["attempts"] == 0
     # A holdout pass, then the final pass on every image.
     assert job["progress"] == {"step": 0, "total_steps": 2 * clf["params"]["steps"], "fraction": 0.0,
                                "loss": None, "eta_seconds": None}
-    assert [j["id"] for j in client.get("/v1/jobs", headers=user).json()] == [job["id"]]
+    assert [j["id"] for j in client.get("/v1/jobs", headers=user).json()["data"]] == [job["id"]]
     # The job was committed, then sent to its queue.
     with session_scope(settings.resolved_database_url) as session:
-        assert session.get(Job, job["id"]).enqueued_at is not None  # type: ignore[union-attr]
+        assert session.get(JobRecord, job["id"]).enqueued_at is not None  # type: ignore[union-attr]
     assert queued_messages(settings, "training") == 1
 
     files = {"files": ("a.png", random_png(1), "image/png")}
@@ -335,7 +340,7 @@ def test_bad_classifier_requests(client: Any, user: dict) -> None:
 
 
 def test_base_models_and_default(client: Any, user: dict, admin: dict) -> None:
-    models = client.get("/v1/base-models", headers=user).json()
+    models = client.get("/v1/base-models", headers=user).json()["data"]
     assert models and sum(m["is_default"] for m in models) == 1
     names = {m["id"] for m in models}
     assert "handwriting" in names
@@ -346,7 +351,7 @@ def test_base_models_and_default(client: Any, user: dict, admin: dict) -> None:
 
     r = client.post("/v1/admin/base-models/handwriting/default", headers=admin)
     assert r.status_code == 200 and r.json()["is_default"]
-    assert [m["id"] for m in client.get("/v1/base-models", headers=user).json()
+    assert [m["id"] for m in client.get("/v1/base-models", headers=user).json()["data"]
             if m["is_default"]] == ["handwriting"]
     assert_error(client.post("/v1/admin/base-models/nope/default", headers=admin), 404,
                  "not found")
@@ -380,12 +385,12 @@ def test_pretraining_job_validation(client: Any, user: dict, admin: dict) -> Non
     job = client.get(f"/v1/jobs/{body['job_id']}", headers=admin).json()
     assert job["kind"] == "pretraining" and job["status"] == "queued"
     assert job["progress"]["total_steps"] == 5
-    new = next(m for m in client.get("/v1/base-models", headers=admin).json()
+    new = next(m for m in client.get("/v1/base-models", headers=admin).json()["data"]
                if m["id"] == body["base_model_id"])
     assert new["status"] == "training" and new["algorithm"] == "protonet"
     # Other tenants do not see an admin tenant's base model.
     assert body["base_model_id"] not in {m["id"] for m in
-                                         client.get("/v1/base-models", headers=user).json()}
+                                         client.get("/v1/base-models", headers=user).json()["data"]}
     assert_error(client.post(f"/v1/admin/base-models/{body['base_model_id']}/default",
                              headers=admin), 409, "not ready")
     new_model = {"name": "c", "base_model_id": body["base_model_id"]}
@@ -395,8 +400,8 @@ def test_pretraining_job_validation(client: Any, user: dict, admin: dict) -> Non
                     json={**new_model, "dataset_id": admin_dataset(client, admin)})
     assert_error(r, 409, "not ready")
     # Admin keys see every tenant's jobs; user keys only their own.
-    assert body["job_id"] in {j["id"] for j in client.get("/v1/jobs", headers=admin).json()}
-    assert body["job_id"] not in {j["id"] for j in client.get("/v1/jobs", headers=user).json()}
+    assert body["job_id"] in {j["id"] for j in client.get("/v1/jobs", headers=admin).json()["data"]}
+    assert body["job_id"] not in {j["id"] for j in client.get("/v1/jobs", headers=user).json()["data"]}
 
 
 def admin_dataset(client: Any, admin: dict[str, str]) -> str:
@@ -452,7 +457,7 @@ def test_predict_limits_name_their_setting(make_settings: Any) -> None:
     from sqlalchemy import update
 
     from app.main import create_app
-    from app.tables import Classifier
+    from app.tables import ClassifierRecord
 
     settings = make_settings(max_predict_files=3)
     with TestClient(create_app(settings)) as client:
@@ -461,7 +466,7 @@ def test_predict_limits_name_their_setting(make_settings: Any) -> None:
         clf = client.post("/v1/classifiers", headers=user,
                           json={"name": "c", "dataset_id": ds["id"]}).json()
         with session_scope(settings.resolved_database_url) as session:
-            session.execute(update(Classifier).where(Classifier.id == clf["id"])
+            session.execute(update(ClassifierRecord).where(ClassifierRecord.id == clf["id"])
                             .values(status="ready"))
         files = [("files", (f"{i}.png", b"x", "image/png")) for i in range(4)]
         r = client.post(f"/v1/classifiers/{clf['id']}/predict", headers=user, files=files)

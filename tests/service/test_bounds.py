@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from annotated_types import Ge, Gt, Le, Lt
 
-from app.params import PRETRAIN_BOUNDS, Choice, Flag, Range, pretrain_bounds
-from app.schemas import ADAPT_FIELDS, ClassifierParams
+from app.params import ADAPT_FIELDS, PRETRAIN_BOUNDS, Choice, Flag, Range, pretrain_bounds
+from app.schemas import ClassifierParams
 from app.settings import Settings
-from tests.service.conftest import random_png, small_zip
+from tests.utils.images import random_png, small_zip
 
 NAN, INF = float("nan"), float("inf")
 
@@ -88,7 +88,7 @@ def test_pretraining_parameters_out_of_bounds(client: Any, admin: dict) -> None:
             assert_422(r, name)
             checked += 1
     assert checked > 100
-    assert client.get("/v1/jobs", headers=admin).json() == []  # nothing was created
+    assert client.get("/v1/jobs", headers=admin).json()["data"] == []  # nothing was created
 
 
 def test_what_the_issue_measured_is_refused(client: Any, admin: dict) -> None:
@@ -132,7 +132,7 @@ def test_classifier_parameters_out_of_bounds(client: Any, user: dict) -> None:
             assert_422(r, name)
             checked += 1
     assert checked > 50
-    assert client.get("/v1/jobs", headers=user).json() == []
+    assert client.get("/v1/jobs", headers=user).json()["data"] == []
 
 
 def test_nul_bytes_anywhere_are_refused(client: Any, settings: Settings, user: dict,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import REPO, free_port
+from tests.service.conftest import REPO
+from tests.utils.processes import free_port
 
 
 def mtl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -78,7 +79,7 @@ def test_serve_embedded_starts_migrated_with_builtin_models(tmp_path: Path,
         key = mtl("keys", "create", "--tenant", "acme", env=env).stdout.strip()
         models = httpx.get(f"{url}/v1/base-models", headers={"Authorization": f"Bearer {key}"})
         assert models.status_code == 200
-        assert "handwriting" in {m["id"] for m in models.json()}
+        assert "handwriting" in {m["id"] for m in models.json()["data"]}
         assert (tmp_path / "data" / "mtl.sqlite3").exists()
     finally:
         proc.terminate()

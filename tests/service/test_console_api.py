@@ -14,7 +14,8 @@ from PIL import Image
 import app.schemas
 from app.api.docs import EXAMPLES
 from app.settings import Settings
-from tests.service.conftest import new_key, small_zip
+from tests.service.conftest import new_key
+from tests.utils.images import small_zip
 
 
 def _dataset(client: Any, headers: dict[str, str]) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def test_job_events_need_the_key_and_the_tenant(client: Any, settings: Settings,
 
 def test_worker_phases_are_shown_while_running_and_cleared_when_finished(
         client: Any, settings: Settings, user: dict[str, str]) -> None:
-    from worker.jobs import Reporter, claim_job
+    from worker.lifecycle import Reporter, claim_job
 
     ds = _dataset(client, user)
     job_id = client.post("/v1/classifiers", headers=user,
@@ -132,7 +133,7 @@ def test_base_model_card_says_what_it_suits_and_how_accurate_it_is(
 
 def test_admin_lists_keys_and_users_cannot(client: Any, admin: dict[str, str],
                                            user: dict[str, str]) -> None:
-    keys = client.get("/v1/admin/api-keys", headers=admin).json()
+    keys = client.get("/v1/admin/api-keys", headers=admin).json()["data"]
     assert {(k["tenant"], k["scope"]) for k in keys} >= {("ops", "admin"), ("acme", "user")}
     assert all(set(k) == {"prefix", "tenant", "scope", "created_at"} for k in keys)
     assert client.get("/v1/admin/api-keys", headers=user).status_code == 403

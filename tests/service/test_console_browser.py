@@ -23,14 +23,9 @@ from PIL import Image
 from playwright.sync_api import Page, sync_playwright  # a dev dependency: never skipped
 
 from app.settings import Settings
-from tests.service.conftest import (
-    IN_CI,
-    REPO,
-    REPO_BUILTINS,
-    free_port,
-    new_key,
-    omniglot_eval,
-)
+from tests.service.conftest import IN_CI, REPO, REPO_BUILTINS, new_key
+from tests.utils.images import omniglot_eval
+from tests.utils.processes import free_port
 
 ARTIFACTS = Path(os.environ.get("MTL_TEST_ARTIFACTS", REPO / "test-artifacts")) / "console"
 CHARACTERS = (0, 7, 14)  # three characters of the Omniglot evaluation alphabets

@@ -19,7 +19,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.settings import Settings
-from tests.service.conftest import new_key, small_zip
+from tests.service.conftest import new_key
+from tests.utils.images import small_zip
 
 EXAMPLES_PER_OPERATION = 25  # per operation and generation mode (positive, negative)
 DEADLINE_S = 150.0  # per setup: a run that takes longer fails

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from app.predict import PredictService
-from tests.service.conftest import new_key, random_png
+from tests.service.conftest import new_key
+from tests.utils.images import random_png
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_concurrent_requests_share_one_forward_pass(classifier_dir: Path) -> Non
 
     async def concurrently() -> tuple[PredictService, list]:
         service = PredictService(cache_size=2, max_wait_s=0.2)
-        service._classifier("c1", classifier_dir)  # loaded first, so all requests meet in time
+        service.cache.get("c1", classifier_dir)  # loaded first, so all requests meet in time
         results = await asyncio.gather(*(service.predict("c1", classifier_dir, r, 3)
                                          for r in requests))
         return service, results
@@ -86,12 +87,12 @@ def test_health_answers_while_predict_decodes_large_images(
 
     from app.db import session_scope
     from app.main import create_app
-    from app.tables import Classifier
+    from app.tables import ClassifierRecord
 
     settings = make_settings(max_image_pixels=40_000_000, max_upload_bytes=10_000_000)
     headers = new_key(settings, "acme")
     with session_scope(settings.resolved_database_url) as session:
-        clf = Classifier(tenant="acme", name="c", dataset_id="d", base_model_id="handwriting",
+        clf = ClassifierRecord(tenant="acme", name="c", dataset_id="d", base_model_id="handwriting",
                          status="ready", labels=["a", "b", "c"], params={})
         session.add(clf)
     shutil.copytree(classifier_dir, settings.classifiers_dir / clf.id)

@@ -15,8 +15,10 @@ from sqlalchemy import update
 from app.db import session_scope
 from app.main import create_app
 from app.settings import Settings
-from app.tables import BaseModel, Classifier, Job, utcnow
-from tests.service.conftest import Backend, RedisServer, new_key, small_zip, wait_for_job
+from app.tables import BaseModelRecord, ClassifierRecord, JobRecord, utcnow
+from tests.service.conftest import Backend, new_key
+from tests.utils.images import small_zip
+from tests.utils.processes import RedisServer, wait_for_job
 
 
 def upload(client: Any, headers: dict[str, str]) -> str:
@@ -39,13 +41,13 @@ def as_lost_worker(settings: Settings, job_id: str, **values: Any) -> None:
     """Make a job look as if its worker died while running it (no heartbeat for an hour)."""
     long_ago = utcnow() - timedelta(hours=1)
     with session_scope(settings.resolved_database_url) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(
+        session.execute(update(JobRecord).where(JobRecord.id == job_id).values(
             status="running", attempts=1, heartbeat_at=long_ago, started_at=long_ago, **values))
 
 
-def job_row(settings: Settings, job_id: str) -> Job:
+def job_row(settings: Settings, job_id: str) -> JobRecord:
     with session_scope(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
+        job = session.get(JobRecord, job_id)
         assert job is not None
         return job
 
@@ -75,7 +77,7 @@ def test_recovery_survives_a_broker_outage(make_settings: Any,
                                            private_redis: RedisServer) -> None:
     """A lost worker's job is re-queued while the broker is down: recovery does not stop, the
     job is not marked sent, and the next pass sends it once the broker is back."""
-    from worker.jobs import recover_orphans
+    from worker.recovery import recover_orphans
 
     settings = make_settings(broker_url=private_redis.url)
     with TestClient(create_app(settings)) as client:
@@ -88,7 +90,7 @@ def test_recovery_survives_a_broker_outage(make_settings: Any,
     job = job_row(settings, job_id)
     assert (job.status, job.enqueued_at) == ("queued", None)
     with session_scope(settings.resolved_database_url) as session:  # as if 30 s had passed
-        session.execute(update(Job).where(Job.id == job_id)
+        session.execute(update(JobRecord).where(JobRecord.id == job_id)
                         .values(created_at=utcnow() - timedelta(minutes=5)))
     private_redis.start()
     assert recover_orphans(settings) == [job_id]
@@ -98,14 +100,14 @@ def test_recovery_survives_a_broker_outage(make_settings: Any,
 
 def test_a_queued_message_not_taken_in_time_is_sent_again(client: Any,
                                                           make_settings: Any) -> None:
-    from worker.jobs import recover_orphans
+    from worker.recovery import recover_orphans
 
     settings = make_settings()
     user = new_key(settings, "acme")
     job_id = new_classifier(client, user, upload(client, user))["job_id"]
     assert recover_orphans(settings) == []  # sent just now: nothing to do
     with session_scope(settings.resolved_database_url) as session:
-        session.execute(update(Job).where(Job.id == job_id)
+        session.execute(update(JobRecord).where(JobRecord.id == job_id)
                         .values(enqueued_at=utcnow() - timedelta(seconds=601)))
     assert recover_orphans(settings) == [job_id]
     assert recover_orphans(settings) == []  # and not again until the bound has passed anew
@@ -115,7 +117,7 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(client: Any, settings:
                                                           admin: dict) -> None:
     """Cancel asked while running, then the worker died: the job and its base model end
     cancelled instead of being re-queued (and skipped) forever."""
-    from worker.jobs import recover_orphans
+    from worker.recovery import recover_orphans
 
     dataset_id = upload(client, admin)
     r = client.post("/v1/admin/pretraining-jobs", headers=admin,
@@ -129,13 +131,13 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(client: Any, settings:
     job = client.get(f"/v1/jobs/{job_id}", headers=admin).json()
     assert job["status"] == "cancelled", job
     with session_scope(settings.resolved_database_url) as session:
-        base = session.get(BaseModel, base_id)
+        base = session.get(BaseModelRecord, base_id)
         assert base is not None and base.status == "cancelled"
 
     # A job an older version left queued with a cancel request is finished too.
     clf = new_classifier(client, admin, dataset_id)
     with session_scope(settings.resolved_database_url) as session:
-        session.execute(update(Job).where(Job.id == clf["job_id"]).values(cancel_requested=True))
+        session.execute(update(JobRecord).where(JobRecord.id == clf["job_id"]).values(cancel_requested=True))
     recover_orphans(settings)
     assert client.get(f"/v1/jobs/{clf['job_id']}", headers=admin).json()["status"] == "cancelled"
     assert client.get(f"/v1/classifiers/{clf['id']}", headers=admin).json()["status"] == "cancelled"
@@ -144,7 +146,7 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(client: Any, settings:
 def test_a_job_over_its_time_limit_fails(client: Any, settings: Settings, admin: dict) -> None:
     """The worker stops a pretraining attempt at its time limit (checkpointing first) and fails
     the job with a message that names the limit."""
-    from worker.jobs import run_job
+    from worker.run import run_job
 
     r = client.post("/v1/admin/pretraining-jobs", headers=admin,
                     json={"name": "long", "dataset_id": upload(client, admin),
@@ -163,14 +165,15 @@ def test_a_losing_attempt_never_overwrites_the_winners_classifier(
         client: Any, settings: Settings, user: dict) -> None:
     """Attempt 1 went silent and was re-queued; attempt 2 finished. When attempt 1 then reaches
     its end (its last ownership check passed just before it lost the job), it writes nothing."""
-    from worker.jobs import Reporter, claim_job, train_classifier
+    from worker.lifecycle import Reporter, claim_job
+    from worker.train_classifier import train_classifier
 
     created = new_classifier(client, user, upload(client, user), steps=2)
     job_id = created["job_id"]
     first = claim_job(settings, job_id)
     assert first is not None
     with session_scope(settings.resolved_database_url) as session:  # recovery re-queues it
-        session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+        session.execute(update(JobRecord).where(JobRecord.id == job_id).values(status="queued"))
     second = claim_job(settings, job_id)
     assert second is not None and second.attempt == 2
     assert train_classifier(settings, job_id, Reporter(settings, second)) == "succeeded"
@@ -186,13 +189,13 @@ def test_a_losing_attempt_never_overwrites_the_winners_classifier(
                                                                     written.st_mtime_ns)
     assert sorted(p.name for p in settings.classifiers_dir.iterdir()) == [created["id"]]
     with session_scope(settings.resolved_database_url) as session:
-        clf = session.get(Classifier, created["id"])
+        clf = session.get(ClassifierRecord, created["id"])
         assert clf is not None and clf.status == "ready"
 
 
 def test_embedded_broker_keeps_to_the_data_dir(tmp_path: Path, monkeypatch: Any) -> None:
     """Sending through the filesystem broker creates nothing in the current directory."""
-    from worker.celery_app import TRAIN_CLASSIFIER, enqueue
+    from app.broker import TRAIN_CLASSIFIER, enqueue
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.schemas import ClassifierParams, adapt_config
+from app.holdout import classification_metrics, holdout_split, training_steps
+from app.params import adapt_config
+from app.schemas import ClassifierParams
 from app.settings import Settings
 from app.uploads import CheckedUpload, UploadError, read_archive
-from tests.service.conftest import random_png, zip_bytes
-from worker.jobs import classification_metrics, holdout_split, training_steps
+from tests.utils.images import random_png, zip_bytes
 
 
 def test_holdout_keeps_a_training_image_in_every_class() -> None:

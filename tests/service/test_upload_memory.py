@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import random_png
 from tests.service.test_cli import embedded_env, mtl, start_serve
+from tests.utils.images import random_png
 
 MiB = 1024 * 1024
 

@@ -7,12 +7,9 @@ import time
 from typing import Any
 
 from app.settings import Settings
-from tests.service.conftest import (
-    new_key,
-    omniglot_png,
-    omniglot_zip,
-    wait_for_job,
-)
+from tests.service.conftest import new_key
+from tests.utils.images import omniglot_png, omniglot_zip
+from tests.utils.processes import wait_for_job
 
 CHARACTERS = [3, 50, 120, 300, 600]  # Omniglot evaluation characters: never seen in pretraining
 
@@ -125,7 +122,7 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2
     assert job["metrics"]["resumed_from_iteration"] >= checkpointed["iteration"] > 0
-    base = next(m for m in client.get("/v1/base-models", headers=admin).json()
+    base = next(m for m in client.get("/v1/base-models", headers=admin).json()["data"]
                 if m["id"] == base_id)
     assert base["status"] == "ready" and base["algorithm"] == "mtl-reptile"
 
@@ -158,6 +155,6 @@ def test_cancel_a_running_pretraining_job(client: Any, settings: Settings,
     assert running["status"] == "running"  # stops at its next step
     job = wait_for_job(client, admin, job_id, log=worker.log, timeout=60)
     assert job["status"] == "cancelled" and job["progress"]["step"] < 100000
-    base = next(m for m in client.get("/v1/base-models", headers=admin).json()
+    base = next(m for m in client.get("/v1/base-models", headers=admin).json()["data"]
                 if m["id"] == base_id)
     assert base["status"] == "cancelled"

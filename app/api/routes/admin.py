@@ -5,10 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import delete, select
 
+from app import jobs
 from app.api.responses import errors
-from app.api.routes.base_models import to_public as base_model_public
 from app.base_models import set_default
 from app.deps import AdminKey, SessionDep, SettingsDep
+from app.jobs import ArtifactStatus
+from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.params import pretrain_config
 from app.schemas import (
     ApiKeyCreate,
@@ -17,11 +19,9 @@ from app.schemas import (
     BaseModelPublic,
     PretrainingJobCreate,
     PretrainingJobCreated,
-    as_utc,
 )
 from app.security import create_api_key
-from app.tables import ApiKey, BaseModel, Dataset, Job, new_id
-from worker.celery_app import PRETRAIN_BASE_MODEL
+from app.tables import ApiKeyRecord, BaseModelRecord, DatasetRecord
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403, 422))
 
@@ -41,11 +41,7 @@ def create_pretraining_job(
     the algorithms of `models.algorithms`; each parameter is bounded and an out-of-bounds value
     is a 422 naming it. The new base model is ready when the job succeeds.
     """
-    from dataclasses import asdict
-
-    from app.api.routes.jobs import send_job
-
-    dataset = session.get(Dataset, body.dataset_id)
+    dataset = session.get(DatasetRecord, body.dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {body.dataset_id} not found")
     config = pretrain_config(
@@ -54,32 +50,16 @@ def create_pretraining_job(
         [c["count"] for c in dataset.classes],
         max_memory_bytes=settings.max_pretrain_memory_bytes,
     )
-    base_id = new_id()
-    session.add(
-        BaseModel(
-            id=base_id,
-            name=body.name,
-            tenant=key.tenant,
-            algorithm=config.algorithm,
-            image_size=config.image_size,
-            channels=config.channels,
-            status="training",
-            storage=f"base_models/{base_id}",
-        )
-    )
-    job = Job(
+    job = jobs.create_pretraining_job(
+        session=session,
+        settings=settings,
         tenant=key.tenant,
-        kind="pretraining",
-        status="queued",
-        params=asdict(config),
-        dataset_id=dataset.id,
-        base_model_id=base_id,
-        total_steps=config.iterations,
+        name=body.name,
+        dataset=dataset,
+        config=config,
     )
-    session.add(job)
-    session.commit()
-    send_job(session, settings, PRETRAIN_BASE_MODEL, job.id)
-    return PretrainingJobCreated(job_id=job.id, base_model_id=base_id)
+    assert job.base_model_id is not None
+    return PretrainingJobCreated(job_id=job.id, base_model_id=job.base_model_id)
 
 
 @router.post(
@@ -92,15 +72,15 @@ def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> Base
 
     The base model classifiers use when a request gives no `base_model_id`; it must be ready.
     """
-    row = session.get(BaseModel, base_model_id)
+    row = session.get(BaseModelRecord, base_model_id)
     if row is None:
         raise HTTPException(404, f"base model {base_model_id} not found")
-    if row.status != "ready":
+    if row.status != ArtifactStatus.READY:
         raise HTTPException(409, f"base model {base_model_id} is {row.status}, not ready")
     set_default(session=session, base_model_id=row.id)
     session.commit()
     session.refresh(row)
-    return base_model_public(row)
+    return BaseModelPublic.from_record(row)
 
 
 @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=errors(413))
@@ -114,21 +94,24 @@ def create_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKey
     return ApiKeyCreated(key=plain, prefix=row.prefix, tenant=row.tenant, scope=row.scope)
 
 
-@router.get("/api-keys", response_model=list[ApiKeyPublic])
-def list_keys(session: SessionDep, key: AdminKey) -> list[ApiKeyPublic]:
+@router.get("/api-keys", response_model=Page[ApiKeyPublic])
+def list_keys(
+    session: SessionDep, key: AdminKey, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Page[ApiKeyPublic]:
     """List API keys.
 
-    Every tenant's keys, oldest first: prefix, tenant and scope (the keys themselves are not
-    stored, only their hashes).
+    Every tenant's keys, oldest first, one page at a time: prefix, tenant and scope (the keys
+    themselves are not stored, only their hashes).
     """
-    rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all()
-    return [
-        ApiKeyPublic.model_validate(
-            {"prefix": r.prefix, "tenant": r.tenant, "scope": r.scope,
-             "created_at": as_utc(r.created_at)}
-        )
-        for r in rows
-    ]
+    rows, next_cursor = paginate(
+        session,
+        select(ApiKeyRecord),
+        created_at=ApiKeyRecord.created_at,
+        id=ApiKeyRecord.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page(data=[ApiKeyPublic.from_record(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.delete("/api-keys/{prefix}", status_code=204, responses=errors(404))
@@ -137,7 +120,7 @@ def revoke_key(prefix: str, session: SessionDep, key: AdminKey) -> Response:
 
     By its prefix (the part after `mtl_`); it stops working at once.
     """
-    result = session.execute(delete(ApiKey).where(ApiKey.prefix == prefix))
+    result = session.execute(delete(ApiKeyRecord).where(ApiKeyRecord.prefix == prefix))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise HTTPException(404, f"no API key with prefix {prefix}")

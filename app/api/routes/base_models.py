@@ -9,37 +9,36 @@ from app.api.responses import errors
 from app.base_models import base_model_dir, read_card
 from app.deps import CurrentKey, SessionDep, SettingsDep
 from app.model_cards import base_model_card
+from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import BaseModelCard, BaseModelPublic
-from app.tables import BaseModel
+from app.tables import BaseModelRecord
 
 router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422))
 
 
-def to_public(row: BaseModel) -> BaseModelPublic:
-    return BaseModelPublic.model_validate(
-        {
-            "id": row.id,
-            "name": row.name,
-            "algorithm": row.algorithm,
-            "image_size": row.image_size,
-            "channels": row.channels,
-            "is_default": row.is_default,
-            "status": row.status,
-            "metrics": row.metrics or {},
-        }
-    )
-
-
-@router.get("", response_model=list[BaseModelPublic])
-def list_base_models(session: SessionDep, key: CurrentKey) -> list[BaseModelPublic]:
+@router.get("", response_model=Page[BaseModelPublic])
+def list_base_models(
+    session: SessionDep, key: CurrentKey, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Page[BaseModelPublic]:
     """List base models.
 
-    Built-in base models, and those pretrained by the caller's tenant (admins see all).
+    Built-in base models, and those pretrained by the caller's tenant (admins see all), oldest
+    first, one page at a time.
     """
-    query = select(BaseModel).order_by(BaseModel.created_at, BaseModel.id)
+    query = select(BaseModelRecord)
     if key.scope != "admin":
-        query = query.where(or_(BaseModel.tenant.is_(None), BaseModel.tenant == key.tenant))
-    return [to_public(r) for r in session.scalars(query).all()]
+        query = query.where(
+            or_(BaseModelRecord.tenant.is_(None), BaseModelRecord.tenant == key.tenant)
+        )
+    rows, next_cursor = paginate(
+        session,
+        query,
+        created_at=BaseModelRecord.created_at,
+        id=BaseModelRecord.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page(data=[BaseModelPublic.from_record(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{base_model_id}/card", response_model=BaseModelCard, responses=errors(404))
@@ -51,7 +50,7 @@ def read_base_model_card(
     What to choose it for, what it was pretrained on, and its few-shot accuracy measured on
     classes it never saw, as recorded in its checkpoint's card.
     """
-    row = session.get(BaseModel, base_model_id)
+    row = session.get(BaseModelRecord, base_model_id)
     if row is None or (row.tenant not in (None, key.tenant) and key.scope != "admin"):
         raise HTTPException(404, f"base model {base_model_id} not found")
     try:

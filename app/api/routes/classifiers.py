@@ -6,13 +6,16 @@ import logging
 import shutil
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from sqlalchemy import select, update
+from sqlalchemy import select
 
+from app import jobs
 from app.api.forms import file_fields, read_form, text_field
 from app.api.responses import errors
 from app.api.routes.datasets import get_owned as get_owned_dataset
-from app.base_models import base_model_dir, read_card
+from app.base_models import usable_base_model
 from app.deps import CurrentKey, PredictServiceDep, SessionDep, SettingsDep, get_tenant_row
+from app.jobs import ArtifactStatus
+from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import (
     ClassifierCreate,
     ClassifierCreated,
@@ -20,15 +23,10 @@ from app.schemas import (
     Prediction,
     PredictResponse,
     PredictResult,
-    as_utc,
 )
-from app.tables import ApiKey, BaseModel, Classifier, Job, utcnow
-from worker.celery_app import TRAIN_CLASSIFIER
-from worker.jobs import training_steps
+from app.tables import ApiKeyRecord, ClassifierRecord
 
-router = APIRouter(
-    prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422)
-)
+router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422))
 log = logging.getLogger(__name__)
 
 _PREDICT_DOC = {
@@ -50,46 +48,11 @@ _PREDICT_DOC = {
 }
 
 
-def to_public(clf: Classifier) -> ClassifierPublic:
-    return ClassifierPublic.model_validate(
-        {
-            "id": clf.id,
-            "name": clf.name,
-            "status": clf.status,
-            "labels": clf.labels,
-            "base_model_id": clf.base_model_id,
-            "dataset_id": clf.dataset_id,
-            "job_id": clf.job_id,
-            "params": clf.params,
-            "metrics": clf.metrics,
-            "created_at": as_utc(clf.created_at),
-        }
-    )
+def get_owned(session: SessionDep, key: ApiKeyRecord, classifier_id: str) -> ClassifierRecord:
+    return get_tenant_row(session, key, ClassifierRecord, classifier_id, "classifier")
 
 
-def get_owned(session: SessionDep, key: ApiKey, classifier_id: str) -> Classifier:
-    return get_tenant_row(session, key, Classifier, classifier_id, "classifier")
-
-
-def visible_base_model(session: SessionDep, key: ApiKey, base_model_id: str | None) -> BaseModel:
-    if base_model_id is None:
-        base = session.scalar(select(BaseModel).where(BaseModel.is_default.is_(True)))
-        if base is None:
-            raise HTTPException(409, "there is no default base model; give 'base_model_id'")
-    else:
-        base = session.get(BaseModel, base_model_id)
-        if base is None or (
-            base.tenant is not None and base.tenant != key.tenant and key.scope != "admin"
-        ):
-            raise HTTPException(404, f"base model {base_model_id} not found")
-    if base.status != "ready":
-        raise HTTPException(409, f"base model {base.id} is {base.status}, not ready")
-    return base
-
-
-@router.post(
-    "", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413)
-)
+@router.post("", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413))
 def create_classifier(
     body: ClassifierCreate,
     request: Request,
@@ -104,57 +67,41 @@ def create_classifier(
     accuracy, then on every image. Parameters left out take the base model card's values.
     Follow the job with `GET /v1/jobs/{job_id}/events`.
     """
-    from app.api.routes.jobs import send_job
-
     dataset = get_owned_dataset(session, key, body.dataset_id)
-    base = visible_base_model(session, key, body.base_model_id)
-    card = read_card(base_model_dir(settings, base.storage))
-    params = body.params.resolved(card.get("adaptation") or {})
-    if params["head_init"] == "meta" and card.get("meta_ways") != len(dataset.classes):
-        raise HTTPException(
-            422,
-            f"head_init 'meta' needs exactly {card.get('meta_ways')} classes (the base model's "
-            f"meta head); the dataset has {len(dataset.classes)}",
-        )
-    clf = Classifier(
+    base, card = usable_base_model(
+        session=session, settings=settings, key=key, base_model_id=body.base_model_id
+    )
+    clf = jobs.create_classifier(
+        session=session,
+        settings=settings,
         tenant=key.tenant,
         name=body.name,
-        dataset_id=dataset.id,
-        base_model_id=base.id,
-        status="queued",
-        params=params,
-        labels=[c["name"] for c in dataset.classes],
+        dataset=dataset,
+        base=base,
+        params=body.params.resolved(card.get("adaptation") or {}),
+        meta_ways=card.get("meta_ways"),
     )
-    session.add(clf)
-    session.flush()
-    job = Job(
-        tenant=key.tenant,
-        kind="training",
-        status="queued",
-        params=params,
-        dataset_id=dataset.id,
-        classifier_id=clf.id,
-        base_model_id=base.id,
-        total_steps=training_steps(params, [c["count"] for c in dataset.classes]),
-    )
-    session.add(job)
-    session.flush()
-    clf.job_id = job.id
-    session.commit()  # the job exists before any worker can see its message
-    send_job(session, settings, TRAIN_CLASSIFIER, job.id)
-    return ClassifierCreated(id=clf.id, status=clf.status, job_id=job.id)
+    assert clf.job_id is not None
+    return ClassifierCreated(id=clf.id, status=ArtifactStatus(clf.status), job_id=clf.job_id)
 
 
-@router.get("", response_model=list[ClassifierPublic])
-def list_classifiers(session: SessionDep, key: CurrentKey) -> list[ClassifierPublic]:
+@router.get("", response_model=Page[ClassifierPublic])
+def list_classifiers(
+    session: SessionDep, key: CurrentKey, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Page[ClassifierPublic]:
     """List classifiers.
 
-    The caller's tenant's classifiers, oldest first.
+    The caller's tenant's classifiers, oldest first, one page at a time.
     """
-    rows = session.scalars(
-        select(Classifier).where(Classifier.tenant == key.tenant).order_by(Classifier.created_at)
-    ).all()
-    return [to_public(c) for c in rows]
+    rows, next_cursor = paginate(
+        session,
+        select(ClassifierRecord).where(ClassifierRecord.tenant == key.tenant),
+        created_at=ClassifierRecord.created_at,
+        id=ClassifierRecord.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page(data=[ClassifierPublic.from_record(c) for c in rows], next_cursor=next_cursor)
 
 
 @router.get("/{classifier_id}", response_model=ClassifierPublic, responses=errors(404))
@@ -165,7 +112,7 @@ def read_classifier(classifier_id: str, session: SessionDep, key: CurrentKey) ->
     per-class precision and recall, and the confusion matrix (rows: true class, columns:
     predicted, in `labels` order).
     """
-    return to_public(get_owned(session, key, classifier_id))
+    return ClassifierPublic.from_record(get_owned(session, key, classifier_id))
 
 
 @router.delete("/{classifier_id}", status_code=204, responses=errors(404))
@@ -182,16 +129,7 @@ def delete_classifier(
     """
     clf = get_owned(session, key, classifier_id)
     if clf.job_id:
-        session.execute(
-            update(Job)
-            .where(Job.id == clf.job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow())
-        )
-        session.execute(
-            update(Job)
-            .where(Job.id == clf.job_id, Job.status == "running")
-            .values(cancel_requested=True)
-        )
+        jobs.request_cancel(session, clf.job_id)
     session.delete(clf)
     session.commit()
     predictor.evict(classifier_id)
@@ -221,7 +159,7 @@ async def predict(
     is `ready`.
     """
     clf = get_owned(session, key, classifier_id)
-    if clf.status != "ready":
+    if clf.status != ArtifactStatus.READY:
         raise HTTPException(
             409,
             f"classifier {classifier_id} is {clf.status}; predict needs it "

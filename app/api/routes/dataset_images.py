@@ -11,9 +11,10 @@ from app.api.responses import errors
 from app.api.routes.datasets import get_owned
 from app.dataset_images import MAX_THUMBNAIL, list_images, thumbnail_png
 from app.deps import CurrentKey, SessionDep, SettingsDep
+from app.pagination import Cursor
 from app.schemas import DatasetImagePage
 from app.storage import ImageStore
-from app.tables import DatasetImage
+from app.tables import DatasetImageRecord
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 
@@ -26,21 +27,27 @@ def read_dataset_images(
     label: Annotated[str | None, Query(max_length=1000, description="only this class")] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Cursor = None,
 ) -> DatasetImagePage:
     """List a dataset's images.
 
     The stored images of a dataset (those that passed the upload's checks), in upload order,
-    optionally of one class only, one page at a time.
+    optionally of one class only, one page at a time (`next_cursor`, or `offset`).
     """
     ds = get_owned(session, key, dataset_id)
-    return list_images(session=session, dataset_id=ds.id, label=label, offset=offset, limit=limit)
+    return list_images(
+        session=session, dataset_id=ds.id, label=label, offset=offset, limit=limit, cursor=cursor
+    )
 
 
 @router.get(
     "/{dataset_id}/images/{image_id}/thumbnail",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}}, "description": "the image, at most `size` pixels a side"},
+        200: {
+            "content": {"image/png": {}},
+            "description": "the image, at most `size` pixels a side",
+        },
         **errors(404),
     },
 )
@@ -58,8 +65,8 @@ def read_thumbnail(
     """
     ds = get_owned(session, key, dataset_id)
     sha = session.scalar(
-        select(DatasetImage.sha256).where(
-            DatasetImage.id == image_id, DatasetImage.dataset_id == ds.id
+        select(DatasetImageRecord.sha256).where(
+            DatasetImageRecord.id == image_id, DatasetImageRecord.dataset_id == ds.id
         )
     )
     path = ImageStore(settings.images_dir).path(sha) if sha else None
@@ -68,4 +75,6 @@ def read_thumbnail(
     session.close()
     png = thumbnail_png(path, size)
     # Stored images never change (the store is content-addressed): the browser may keep it.
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
+    )

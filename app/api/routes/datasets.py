@@ -17,10 +17,11 @@ from app.api.forms import file_fields, read_form, text_field
 from app.api.responses import errors
 from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
 from app.errors import no_nul
-from app.schemas import DatasetPublic, as_utc
+from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.schemas import DatasetPublic
 from app.settings import Settings
 from app.storage import ImageStore
-from app.tables import Dataset, DatasetImage
+from app.tables import DatasetImageRecord, DatasetRecord
 from app.uploads import (
     CHUNK,
     CheckedUpload,
@@ -63,21 +64,8 @@ _UPLOAD_DOC = {
 }
 
 
-def to_public(ds: Dataset) -> DatasetPublic:
-    return DatasetPublic.model_validate(
-        {
-            "id": ds.id,
-            "name": ds.name,
-            "num_images": ds.num_images,
-            "classes": ds.classes,
-            "rejected": ds.rejected,
-            "created_at": as_utc(ds.created_at),
-        }
-    )
-
-
-def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> Dataset:
-    return get_tenant_row(session, key, Dataset, dataset_id, "dataset")
+def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> DatasetRecord:
+    return get_tenant_row(session, key, DatasetRecord, dataset_id, "dataset")
 
 
 @router.post(
@@ -164,7 +152,7 @@ async def create_dataset(
             files=checked.good,
             rejected=rejected,
         )
-    return to_public(ds)
+    return DatasetPublic.from_record(ds)
 
 
 def unpack_upload(
@@ -201,7 +189,7 @@ def store_dataset(
     name: str,
     files: list[LabelledFile],
     rejected: list[tuple[str, str]],
-) -> Dataset:
+) -> DatasetRecord:
     """Store the image files, then the rows in one transaction; on any failure the files this
     call added are removed again, so nothing is half-stored."""
     counts = Counter(f.label for f in files)
@@ -212,8 +200,8 @@ def store_dataset(
             digest, new = store.put_file(f.path)
             if new:
                 created.append(digest)
-            rows.append(DatasetImage(sha256=digest, filename=f.filename, label=f.label))
-        ds = Dataset(
+            rows.append(DatasetImageRecord(sha256=digest, filename=f.filename, label=f.label))
+        ds = DatasetRecord(
             tenant=tenant,
             name=name,
             num_images=len(rows),
@@ -231,16 +219,24 @@ def store_dataset(
     return ds
 
 
-@router.get("", response_model=list[DatasetPublic])
-def list_datasets(session: SessionDep, key: CurrentKey) -> list[DatasetPublic]:
+@router.get("", response_model=Page[DatasetPublic])
+def list_datasets(
+    session: SessionDep, key: CurrentKey, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Page[DatasetPublic]:
     """List datasets.
 
-    The caller's tenant's datasets, oldest first, with their classes and image counts.
+    The caller's tenant's datasets, oldest first, one page at a time, with their classes and
+    image counts.
     """
-    rows = session.scalars(
-        select(Dataset).where(Dataset.tenant == key.tenant).order_by(Dataset.created_at)
-    ).all()
-    return [to_public(ds) for ds in rows]
+    rows, next_cursor = paginate(
+        session,
+        select(DatasetRecord).where(DatasetRecord.tenant == key.tenant),
+        created_at=DatasetRecord.created_at,
+        id=DatasetRecord.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page(data=[DatasetPublic.from_record(ds) for ds in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=errors(404))
@@ -249,7 +245,7 @@ def read_dataset(dataset_id: str, session: SessionDep, key: CurrentKey) -> Datas
 
     Its classes with image counts, and every rejected file with the reason.
     """
-    return to_public(get_owned(session, key, dataset_id))
+    return DatasetPublic.from_record(get_owned(session, key, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=errors(404))
@@ -263,12 +259,16 @@ def delete_dataset(
     """
     ds = get_owned(session, key, dataset_id)
     digests = set(
-        session.scalars(select(DatasetImage.sha256).where(DatasetImage.dataset_id == ds.id)).all()
+        session.scalars(
+            select(DatasetImageRecord.sha256).where(DatasetImageRecord.dataset_id == ds.id)
+        ).all()
     )
     session.delete(ds)
     session.commit()
     still_used = set(
-        session.scalars(select(DatasetImage.sha256).where(DatasetImage.sha256.in_(digests))).all()
+        session.scalars(
+            select(DatasetImageRecord.sha256).where(DatasetImageRecord.sha256.in_(digests))
+        ).all()
     )
     store = ImageStore(settings.images_dir)
     for digest in digests - still_used:

@@ -11,12 +11,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.responses import WHY
-from app.api.routes.jobs import FINISHED, get_visible, to_public
+from app.api.routes.jobs import get_visible
 from app.db import session_scope
 from app.deps import BearerCredentials, SettingsDep, get_current_key
+from app.jobs import FINISHED
 from app.schemas import JobPublic
 from app.settings import Settings
-from app.tables import Job
+from app.tables import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -58,13 +59,13 @@ def _visible_job(settings: Settings, credentials: BearerCredentials, job_id: str
     # A short session of its own: the stream may last for hours and must not hold a connection.
     with session_scope(settings.resolved_database_url) as session:
         key = get_current_key(session, credentials)
-        return to_public(get_visible(session, key, job_id))
+        return JobPublic.from_record(get_visible(session, key, job_id))
 
 
 def _read_job(settings: Settings, job_id: str) -> JobPublic | None:
     with session_scope(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
-        return None if job is None else to_public(job)
+        job = session.get(JobRecord, job_id)
+        return None if job is None else JobPublic.from_record(job)
 
 
 async def job_events(

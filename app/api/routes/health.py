@@ -32,7 +32,7 @@ def _check(settings: Settings) -> str | None:
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder / "queue"
         return None if folder.is_dir() else f"broker folder {folder} is missing"
-    from worker.celery_app import celery_for
+    from app.broker import celery_for
 
     try:
         with celery_for(settings).connection_for_write() as conn:

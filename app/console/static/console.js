@@ -142,19 +142,35 @@ async function followJob(jobId, onJob) {
   return null;
 }
 
+/**
+ * Every item of a paged list route (GET /v1/datasets, /v1/classifiers, ...), following each
+ * page's `next_cursor` until the last page.
+ */
+async function listAll(path) {
+  const items = [];
+  let cursor = null;
+  do {
+    const sep = path.includes("?") ? "&" : "?";
+    const page = await api(`${path}${sep}limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    items.push(...page.data);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return items;
+}
+
 // ------------------------------------------------------------------------------------ sign-in
 
 async function signIn(key) {
   state.key = key;
   try {
-    await api("/v1/base-models");
+    await api("/v1/base-models?limit=1");
   } catch (err) {
     state.key = null;
     throw err;
   }
   // A user key gets 403 here: only admins see the admin page.
   try {
-    await api("/v1/admin/api-keys");
+    await api("/v1/admin/api-keys?limit=1");
     state.admin = true;
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 403) throw err;
@@ -320,7 +336,7 @@ async function datasetsPage(page, selectedId) {
       el("div", { class: "card" }, el("h2", {}, "Your datasets"), list)),
     detail));
 
-  const datasets = await api("/v1/datasets");
+  const datasets = await listAll("/v1/datasets");
   if (!datasets.length) list.append(el("li", { class: "muted" }, "None yet: upload one."));
   const current = datasets.find((d) => d.id === selectedId) || datasets[datasets.length - 1];
   for (const ds of datasets.slice().reverse()) {
@@ -388,7 +404,7 @@ async function classifiersPage(page, selectedId, query) {
       el("div", { class: "card" }, el("a", { href: "#/classifiers/new" }, el("button", { type: "button" }, "New classifier"))),
       el("div", { class: "card" }, el("h2", {}, "Your classifiers"), list)),
     detail));
-  const classifiers = await api("/v1/classifiers");
+  const classifiers = await listAll("/v1/classifiers");
   if (!classifiers.length) list.append(el("li", { class: "muted" }, "None yet."));
   const creating = selectedId === "new" || !classifiers.length;
   const current = creating ? null
@@ -418,7 +434,7 @@ function modelCard(card) {
 }
 
 async function newClassifier(box, query) {
-  const [datasets, models] = await Promise.all([api("/v1/datasets"), api("/v1/base-models")]);
+  const [datasets, models] = await Promise.all([listAll("/v1/datasets"), listAll("/v1/base-models")]);
   const ready = models.filter((m) => m.status === "ready");
   const error = el("p", { class: "error", role: "alert" });
   if (!datasets.length) {
@@ -650,8 +666,8 @@ async function adminPage(page) {
     page.append(el("div", { class: "card" }, "The admin pages need an admin key."));
     return;
   }
-  const [models, jobs, keys, datasets] = await Promise.all([api("/v1/base-models"), api("/v1/jobs"),
-    api("/v1/admin/api-keys"), api("/v1/datasets")]);
+  const [models, jobs, keys, datasets] = await Promise.all([listAll("/v1/base-models"),
+    listAll("/v1/jobs"), listAll("/v1/admin/api-keys"), listAll("/v1/datasets")]);
   const modelsCard = el("div", { class: "card", id: "admin-models" }, el("h2", {}, "Base models"),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Algorithm"), el("th", {}, "Input"),
       el("th", {}, "Status"), el("th", {}, "Accuracy (5-way 1-shot)"), el("th", {}, ""))),
@@ -728,7 +744,7 @@ async function adminPage(page) {
   });
   const keysBody = el("tbody");
   async function renderKeys(rows) {
-    rows = rows || await api("/v1/admin/api-keys");
+    rows = rows || await listAll("/v1/admin/api-keys");
     keysBody.replaceChildren(...rows.map((k) => el("tr", {}, el("td", {}, el("code", {}, k.prefix)), el("td", {}, k.tenant),
       el("td", {}, k.scope), el("td", {}, new Date(k.created_at).toLocaleString()),
       el("td", {}, state.key.startsWith(`mtl_${k.prefix}_`) ? el("span", { class: "muted" }, "this key")

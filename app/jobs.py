@@ -1,0 +1,243 @@
+"""Jobs, in one place: their statuses, creating a classifier's training job or a base model's
+pretraining job, sending a job to the broker by task name, cancelling, and the one status
+transition of the classifier or base model a job makes.
+
+The routes call these functions and stay thin; the worker (`worker/`) claims, runs and reports
+jobs and calls `set_artifact_status` and `send` too. The job row, not the broker, is the truth
+about a job's state: a job is sent only after its row has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.broker import TASK_OF_KIND, enqueue
+from app.db import session_scope
+from app.errors import InvalidInput, ServiceError
+from app.holdout import training_steps
+from app.settings import Settings
+from app.tables import (
+    BaseModelRecord,
+    ClassifierRecord,
+    DatasetRecord,
+    JobRecord,
+    new_id,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from models.config import PretrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class JobKind(StrEnum):
+    TRAINING = "training"  # fine-tunes a classifier
+    PRETRAINING = "pretraining"  # trains a base model
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobPhase(StrEnum):
+    """What a job is doing. A classifier's job trains twice: first on its training split to
+    measure holdout accuracy, then from the base model again on every image, so its loss starts
+    high a second time; the phase says why."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    HOLDOUT_PASS = "holdout_pass"
+    FINAL_PASS = "final_pass"
+    PRETRAINING = "pretraining"
+    SAVING = "saving"
+
+
+# The phases a worker writes to `JobRecord.phase` while it runs a job.
+RUNNING_PHASES = tuple(p for p in JobPhase if p is not JobPhase.QUEUED)
+
+
+class ArtifactStatus(StrEnum):
+    """A classifier's or base model's status: what its job made of it."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def phase_of(job: JobRecord) -> JobPhase | None:
+    """The phase shown to callers: queued, the running attempt's phase, or None once finished."""
+    if job.status == JobStatus.QUEUED:
+        return JobPhase.QUEUED
+    if job.status == JobStatus.RUNNING:
+        return JobPhase(job.phase) if job.phase else JobPhase.PREPARING
+    return None
+
+
+def set_artifact_status(
+    session: Session, job_id: str, status: ArtifactStatus, **values: Any
+) -> None:
+    """The one status change of what a job makes: its classifier (training) or its base model
+    (pretraining) becomes `status`, with `values` written alongside (labels, metrics)."""
+    job = session.get(JobRecord, job_id)
+    if job is None:
+        return
+    if job.kind == JobKind.TRAINING and job.classifier_id:
+        session.execute(
+            update(ClassifierRecord)
+            .where(ClassifierRecord.id == job.classifier_id)
+            .values(status=status, **values)
+        )
+    elif job.kind == JobKind.PRETRAINING and job.base_model_id:
+        session.execute(
+            update(BaseModelRecord)
+            .where(BaseModelRecord.id == job.base_model_id)
+            .values(status=status, **values)
+        )
+
+
+def create_classifier(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    name: str,
+    dataset: DatasetRecord,
+    base: BaseModelRecord,
+    params: dict[str, Any],
+    meta_ways: int | None,
+) -> ClassifierRecord:
+    """A queued classifier and its training job, committed, then sent. `params` are resolved
+    (request, then the base model's card, then the defaults); `meta_ways` is the width of the
+    base model's meta head, if it has one."""
+    if params["head_init"] == "meta" and meta_ways != len(dataset.classes):
+        raise InvalidInput(
+            f"head_init 'meta' needs exactly {meta_ways} classes (the base model's "
+            f"meta head); the dataset has {len(dataset.classes)}"
+        )
+    clf = ClassifierRecord(
+        tenant=tenant,
+        name=name,
+        dataset_id=dataset.id,
+        base_model_id=base.id,
+        status=ArtifactStatus.QUEUED,
+        params=params,
+        labels=[c["name"] for c in dataset.classes],
+    )
+    session.add(clf)
+    session.flush()
+    job = JobRecord(
+        tenant=tenant,
+        kind=JobKind.TRAINING,
+        status=JobStatus.QUEUED,
+        params=params,
+        dataset_id=dataset.id,
+        classifier_id=clf.id,
+        base_model_id=base.id,
+        total_steps=training_steps(params, [c["count"] for c in dataset.classes]),
+    )
+    session.add(job)
+    session.flush()
+    clf.job_id = job.id
+    session.commit()  # the job exists before any worker can see its message
+    send(settings, job.id, JobKind.TRAINING)
+    return clf
+
+
+def create_pretraining_job(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    name: str,
+    dataset: DatasetRecord,
+    config: PretrainConfig,
+) -> JobRecord:
+    """A base model being trained and its queued pretraining job, committed, then sent.
+    `config` is already bounded (`app.params.pretrain_config`)."""
+    base_id = new_id()
+    session.add(
+        BaseModelRecord(
+            id=base_id,
+            name=name,
+            tenant=tenant,
+            algorithm=config.algorithm,
+            image_size=config.image_size,
+            channels=config.channels,
+            status=ArtifactStatus.TRAINING,
+            storage=f"base_models/{base_id}",
+        )
+    )
+    job = JobRecord(
+        tenant=tenant,
+        kind=JobKind.PRETRAINING,
+        status=JobStatus.QUEUED,
+        params=asdict(config),
+        dataset_id=dataset.id,
+        base_model_id=base_id,
+        total_steps=config.iterations,
+    )
+    session.add(job)
+    session.commit()
+    send(settings, job.id, JobKind.PRETRAINING)
+    return job
+
+
+def send(settings: Settings, job_id: str, kind: str) -> bool:
+    """Send a committed, queued job to its queue by task name and record when. False (logged)
+    when the broker is down: the job stays queued without `enqueued_at`, and a worker's recovery
+    loop sends it later."""
+    try:
+        enqueue(settings, TASK_OF_KIND[kind], job_id)
+    except Exception:
+        log.exception("could not send job %s; a worker's recovery loop sends it later", job_id)
+        return False
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(
+            update(JobRecord)
+            .where(JobRecord.id == job_id, JobRecord.status == JobStatus.QUEUED)
+            .values(enqueued_at=utcnow())
+        )
+    return True
+
+
+def cancel(session: Session, job: JobRecord) -> None:
+    """Cancel a job and commit: a queued one at once (its classifier or base model too), a
+    running one at its worker's next step. 409 when it has already finished."""
+    if job.status in FINISHED:
+        raise ServiceError(f"job {job.id} already {job.status}", 409)
+    request_cancel(session, job.id)
+    session.commit()
+
+
+def request_cancel(session: Session, job_id: str) -> None:
+    """A queued job is cancelled (with what it makes); a running one is asked to stop. A
+    finished job is left as it is. The caller commits."""
+    done = session.execute(
+        update(JobRecord)
+        .where(JobRecord.id == job_id, JobRecord.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), cancel_requested=True)
+    )
+    if done.rowcount == 1:  # type: ignore[attr-defined]
+        set_artifact_status(session, job_id, ArtifactStatus.CANCELLED)
+        return
+    session.execute(
+        update(JobRecord)
+        .where(JobRecord.id == job_id, JobRecord.status == JobStatus.RUNNING)
+        .values(cancel_requested=True)
+    )

@@ -1,0 +1,50 @@
+"""A dataset's images as the ML core's `ImageSet`, read from the content-addressed store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.settings import Settings
+from app.storage import ImageStore
+from app.tables import DatasetImageRecord, DatasetRecord
+from worker.lifecycle import JobFailed
+
+
+def load_images(settings: Settings, dataset_id: str, *, channels: int, image_size: int) -> Any:
+    """The dataset as a `models.data.ImageSet` at the given channels and size."""
+    import numpy as np
+    import torch
+
+    from models.data import ImageSet, decode_image
+    from models.errors import DatasetError
+
+    with session_scope(settings.resolved_database_url) as session:
+        dataset = session.get(DatasetRecord, dataset_id)
+        if dataset is None:
+            raise JobFailed(f"dataset {dataset_id} was deleted before the job ran")
+        class_names = [c["name"] for c in dataset.classes]
+        rows = session.execute(
+            select(DatasetImageRecord.sha256, DatasetImageRecord.label, DatasetImageRecord.filename)
+            .where(DatasetImageRecord.dataset_id == dataset_id)
+            .order_by(DatasetImageRecord.id)
+        ).all()
+    store = ImageStore(settings.images_dir)
+    index = {name: i for i, name in enumerate(class_names)}
+    arrays, labels = [], []
+    for sha, label, filename in rows:
+        try:
+            arrays.append(decode_image(store.path(sha), channels=channels, image_size=image_size))
+        except (DatasetError, FileNotFoundError) as exc:
+            raise JobFailed(
+                f"image {filename!r} of dataset {dataset_id} is unreadable: {exc}"
+            ) from None
+        labels.append(index[label])
+    return ImageSet(
+        images=torch.from_numpy(np.stack(arrays)),
+        labels=torch.tensor(labels, dtype=torch.long),
+        class_names=class_names,
+        source=f"dataset:{dataset_id}",
+    )

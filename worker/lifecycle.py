@@ -1,0 +1,222 @@
+"""A claimed job's lifecycle in the worker: claiming the row, the heartbeat while it runs, and
+reporting its progress, phase and outcome.
+
+Ownership: claiming a queued job increments `attempts`, and every later write is conditional on
+that attempt still owning a running job. A worker that lost its job (re-queued after it went
+silent) therefore stops at its next step and can never complete it a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, select, update
+
+from app.db import session_scope
+from app.jobs import (
+    RUNNING_PHASES,
+    ArtifactStatus,
+    JobKind,
+    JobPhase,
+    JobStatus,
+    set_artifact_status,
+)
+from app.settings import Settings
+from app.tables import JobRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """The job cannot run as asked; the message is shown to the user."""
+
+
+@dataclass
+class Claim:
+    job_id: str
+    attempt: int
+    kind: JobKind
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_job(settings: Settings, job_id: str) -> Claim | None:
+    """Mark a queued job running for this worker; None when it is not ours to run."""
+    url = settings.resolved_database_url
+    now = utcnow()
+    with session_scope(url) as session:
+        result = session.execute(
+            update(JobRecord)
+            .where(
+                JobRecord.id == job_id,
+                JobRecord.status == JobStatus.QUEUED,
+                JobRecord.cancel_requested.is_(False),
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=JobRecord.attempts + 1,
+                worker=worker_name(),
+                heartbeat_at=now,
+                started_at=now,
+                finished_at=None,
+                error=None,
+                phase=JobPhase.PREPARING,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        job = session.get(JobRecord, job_id)
+        assert job is not None
+        if job.kind == JobKind.TRAINING:
+            set_artifact_status(session, job_id, ArtifactStatus.TRAINING)
+        return Claim(job_id, job.attempts, JobKind(job.kind))
+
+
+class Reporter:
+    """Progress and cancellation for one claimed job, written at most every `interval` seconds."""
+
+    def __init__(self, settings: Settings, claim: Claim, interval: float = 0.5) -> None:
+        self.url = settings.resolved_database_url
+        self.claim = claim
+        self.interval = interval
+        self._last_write = 0.0
+        self._last_check = 0.0
+        self._stop = False
+        self._start = time.monotonic()
+        self._first_step: int | None = None
+        # A solo-pool worker cannot enforce Celery's time limits, so the limit is checked
+        # between steps like a cancel; a pretraining run then checkpoints before it stops.
+        self.time_limit_s, self.limit_setting = (
+            (settings.pretraining_time_limit_s, "MTL_PRETRAINING_TIME_LIMIT_S")
+            if claim.kind == JobKind.PRETRAINING
+            else (settings.training_time_limit_s, "MTL_TRAINING_TIME_LIMIT_S")
+        )
+        self._deadline = self._start + self.time_limit_s
+        self.timed_out = False
+
+    def _owned(self) -> Any:
+        return and_(
+            JobRecord.id == self.claim.job_id,
+            JobRecord.attempts == self.claim.attempt,
+            JobRecord.status == JobStatus.RUNNING,
+        )
+
+    def progress(self, step: int, total: int, loss: float | None) -> None:
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step, self._start = step - 1, now
+        if now - self._last_write < self.interval and step < total:
+            return
+        self._last_write = now
+        done = step - (self._first_step or 0)
+        eta = (now - self._start) / done * (total - step) if done > 0 else None
+        clean_loss = loss if loss is not None and loss == loss else None  # NaN is not JSON
+        with session_scope(self.url) as session:
+            result = session.execute(
+                update(JobRecord)
+                .where(self._owned())
+                .values(
+                    step=step,
+                    total_steps=total,
+                    loss=clean_loss,
+                    eta_seconds=None if eta is None else round(eta, 1),
+                    heartbeat_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                self._stop = True
+
+    def set_phase(self, phase: JobPhase) -> None:
+        """Record what the job does next (one of RUNNING_PHASES); written at once, as phases
+        are few."""
+        assert phase in RUNNING_PHASES, phase
+        with session_scope(self.url) as session:
+            session.execute(update(JobRecord).where(self._owned()).values(phase=phase))
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled, this attempt no longer owns it, or its time is up."""
+        now = time.monotonic()
+        if now > self._deadline:
+            self.timed_out = True
+            return True
+        if not self._stop and now - self._last_check >= self.interval:
+            self._last_check = now
+            with session_scope(self.url) as session:
+                row = session.execute(
+                    select(JobRecord.cancel_requested).where(self._owned())
+                ).first()
+            self._stop = row is None or bool(row[0])
+        return self._stop
+
+    def finish(
+        self,
+        status: JobStatus,
+        *,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        on_owned: Callable[[Any], None] | None = None,
+    ) -> bool:
+        """Record the outcome, with `on_owned(session)` in the same transaction; False when this
+        attempt no longer owns the job (nothing is written then)."""
+        with session_scope(self.url) as session:
+            values: dict[str, Any] = {
+                "status": status,
+                "finished_at": utcnow(),
+                "error": error,
+                "eta_seconds": None,
+                "heartbeat_at": utcnow(),
+                "phase": None,
+            }
+            if metrics is not None:
+                values["metrics"] = metrics
+            if status == JobStatus.SUCCEEDED:
+                values["step"] = JobRecord.total_steps
+            result = session.execute(update(JobRecord).where(self._owned()).values(**values))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return False
+            if on_owned is not None:
+                on_owned(session)
+            return True
+
+
+class Heartbeat(threading.Thread):
+    """Marks the claimed job alive every `job_stale_after_s / 6` seconds while it runs, however
+    long a step (loading data, one big iteration) takes. Stops when this attempt loses the job."""
+
+    def __init__(self, settings: Settings, claim: Claim) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{claim.job_id}")
+        self.url = settings.resolved_database_url
+        self.claim = claim
+        self.interval = max(0.2, settings.job_stale_after_s / 6)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                with session_scope(self.url) as session:
+                    result = session.execute(
+                        update(JobRecord)
+                        .where(
+                            JobRecord.id == self.claim.job_id,
+                            JobRecord.attempts == self.claim.attempt,
+                            JobRecord.status == JobStatus.RUNNING,
+                        )
+                        .values(heartbeat_at=utcnow())
+                    )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    return
+            except Exception:  # a missed beat is retried at the next interval
+                log.exception("heartbeat for job %s failed", self.claim.job_id)
+
+    def stop(self) -> None:
+        self._stopped.set()

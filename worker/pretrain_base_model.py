@@ -1,0 +1,67 @@
+"""The pretraining job: train a base model, resuming from its checkpoint after a lost attempt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.base_models import base_model_dir, read_card
+from app.db import session_scope
+from app.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
+from app.settings import Settings
+from app.tables import BaseModelRecord, JobRecord
+from worker.images import load_images
+from worker.lifecycle import Reporter
+
+
+def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> str:
+    """Pretrain a base model, resuming from its checkpoint when an earlier attempt left one."""
+    from models.checkpoint import load_checkpoint
+    from models.config import PretrainConfig
+    from models.errors import CheckpointError
+    from models.training import Progress, pretrain
+
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(JobRecord, job_id)
+        assert job is not None and job.base_model_id
+        params, dataset_id, base_id = dict(job.params), job.dataset_id, job.base_model_id
+        base = session.get(BaseModelRecord, base_id)
+        assert base is not None
+        out_dir, name = base_model_dir(settings, base.storage), base.name
+    config = PretrainConfig.from_dict(params)
+    data = load_images(settings, dataset_id, channels=config.channels, image_size=config.image_size)
+    resumed_from = 0
+    try:
+        _, previous = load_checkpoint(out_dir)
+        resumed_from = int(previous.get("training", {}).get("iteration", 0))
+    except CheckpointError:
+        pass
+
+    def on_progress(p: Progress) -> None:
+        reporter.progress(p.iteration, p.total, p.loss)
+
+    reporter.progress(resumed_from, config.iterations, None)
+    reporter.set_phase(JobPhase.PRETRAINING)
+    result = pretrain(
+        config,
+        data,
+        device=settings.worker_device,
+        out_dir=out_dir,
+        resume=True,
+        checkpoint_every_s=settings.checkpoint_every_s,
+        progress=on_progress,
+        should_stop=reporter.should_stop,
+        extra_card={"name": name, "dataset_id": dataset_id},
+    )
+    card = read_card(out_dir)
+    metrics = {
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "training_seconds": card["training"]["seconds"],
+        "resumed_from_iteration": resumed_from,
+        **(card.get("metrics") or {}),
+    }
+
+    def record(session: Any) -> None:
+        set_artifact_status(session, job_id, ArtifactStatus.READY, metrics=metrics)
+
+    won = reporter.finish(JobStatus.SUCCEEDED, metrics=metrics, on_owned=record)
+    return "succeeded" if won else "lost"
