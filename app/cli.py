@@ -89,7 +89,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     fields = _pretrain_defaults().keys()
     config = PretrainConfig(replacement=args.replacement, augment=args.augment,
-                            **{k: getattr(args, k) for k in fields})
+                            **{k: getattr(args, k) for k in fields if hasattr(args, k)})
     data = load_dataset(args.dataset, image_size=config.image_size, channels=config.channels)
     for file, reason in data.rejected:
         print(f"warning: skipped {file}: {reason}", file=sys.stderr)

@@ -169,8 +169,14 @@ def test_evaluate_is_deterministic_and_reports_an_interval() -> None:
     a = evaluate(net, data, ways=3, shots=1, queries=2, episodes=5, config=config, seed=1)
     b = evaluate(net, data, ways=3, shots=1, queries=2, episodes=5, config=config, seed=1)
     assert a == b
-    assert 0.0 <= a.accuracy <= 1.0 and a.ci95 >= 0.0
-    assert len(a.per_episode) == 5 and a.accuracy == pytest.approx(sum(a.per_episode) / 5)
+    # Each episode scores 3 ways x 2 queries = 6 images: its accuracy is a whole number of sixths.
+    assert len(a.per_episode) == 5
+    assert all(0 <= round(acc * 6) <= 6 and acc == pytest.approx(round(acc * 6) / 6)
+               for acc in a.per_episode)
+    assert a.accuracy == pytest.approx(sum(a.per_episode) / 5)
+    mean = a.accuracy
+    sample_std = math.sqrt(sum((acc - mean) ** 2 for acc in a.per_episode) / 4)
+    assert a.ci95 == pytest.approx(1.96 * sample_std / math.sqrt(5))
     t = evaluate(net, data, ways=3, shots=1, queries=2, episodes=2, config=config, transductive=True)
     assert t.transductive
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,16 @@ def test_table1_harness_writes_json_markdown_and_chart(shared_data: Path, tmp_pa
     iters = {m: info["iterations"] for m, info in report["methods"].items()}
     assert iters["mtl-reptile"] < iters["transfer"]
     table = (out / "table1.md").read_text()
-    assert "| 5-way 1-shot" in table and table.count("**") >= 4
+    assert "| 5-way 1-shot" in table
     assert (out / "table1.png").read_bytes()[:4] == b"\x89PNG"
+    cells = {(c["method"], c["shots"]): c for c in report["cells"]}
+    # Each row bolds exactly one cell, and it holds the row's best accuracy.
+    for shots in (1, 15):
+        row = next(line for line in table.splitlines() if line.startswith(f"| 5-way {shots}-shot"))
+        top = max(cells[(m, shots)]["accuracy"] for m in ("transfer", "protonet", "mtl-reptile"))
+        assert re.findall(r"\*\*([\d.]+) ± [\d.]+\*\*", row) == [f"{100 * top:.2f}"], row
     # Every cell keeps its episodes' accuracies, and each row pairs MTL-Reptile (the only MTL
     # variant here) with the better of Transfer and ProtoNet on them.
-    cells = {(c["method"], c["shots"]): c for c in report["cells"]}
     assert all(len(c["per_episode"]) == 3 for c in report["cells"])
     assert all(math.isclose(sum(c["per_episode"]) / 3, c["accuracy"], abs_tol=1e-5) for c in report["cells"])
     assert [(p["ways"], p["shots"]) for p in report["paired"]] == [(5, 1), (5, 15)]
@@ -150,9 +156,14 @@ def test_paired_comparison_of_best_mtl_and_best_baseline(tmp_path: Path) -> None
 
 
 def test_omniglot_vinyals_splits_for_table1(shared_data: Path) -> None:
-    base, unseen = load_splits("omniglot-vinyals", PROFILES[("omniglot-vinyals", "smoke")])
-    assert (base.num_classes, unseen.num_classes) == (4800, 1692)
+    splits = load_splits("omniglot-vinyals", PROFILES[("omniglot-vinyals", "smoke")])
+    base, unseen = splits.base, splits.unseen
+    assert (base.num_classes, unseen.num_classes) == (4800, 1692) and splits.validation is None
     assert not {n.rsplit("/", 1)[0] for n in base.class_names} & {n.rsplit("/", 1)[0] for n in unseen.class_names}
+    # The fair profile validates on the Vinyals val split, held out of pretraining.
+    fair = load_splits("omniglot-vinyals", PROFILES[("omniglot-vinyals", "fair")])
+    assert (fair.base.num_classes, fair.validation.num_classes, fair.unseen.num_classes) == (4112, 688, 1692)
+    assert not set(fair.base.class_names) & set(fair.validation.class_names)
     assert PROFILES[("omniglot-vinyals", "cpu")].ways == [5, 20]
     assert PROFILES[("omniglot-vinyals", "cpu")].shots == [1, 5]
 

@@ -57,7 +57,9 @@ def _postgres_backend() -> Backend:
     return Backend("postgres", pg, redis_url)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+# The PostgreSQL + Redis half is outside the fast loop (`pytest -m "not slow"`): it runs the same
+# tests again on the distributed setup.
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", None, None)

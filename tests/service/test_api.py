@@ -471,3 +471,46 @@ def test_predict_limits_name_their_setting(make_settings: Any) -> None:
         files = [("files", (f"{i}.png", b"x", "image/png")) for i in range(4)]
         r = client.post(f"/v1/classifiers/{clf['id']}/predict", headers=user, files=files)
         assert_error(r, 413, "(MTL_MAX_PREDICT_FILES)")
+
+
+def test_list_routes_page_with_a_cursor(client: Any, settings: Settings, admin: dict,
+                                        user: dict) -> None:
+    """Every list answers {"data", "next_cursor"}; following the cursor visits each row once, in
+    order; admins filter jobs by tenant and status; a cursor this API did not make is a 422."""
+    for tenant in ("t1", "t2", "t3", "t4"):
+        assert client.post("/v1/admin/api-keys", headers=admin, json={"tenant": tenant}).status_code == 201
+    everything = client.get("/v1/admin/api-keys", headers=admin, params={"limit": 500}).json()
+    assert everything["next_cursor"] is None
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/admin/api-keys", headers=admin,
+                          params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        assert len(page["data"]) <= 2
+        seen += [k["prefix"] for k in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [k["prefix"] for k in everything["data"]] and len(seen) >= 6
+
+    ds = upload_zip(client, user, small_zip()).json()
+    made = [client.post("/v1/classifiers", headers=user,
+                        json={"name": f"c{i}", "dataset_id": ds["id"]}).json() for i in range(3)]
+    first = client.get("/v1/jobs", headers=user, params={"limit": 2}).json()
+    rest = client.get("/v1/jobs", headers=user, params={"cursor": first["next_cursor"]}).json()
+    # Newest first, across both pages, and nothing after the last.
+    assert [j["id"] for j in first["data"] + rest["data"]] == [c["job_id"] for c in made][::-1]
+    assert rest["next_cursor"] is None
+    clfs = client.get("/v1/classifiers", headers=user, params={"limit": 1}).json()
+    assert [c["id"] for c in clfs["data"]] == [made[0]["id"]] and clfs["next_cursor"]
+
+    client.post(f"/v1/jobs/{made[1]['job_id']}/cancel", headers=user)
+    mine = client.get("/v1/jobs", headers=admin, params={"tenant": "acme"}).json()["data"]
+    assert {j["id"] for j in mine} == {c["job_id"] for c in made}
+    assert client.get("/v1/jobs", headers=admin, params={"tenant": "nobody"}).json()["data"] == []
+    cancelled = client.get("/v1/jobs", headers=admin, params={"status": "cancelled"}).json()
+    assert [j["id"] for j in cancelled["data"]] == [made[1]["job_id"]]
+    # A user's tenant filter never widens what they see.
+    assert client.get("/v1/jobs", headers=user, params={"tenant": "t1"}).json()["data"] == []
+    assert_error(client.get("/v1/jobs", headers=user, params={"cursor": "not-a-cursor"}), 422,
+                 "cursor")
+    assert client.get("/v1/jobs", headers=user, params={"limit": 0}).status_code == 422

@@ -10,9 +10,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.service.conftest import REPO
 from tests.utils.processes import free_port
+
+# Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
 
 
 def mtl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,9 @@ from tests.service.conftest import IN_CI, REPO, REPO_BUILTINS, new_key
 from tests.utils.images import omniglot_eval
 from tests.utils.processes import free_port
 
+# Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 ARTIFACTS = Path(os.environ.get("MTL_TEST_ARTIFACTS", REPO / "test-artifacts")) / "console"
 CHARACTERS = (0, 7, 14)  # three characters of the Omniglot evaluation alphabets
 TRAIN_DRAWINGS = range(6)  # uploaded; drawings 10 and up are kept for "try it"

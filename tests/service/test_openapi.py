@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import schemathesis  # a dev dependency (pyproject.toml): CI runs this test, never skips it
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
@@ -21,6 +22,9 @@ from schemathesis.specs.openapi.checks import (
 from app.settings import Settings
 from tests.service.conftest import new_key
 from tests.utils.images import small_zip
+
+# Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
 
 EXAMPLES_PER_OPERATION = 25  # per operation and generation mode (positive, negative)
 DEADLINE_S = 150.0  # per setup: a run that takes longer fails

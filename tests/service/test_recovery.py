@@ -20,6 +20,9 @@ from tests.service.conftest import Backend, new_key
 from tests.utils.images import small_zip
 from tests.utils.processes import RedisServer, wait_for_job
 
+# Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 def upload(client: Any, headers: dict[str, str]) -> str:
     r = client.post("/v1/datasets", headers=headers, data={"name": "set"},

@@ -7,9 +7,13 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.service.test_cli import embedded_env, mtl, start_serve
 from tests.utils.images import random_png
+
+# Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 

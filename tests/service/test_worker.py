@@ -6,10 +6,15 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from app.settings import Settings
 from tests.service.conftest import new_key
 from tests.utils.images import omniglot_png, omniglot_zip
 from tests.utils.processes import wait_for_job
+
+# Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
 
 CHARACTERS = [3, 50, 120, 300, 600]  # Omniglot evaluation characters: never seen in pretraining
 
