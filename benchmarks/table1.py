@@ -62,8 +62,10 @@ class Profile:
     # Which per-method settings (RECIPES): "legacy" reproduces the first Table 1 runs, "fair" the
     # settings each method won on validation classes (tuning-omniglot-fair.jsonl).
     recipe: str = "legacy"
-    # Omniglot only: pretrain on the background alphabets minus the 6 validation alphabets of
-    # benchmarks/tune.py, and score those every `validate_every` passes (the training curve).
+    # Pretrain without validation classes and score those every `validate_every` passes (the
+    # training curve; also where each base model's adaptation is chosen): Omniglot's 6 validation
+    # alphabets of benchmarks/tune.py, the Vinyals val split, miniImageNet-lite's 16 held-out
+    # train classes.
     holdout_validation: bool = False
     validate_every: int = 0
 
@@ -94,6 +96,10 @@ PROFILES: dict[tuple[str, str], Profile] = {
     # 95.8, 98.9.
     ("omniglot-vinyals", "smoke"): Profile(28, 1, 8, budget_passes=1_500, episodes=3, ways=[5, 20],
                                            shots=[1, 5], max_shot_queries=5),
+    # The fair recipe on the Vinyals split: pretrain on its train split, validate on its val split.
+    ("omniglot-vinyals", "fair"): Profile(28, 1, 32, budget_passes=400_000, episodes=100, ways=[5, 20],
+                                          shots=[1, 5], max_shot_queries=15, recipe="fair",
+                                          holdout_validation=True, validate_every=100_000),
     ("omniglot-vinyals", "cpu"): Profile(28, 1, 32, budget_passes=100_000, episodes=100, ways=[5, 20],
                                          shots=[1, 5], max_shot_queries=5),
     # What 2 CPU cores afford in about an hour per data set: an 84x84 image pass costs ~10x an
@@ -199,35 +205,53 @@ def machine_description() -> str:
     return desc
 
 
-def load_splits(dataset: str, profile: Profile) -> tuple[Any, Any]:
-    """(base classes, unseen classes): Omniglot background/evaluation, Omniglot Vinyals
-    trainval/test, or miniImageNet train/val+test."""
-    from models.data import concat, data_root, load_dataset, load_omniglot_vinyals
+@dataclass
+class Splits:
+    """The classes a Table 1 run pretrains on, validates on (if any) and is scored on."""
+
+    base: Any
+    unseen: Any
+    validation: Any = None
+    base_text: str = ""
+    validation_text: str = ""
+
+
+def load_splits(dataset: str, profile: Profile) -> Splits:
+    """Base, unseen and (with `holdout_validation`) validation classes: Omniglot
+    background/evaluation, Omniglot Vinyals trainval/test, or miniImageNet train/val+test."""
+    from models.data import concat, data_root, hold_out_groups, load_dataset, load_omniglot_vinyals
 
     root = data_root()
+    size, channels = profile.image_size, profile.channels
     if dataset == "omniglot-vinyals":
-        base, unseen = (load_omniglot_vinyals(root / "omniglot", split, image_size=profile.image_size)
-                        for split in ("trainval", "test"))
-        if profile.channels == 3:
-            for s in (base, unseen):
+        names = ("train", "test", "val") if profile.holdout_validation else ("trainval", "test")
+        sets = [load_omniglot_vinyals(root / "omniglot", split, image_size=size) for split in names]
+        if channels == 3:
+            for s in sets:
                 s.images = s.images.expand(-1, 3, -1, -1).contiguous()
-        return base, unseen
-    if dataset == "omniglot" and profile.holdout_validation:
-        from benchmarks.tune import omniglot_split
-
-        return (omniglot_split(6, 0)[0],
-                load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=profile.image_size,
-                             channels=profile.channels))
+        if profile.holdout_validation:
+            return Splits(sets[0], sets[1], sets[2], f"Vinyals train split ({sets[0].num_classes} classes)",
+                          f"Vinyals val split ({sets[2].num_classes} classes)")
+        return Splits(sets[0], sets[1])
     if dataset == "omniglot":
-        return (load_dataset(root / "omniglot" / "images_background.npz", image_size=profile.image_size,
-                             channels=profile.channels),
-                load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=profile.image_size,
-                             channels=profile.channels))
+        background = load_dataset(root / "omniglot" / "images_background.npz", image_size=size,
+                                  channels=channels)
+        unseen = load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=size, channels=channels)
+        if profile.holdout_validation:
+            # The split of benchmarks/tune.py, so that the tuning and Table 1 validate alike.
+            base, val = hold_out_groups(background, 6, 0)
+            return Splits(base, unseen, val, "Omniglot background alphabets minus the 6 validation "
+                          f"alphabets ({base.num_classes} characters)",
+                          f"the 6 held-out background alphabets ({val.num_classes} characters)")
+        return Splits(background, unseen)
     mini = root / "miniimagenet-lite"
-    base = load_dataset(mini / "train", image_size=profile.image_size, channels=profile.channels)
-    unseen = concat([load_dataset(mini / s, image_size=profile.image_size, channels=profile.channels)
-                     for s in ("val", "test")])
-    return base, unseen
+    train = load_dataset(mini / "train", image_size=size, channels=channels)
+    unseen = concat([load_dataset(mini / s, image_size=size, channels=channels) for s in ("val", "test")])
+    if profile.holdout_validation:
+        base, val = hold_out_groups(train, 16, 0)
+        return Splits(base, unseen, val, f"miniImageNet-lite train minus 16 held-out classes ({base.num_classes})",
+                      f"16 held-out train classes ({val.num_classes})")
+    return Splits(train, unseen)
 
 
 def method_config(method: str, profile: Profile) -> Any:
@@ -265,15 +289,10 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     })
     report.setdefault("methods", {})
     report.setdefault("cells", [])
-    base, unseen = load_splits(dataset, profile)
-    val = None
-    if profile.holdout_validation:
-        from benchmarks.tune import omniglot_split
-
-        val = omniglot_split(6, 0)[1]
-        report["base_classes"] = (f"Omniglot background alphabets minus the 6 validation alphabets "
-                                  f"({base.num_classes} characters)")
-        report["validation_classes"] = f"the 6 held-out background alphabets ({val.num_classes} characters)"
+    splits = load_splits(dataset, profile)
+    base, unseen, val = splits.base, splits.unseen, splits.validation
+    if val is not None:
+        report["base_classes"], report["validation_classes"] = splits.base_text, splits.validation_text
     smallest = min(unseen.class_counts())
     ckpt_root = (REPO / "runs" / "bench" if profile_name != "smoke" else out / "checkpoints") / f"{dataset}-{profile_name}"
     started = time.perf_counter()

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from app.cli import main
-from benchmarks.table1 import PROFILES, add_paired_comparison, load_splits, write_markdown
+from benchmarks.table1 import (
+    FAIR_METHODS,
+    PROFILES,
+    add_paired_comparison,
+    load_splits,
+    write_markdown,
+)
 
 
 def test_table1_harness_writes_json_markdown_and_chart(shared_data: Path, tmp_path: Path) -> None:
@@ -184,7 +190,11 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
         # Every 750 passes and at the end; passes grow, accuracies are real 5-way scores.
         assert [p["passes"] for p in curve] == sorted(p["passes"] for p in curve) and len(curve) >= 2
         assert all(0.0 <= p["accuracy"] <= 1.0 and 0.0 <= p["probe_accuracy"] <= 1.0 for p in curve)
-    assert report["methods"]["mtl-protonet"]["config"]["beta"] == 0.5
+    # Each method runs with the settings it won on validation (FAIR_METHODS), not the defaults.
+    for method in ("transfer", "mtl-protonet"):
+        config = report["methods"][method]["config"]
+        assert all(config[k] == v for k, v in FAIR_METHODS[method].items())
+    assert report["methods"]["mtl-protonet"]["config"]["beta"] == FAIR_METHODS["mtl-protonet"]["beta"] != 0.5
     # The adaptation is chosen per base model on the validation alphabets: the best of three.
     for info in report["methods"].values():
         choice = info["adaptation_choice"]
