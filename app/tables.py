@@ -137,11 +137,3 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
-
-
-def __getattr__(name: str) -> Any:
-    # benchmarks/speed_service.py still imports the old name; its owner moves it to
-    # ClassifierRecord. Nothing in the service uses this.
-    if name == "Classifier":
-        return ClassifierRecord
-    raise AttributeError(name)

@@ -411,14 +411,14 @@ def register_copies(data_dir: Path, source_id: str, count: int) -> list[str]:
 
     from app.db import session_scope
     from app.settings import Settings
-    from app.tables import Classifier
+    from app.tables import ClassifierRecord
 
     settings = Settings(data_dir=data_dir)
     ids = []
     with session_scope(settings.resolved_database_url) as session:
-        src = session.scalars(select(Classifier).where(Classifier.id == source_id)).one()
+        src = session.scalars(select(ClassifierRecord).where(ClassifierRecord.id == source_id)).one()
         for i in range(count):
-            clf = Classifier(tenant=src.tenant, name=f"copy{i}", dataset_id=src.dataset_id,
+            clf = ClassifierRecord(tenant=src.tenant, name=f"copy{i}", dataset_id=src.dataset_id,
                              base_model_id=src.base_model_id, job_id=src.job_id, status="ready",
                              labels=list(src.labels), params=dict(src.params), metrics=src.metrics)
             session.add(clf)
@@ -446,7 +446,14 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
                 r.raise_for_status()
                 return 1000 * (time.perf_counter() - t0)
 
-            listed = len(client.get("/v1/classifiers").json())
+            listed, cursor = 0, None
+            while True:  # every page of the list
+                page = client.get("/v1/classifiers", params={"limit": 200, **({"cursor": cursor} if cursor else {})})
+                page.raise_for_status()
+                listed += len(page.json()["data"])
+                cursor = page.json().get("next_cursor")
+                if not cursor:
+                    break
             for i in range(10):  # the registered one is warm, and so are the code paths
                 predict(clf_id, i)
             rss_before = svc.rss_mib()
