@@ -31,7 +31,8 @@ def best_on_validation(report: dict[str, Any]) -> str:
     return max(scored, key=lambda m: scored[m])
 
 
-def ship(report_dir: Path, dataset: str, profile: str, method: str, name: str, suits: str) -> Path:
+def ship(report_dir: Path, dataset: str, profile: str, method: str, name: str, suits: str,
+         out_root: Path = REPO / "app" / "builtin_models") -> Path:
     from benchmarks.table1 import write_curves
     from models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -39,7 +40,7 @@ def ship(report_dir: Path, dataset: str, profile: str, method: str, name: str, s
     if method == "best":
         method = best_on_validation(report)
     info = report["methods"][method]
-    source = REPO / "runs" / "bench" / f"{dataset}-{profile}" / method
+    source = Path(info.get("checkpoint") or REPO / "runs" / "bench" / f"{dataset}-{profile}" / method)
     tensors, card = load_checkpoint(source)
     cells = [{k: c[k] for k in ("ways", "shots", "queries", "episodes", "accuracy", "ci95")}
              for c in report["cells"] if c["method"] == method]
@@ -56,7 +57,7 @@ def ship(report_dir: Path, dataset: str, profile: str, method: str, name: str, s
                      f"({', '.join(report['methods'])}): {method}",
         "training_curve": "curve.png",
     })
-    out = REPO / "app" / "builtin_models" / name
+    out = out_root / name
     staging = out.with_name(f".{name}.new")
     shutil.rmtree(staging, ignore_errors=True)
     save_checkpoint(staging, {k: v for k, v in tensors.items() if not k.startswith("_state.")}, card)

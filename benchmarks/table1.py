@@ -294,7 +294,9 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     if val is not None:
         report["base_classes"], report["validation_classes"] = splits.base_text, splits.validation_text
     smallest = min(unseen.class_counts())
-    ckpt_root = (REPO / "runs" / "bench" if profile_name != "smoke" else out / "checkpoints") / f"{dataset}-{profile_name}"
+    # Smoke runs (the tests) keep their checkpoints with their report, never reusing an old one.
+    smoke = profile_name.endswith("smoke")
+    ckpt_root = (out / "checkpoints" if smoke else REPO / "runs" / "bench") / f"{dataset}-{profile_name}"
     started = time.perf_counter()
     for method in methods:
         config = method_config(method, profile)
@@ -326,6 +328,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                                      "adaptation_choice": choice or [],
                                      "train_seconds": card["training"]["seconds"],
                                      "iterations": config.iterations,
+                                     "checkpoint": str(ckpt),
                                      "validation": card.get("validation", [])}
         for ways in profile.ways:
             for shots in profile.shots:

@@ -202,3 +202,18 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
         assert info["adaptation"] == max(choice, key=lambda c: c["accuracy"])["adaptation"]
     assert (out / "plateau.png").read_bytes()[:4] == b"\x89PNG"
     assert report["paired"][0]["best_mtl"] == "mtl-protonet"
+
+    # The best of them on the validation classes becomes a built-in model: weights, a card that
+    # says what it was trained on and how it does on unseen classes, and its training curve.
+    from benchmarks.ship_builtin import best_on_validation, ship
+    from models.checkpoint import load_base_model
+
+    shipped = ship(out, "omniglot", "fair-smoke", "best", "glyphs", "handwritten characters",
+                   out_root=tmp_path / "builtin")
+    _, card = load_base_model(shipped)
+    best = best_on_validation(report)
+    assert card["algorithm"] == best and card["description"] == "handwritten characters"
+    assert card["adaptation"] == report["methods"][best]["adaptation"]
+    assert {(r["ways"], r["shots"]) for r in card["metrics"]["unseen_classes"]["results"]} == {(5, 1)}
+    assert "804 characters" in card["trained_on"] and card["machine"]
+    assert (shipped / "curve.png").read_bytes()[:4] == b"\x89PNG"
