@@ -36,10 +36,15 @@ quick-pretrain: setup
 	    --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_evaluation.npz \
 	    --ways 5,20 --shots 1,5 --episodes 200 --json runs/omniglot-quick/eval.json
 
+# Torch threads per process (MTL_TORCH_THREADS, default half the cores, as `mtl serve` divides
+# them): pytest and the workers and servers it starts each use this many instead of every core.
+TEST_THREADS := $(or $(MTL_TORCH_THREADS),$(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n / 2 > 0 ? n / 2 : 1 ))))
+
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	MTL_TORCH_THREADS=$(TEST_THREADS) OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+	    $(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .

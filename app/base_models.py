@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.errors import ServiceError
 from app.jobs import ArtifactStatus
+from app.security import VerifiedKey
 from app.settings import Settings
-from app.tables import ApiKeyRecord, BaseModelRecord
+from app.tables import BaseModelRecord
 
 BUILTIN_PREFIX = "builtin/"
 PREFERRED_DEFAULT = "natural"
@@ -83,7 +84,7 @@ def set_default(*, session: Session, base_model_id: str) -> None:
 
 
 def usable_base_model(
-    *, session: Session, settings: Settings, key: ApiKeyRecord, base_model_id: str | None
+    *, session: Session, settings: Settings, key: VerifiedKey, base_model_id: str | None
 ) -> tuple[BaseModelRecord, dict[str, Any]]:
     """The ready base model a caller asked for (the default one for None) and its card: 404 when
     the caller cannot see it, 409 when it is not ready or there is no default."""

@@ -380,6 +380,9 @@ def _bench_table1(args: argparse.Namespace) -> int:
     return int(table1.main(bench_args))
 
 
+# Commands that run torch in this process: they use `MTL_TORCH_THREADS` threads, as the service does.
+TRAINING_COMMANDS = ("pretrain", "evaluate", "bench")
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_pretrain,
     _add_evaluate,
@@ -411,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.errors import MTLError
 
     try:
+        if args.command in TRAINING_COMMANDS:
+            from app.threads import limit_threads
+
+            limit_threads(_service_settings().resolved_torch_threads)
         return int(args.handler(args))
     except (MTLError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,7 +30,10 @@ def get_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+@lru_cache(maxsize=8)
 def session_factory(url: str) -> sessionmaker[Session]:
+    """One per database URL and process: a new `sessionmaker` builds a new Session subclass, and
+    the ORM sets up its events for each (most of an authenticated GET's time, issue 13)."""
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 

@@ -1,22 +1,26 @@
-"""Dependencies the routes take: settings, a database session, the caller's API key."""
+"""Dependencies the routes take: settings, a database session, the caller's API key.
+
+Dependencies that do no I/O are `async def`, so FastAPI calls them on the event loop: a plain
+`def` dependency costs a hand-over to the thread pool and back, which on a busy 2-core machine
+was most of a small request's time (issue 13)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.db import session_factory
 from app.predict import PredictService
-from app.security import find_key
+from app.security import VerifiedKey, VerifiedKeyCache, hash_key, lookup_key
 from app.settings import Settings
-from app.tables import ApiKeyRecord
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -24,12 +28,17 @@ def get_settings_dep(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_db(settings: SettingsDep) -> Iterator[Session]:
+async def get_db(settings: SettingsDep) -> AsyncIterator[Session]:
+    # Making a session does no I/O (it connects on first use); closing one that did returns its
+    # connection (a rollback), so that happens in the thread pool, as the route's queries do.
     session = session_factory(settings.resolved_database_url)()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
@@ -40,32 +49,48 @@ _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: 
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_current_key(session: SessionDep, credentials: BearerCredentials) -> ApiKeyRecord:
+def verified_keys(request: Request) -> VerifiedKeyCache:
+    cache: VerifiedKeyCache = request.app.state.verified_keys
+    return cache
+
+
+async def get_current_key(
+    request: Request, settings: SettingsDep, credentials: BearerCredentials
+) -> VerifiedKey:
+    """The caller's key: from the cache of recently verified keys (on the event loop), else from
+    the database (in the thread pool, with a short session of its own)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(
             401,
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = find_key(session=session, key=credentials.credentials)
+    cache = verified_keys(request)
+    digest = hash_key(credentials.credentials)
+    key = cache.get(digest)
     if key is None:
-        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        key = await run_in_threadpool(
+            lookup_key, database_url=settings.resolved_database_url, digest=digest
+        )
+        if key is None:
+            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        cache.put(digest, key)
     return key
 
 
-CurrentKey = Annotated[ApiKeyRecord, Depends(get_current_key)]
+CurrentKey = Annotated[VerifiedKey, Depends(get_current_key)]
 
 
-def get_admin_key(key: CurrentKey) -> ApiKeyRecord:
+async def get_admin_key(key: CurrentKey) -> VerifiedKey:
     if key.scope != "admin":
         raise HTTPException(403, "this route needs an admin key")
     return key
 
 
-AdminKey = Annotated[ApiKeyRecord, Depends(get_admin_key)]
+AdminKey = Annotated[VerifiedKey, Depends(get_admin_key)]
 
 
-def get_predict_service(request: Request) -> PredictService:
+async def get_predict_service(request: Request) -> PredictService:
     service: PredictService = request.app.state.predict_service
     return service
 
@@ -74,10 +99,21 @@ PredictServiceDep = Annotated[PredictService, Depends(get_predict_service)]
 
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def quick_read(settings: Settings, read: Callable[..., R], *args: Any) -> R:
+    """Run a small read (`read(*args)`, which opens its own short session): on the event loop for
+    the embedded SQLite (a local file in WAL mode, where a reader never waits for a writer, and a
+    primary-key read takes less time than handing work to a thread and back), in the thread pool
+    for a database over the network."""
+    if settings.resolved_database_url.startswith("sqlite"):
+        return read(*args)
+    return await run_in_threadpool(read, *args)
 
 
 def get_tenant_row(
-    session: Session, key: ApiKeyRecord, model: type[T], row_id: str, noun: str
+    session: Session, key: VerifiedKey, model: type[T], row_id: str, noun: str
 ) -> T:
     """The tenant's row of `model` with this id; another tenant's row is answered like a missing one."""
     row = session.get(model, row_id)

@@ -57,7 +57,9 @@ class EmbeddedWorker:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         # The worker must use this API's data directory whatever its own current directory.
-        env = {**os.environ, "MTL_DATA_DIR": str(self.settings.resolved_data_dir)}
+        # Its threads too: the default gives the API and this worker half the cores each.
+        env = {**os.environ, "MTL_DATA_DIR": str(self.settings.resolved_data_dir),
+               "MTL_TORCH_THREADS": str(self.settings.resolved_torch_threads)}
         args = [sys.executable, "-m", "worker", "--parent-pid", str(os.getpid()),
                 "--ready-file", str(self.ready_file)]
         return subprocess.Popen(args, env=env)

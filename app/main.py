@@ -20,6 +20,7 @@ from app.console import install_console
 from app.embedded import EmbeddedWorker
 from app.errors import ServiceError, http_status
 from app.predict import PredictService
+from app.security import VerifiedKeyCache
 from app.settings import Settings, get_settings
 from models.errors import MTLError
 
@@ -105,8 +106,10 @@ def create_app(
         from PIL import Image
 
         from app.bootstrap import initialize
+        from app.threads import limit_threads
 
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+        limit_threads(settings.resolved_torch_threads)
         initialize(settings)
         yield
 
@@ -120,6 +123,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.embedded_worker = embedded_worker
+    app.state.verified_keys = VerifiedKeyCache(settings.api_key_cache_s)
     app.state.predict_service = PredictService(
         cache_size=settings.predict_cache_size,
         device=settings.predict_device,

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.db import session_factory
 from app.tables import ApiKeyRecord
 
 SCOPES = ("user", "admin")
@@ -59,3 +64,66 @@ def revoke_env_keys(*, session: Session, keep: str | None) -> int:
 
 def find_key(*, session: Session, key: str) -> ApiKeyRecord | None:
     return session.scalar(select(ApiKeyRecord).where(ApiKeyRecord.key_hash == hash_key(key)))
+
+
+@dataclass(frozen=True)
+class VerifiedKey:
+    """The caller, once its key was found in the database: whose data it may see (its tenant)
+    and whether it may use the admin routes (its scope)."""
+
+    prefix: str
+    tenant: str
+    scope: str
+
+
+def lookup_key(*, database_url: str, digest: str) -> VerifiedKey | None:
+    """The key with this hash, read in a short session of its own; None when there is none."""
+    session = session_factory(database_url)()
+    try:
+        row = session.scalar(select(ApiKeyRecord).where(ApiKeyRecord.key_hash == digest))
+        return None if row is None else VerifiedKey(row.prefix, row.tenant, row.scope)
+    finally:
+        session.close()
+
+
+class VerifiedKeyCache:
+    """Keys found in the database in the last `ttl_s` seconds, by their hash, so that a client's
+    requests do not each ask the database (issue 13: that, and the threads it took, were most of
+    an authenticated request's time). Only found keys are kept (a new key works at once; unknown
+    ones cannot fill the cache); at most `max_entries`, the oldest dropped first. A key revoked
+    through this process is forgotten at once; revoked elsewhere (another API process, the
+    database) it keeps working here for at most `ttl_s` seconds (`MTL_API_KEY_CACHE_S`)."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, VerifiedKey]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> VerifiedKey | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if time.monotonic() >= entry[0]:
+                del self._entries[digest]
+                return None
+            return entry[1]
+
+    def put(self, digest: str, key: VerifiedKey) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            self._entries.pop(digest, None)
+            self._entries[digest] = (time.monotonic() + self.ttl_s, key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def forget(self, prefix: str) -> None:
+        """Drop the key with this prefix (revoked through this process)."""
+        with self._lock:
+            for digest in [d for d, (_, k) in self._entries.items() if k.prefix == prefix]:
+                del self._entries[digest]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -78,6 +78,18 @@ class Settings(BaseSettings):
         default=2, ge=1, description="threads decoding predict images (bounded concurrency)"
     )
     broker_visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch (OpenMP, MKL) threads in each process: the API, each worker and the "
+        "training CLI commands; default: half the cores (mtl serve runs an API and a worker)",
+    )
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long the API trusts a verified API key without asking the database "
+        "again: a deleted key stops working within this time (0: every request asks)",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -87,6 +99,12 @@ class Settings(BaseSettings):
         elif self.environment != "development":
             raise ValueError("MTL_ENVIRONMENT must be 'development' or 'production'")
         return self
+
+    @property
+    def resolved_torch_threads(self) -> int:
+        from app.threads import default_torch_threads
+
+        return self.torch_threads or default_torch_threads()
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -94,15 +94,18 @@ def free_port() -> int:
 class Service:
     """`mtl serve` (API + one worker) on loopback with a fresh data directory."""
 
-    def __init__(self, data_dir: Path, builtin_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, builtin_dir: Path, env: dict[str, str] | None = None,
+                 *, server_repo: Path = REPO) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "MTL_DATA_DIR": str(data_dir),
                     "MTL_BUILTIN_MODELS_DIR": str(builtin_dir), **(env or {})}
         self.log = open(data_dir.parent / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
+        # `python -m app.cli` from `server_repo`: another checkout (e.g. `git archive` of an older
+        # commit) serves with its own code, for a before/after comparison in one window.
         self.proc = subprocess.Popen([*MTL, "serve", "--host", "127.0.0.1", "--port",
-                                      str(self.port)], cwd=REPO, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                      str(self.port)], cwd=server_repo, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -139,7 +142,8 @@ class Service:
 
 @contextmanager
 def service(builtin_dir: Path, threads: int | None) -> Iterator[tuple[Service, Path]]:
-    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads),
+                                      "MTL_TORCH_THREADS": str(threads)}
     tmp = Path(tempfile.mkdtemp(prefix="mtl-speed-"))
     data_dir = tmp / "var"
     data_dir.mkdir()
@@ -402,6 +406,191 @@ def svc_setting(name: str) -> Any:
     return getattr(Settings(), name)
 
 
+# ----------------------------------------------------------------------------- http
+
+
+class RawLoad:
+    """A small wrk-style load generator: `concurrency` keep-alive HTTP/1.1 connections, each
+    sending one prepared request after another on raw asyncio streams. Much cheaper per request
+    than httpx, so on a 2-core machine the server, not the client, is what is measured."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        self.port = port
+        self.request = request
+
+    async def _lane(self, todo: Iterator[int], latencies: list[float]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            for _ in todo:
+                t0 = time.perf_counter()
+                writer.write(self.request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+        finally:
+            writer.close()
+
+    async def run(self, concurrency: int, requests: int) -> tuple[list[float], float]:
+        """(latencies in s, wall seconds) of `requests` after `2 x concurrency` warm-up ones."""
+        warm: list[float] = []
+        await asyncio.gather(*(self._lane(iter(range(2)), warm) for _ in range(concurrency)))
+        latencies: list[float] = []
+        todo = iter(range(requests))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(self._lane(todo, latencies) for _ in range(concurrency)))
+        return latencies, time.perf_counter() - t0
+
+
+def get_request(port: int, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def predict_request(port: int, path: str, headers: dict[str, str], image: bytes) -> bytes:
+    boundary = "mtlbenchboundary7d3f"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"top_k\"\r\n\r\n1\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"q.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + image + (
+            f"\r\n--{boundary}--\r\n").encode()
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+             *(f"{k}: {v}" for k, v in headers.items()),
+             f"Content-Type: multipart/form-data; boundary={boundary}",
+             f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop  # the load generator's own loop: cheaper where installed
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def measure_http(svc: Service, clf_id: str, image: bytes, levels: list[int],
+                 get_requests: int, predict_requests: int) -> list[dict[str, Any]]:
+    """Where a request's time goes: /healthz (HTTP only), an authenticated image-free GET (+ the
+    API key and a database row), predict (+ multipart, decoding, the forward pass)."""
+    routes = [("healthz", get_request(svc.port, "/healthz", {}), get_requests),
+              ("get_classifier", get_request(svc.port, f"/v1/classifiers/{clf_id}", svc.headers),
+               get_requests),
+              ("predict", predict_request(svc.port, f"/v1/classifiers/{clf_id}/predict",
+                                          svc.headers, image), predict_requests)]
+    rows = []
+    for route, request, n in routes:
+        for c in levels:
+            latencies, wall = _run_loop(RawLoad(svc.port, request).run(c, n))
+            ms = [1000 * v for v in latencies]
+            rows.append({"route": route, "concurrency": c, "requests": len(ms),
+                         "p50_ms": round(percentile(ms, 50), 2),
+                         "p95_ms": round(percentile(ms, 95), 2),
+                         "throughput_rps": round(len(ms) / wall, 1),
+                         "load_average_1": round(os.getloadavg()[0], 2)})
+            r = rows[-1]
+            print(f"  {route:>15} c={c:<3} p50 {r['p50_ms']:>8} ms  p95 {r['p95_ms']:>8} ms  "
+                  f"{r['throughput_rps']:>8} req/s  (load {r['load_average_1']})")
+    return rows
+
+
+def bench_http(args: argparse.Namespace) -> dict[str, Any]:
+    """Before/after in one window: the current checkout and (with --compare DIR) another one,
+    alternately, on one data directory with one trained classifier."""
+    variants: list[tuple[str, Path, bool]] = [("current", REPO, False)]
+    if args.compare is not None:
+        variants.insert(0, ("compare", args.compare.resolve(), args.compare_plain_uvicorn))
+    levels = args.concurrency if args.concurrency != [1, 8, 32] else [1, 32]
+    tmp = Path(tempfile.mkdtemp(prefix="mtl-speed-http-"))
+    data_dir = tmp / "var"
+    data_dir.mkdir()
+    env = {} if args.torch_threads is None else {"OMP_NUM_THREADS": str(args.torch_threads),
+                                                 "MTL_TORCH_THREADS": str(args.torch_threads)}
+    try:
+        svc = Service(data_dir, args.builtin_dir, env)
+        try:
+            clf_id, images = natural_classifier(svc, args.train_per_class)
+        finally:
+            svc.stop()
+        raw = raw_forward_ms(data_dir / "classifiers" / clf_id, images[0], repeats=200,
+                             threads=args.torch_threads)
+        print(f"raw in-process forward, batch 1: {raw:.2f} ms")
+        results: list[dict[str, Any]] = []
+        for round_ in range(args.rounds):
+            for name, repo, plain in variants:
+                with service_on(data_dir, args.builtin_dir, env, repo, plain) as svc:
+                    print(f"round {round_}, {name} ({repo}{', plain uvicorn' if plain else ''}):")
+                    for row in measure_http(svc, clf_id, images[0], levels, args.get_requests,
+                                            args.requests):
+                        results.append({"round": round_, "variant": name, **row})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary: dict[str, Any] = {}
+    for name, _, _ in variants:
+        for route in ("healthz", "get_classifier", "predict"):
+            for c in levels:
+                mine = [r for r in results if r["variant"] == name and r["route"] == route
+                        and r["concurrency"] == c]
+                summary[f"{name}/{route}/c{c}"] = {
+                    "p50_ms": round(statistics.median(r["p50_ms"] for r in mine), 2),
+                    "throughput_rps": round(statistics.median(r["throughput_rps"] for r in mine), 1),
+                    "throughput_rps_each_round": [r["throughput_rps"] for r in mine]}
+    goals: dict[str, Any] = {}
+    hi, lo = max(levels), min(levels)
+    get_peak = max(summary[f"current/get_classifier/c{c}"]["throughput_rps"] for c in levels)
+    goals["authenticated_get_rps"] = {"at_least": 1000, "measured": get_peak,
+                                      "met": get_peak >= 1000}
+    if lo == 1 and hi == 32:
+        ratio = (summary["current/predict/c32"]["throughput_rps"]
+                 / summary["current/predict/c1"]["throughput_rps"])
+        goals["predict_throughput_c32_over_c1"] = {"at_least": 3.0, "measured": round(ratio, 2),
+                                                   "met": ratio >= 3.0}
+        p50 = summary["current/predict/c1"]["p50_ms"]
+        goals["predict_p50_c1"] = {"limit_ms": round(1.5 * raw + 5, 2), "measured_ms": p50,
+                                   "met": p50 <= 1.5 * raw + 5}
+    print(f"\n{'variant/route/concurrency':>36} {'p50 ms':>8} {'req/s (median of rounds)':>26}")
+    for k, v in summary.items():
+        print(f"{k:>36} {v['p50_ms']:>8} {v['throughput_rps']:>26}")
+    for name, g in goals.items():
+        print(f"goal {name}: {'met' if g['met'] else 'missed'} ({g})")
+    return {"benchmark": "the HTTP stack: /healthz, an authenticated GET, predict",
+            "setup": "embedded mtl serve on one data directory with one classifier (natural base "
+                     f"model, 5 miniImageNet-lite val classes x {args.train_per_class}); the load "
+                     "generator is RawLoad in this process (keep-alive HTTP/1.1 on raw asyncio "
+                     "streams, uvloop when installed), on the same machine; each variant's server "
+                     f"started afresh each round, {args.rounds} rounds, variants alternately; "
+                     "predict sends one 84x84 JPEG, top_k=1",
+            "variants": {name: {"repo": str(repo), "plain_uvicorn": plain}
+                         for name, repo, plain in variants},
+            "raw_forward_batch1_ms": round(raw, 2), "summary": summary, "goals": goals,
+            "results": results}
+
+
+@contextmanager
+def service_on(data_dir: Path, builtin_dir: Path, env: dict[str, str], repo: Path,
+               plain_uvicorn: bool) -> Iterator[Service]:
+    env = dict(env)
+    shim_root = Path(tempfile.mkdtemp(prefix="mtl-shim-"))
+    if plain_uvicorn:
+        for name in ("httptools", "uvloop"):
+            (shim_root / name).mkdir()
+            (shim_root / name / "__init__.py").write_text(f"raise ImportError('{name} hidden')\n")
+        env["PYTHONPATH"] = str(shim_root)
+    svc = Service(data_dir, builtin_dir, env, server_repo=repo)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        shutil.rmtree(shim_root, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- 4. many
 
 
@@ -500,7 +689,7 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("benchmark", choices=["train", "predict", "many", "all"])
+    p.add_argument("benchmark", choices=["train", "predict", "many", "http", "all"])
     p.add_argument("--builtin-dir", type=Path, default=REPO / "app" / "builtin_models",
                    help="folder with handwriting/ and natural/ base models")
     p.add_argument("--runs", type=int, default=10, help="train: timed runs (after one warm-up)")
@@ -514,13 +703,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=None,
                    help="OMP_NUM_THREADS for the server, and the raw forward's threads "
                         "(default: torch's default, one per core)")
+    p.add_argument("--get-requests", type=int, default=1000,
+                   help="http: requests per level for /healthz and the authenticated GET")
+    p.add_argument("--rounds", type=int, default=2, help="http: rounds (variants alternate)")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="http: another checkout to serve from too, alternately (e.g. `git archive "
+                        "HEAD~1 | tar -x -C DIR`)")
+    p.add_argument("--compare-plain-uvicorn", action="store_true",
+                   help="http: serve --compare as without uvicorn[standard] (httptools and uvloop "
+                        "hidden)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--suffix", default="", help="appended to the report's name, for a variant")
     args = p.parse_args(argv)
     args.builtin_dir = args.builtin_dir.resolve()
     names = ["train", "predict", "many"] if args.benchmark == "all" else [args.benchmark]
     runners = {"train": (bench_train, "time-to-classifier"), "predict": (bench_predict, "predict"),
-               "many": (bench_many, "many-classifiers")}
+               "many": (bench_many, "many-classifiers"), "http": (bench_http, "http")}
     command = "python -m benchmarks.speed_service " + " ".join(argv or sys.argv[1:])
     for name in names:
         before = machine()

@@ -4,7 +4,17 @@ sets, so they are marked slow here, by name, beside the service tests' own marks
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from app.threads import default_torch_threads, limit_threads
+
+# The suite runs beside the workers and servers it starts (and often beside other work): this
+# process and every child it starts use MTL_TORCH_THREADS threads (default: half the cores), as
+# under `mtl serve`, instead of each taking every core.
+os.environ.setdefault("MTL_TORCH_THREADS", str(default_torch_threads()))
+limit_threads(int(os.environ["MTL_TORCH_THREADS"]))
 
 SLOW = (
     "tests/core/test_bench.py::",  # the Table 1 harness end to end

@@ -52,6 +52,18 @@ def recovery_loop(settings: Settings, stop: threading.Event | None = None) -> No
             return
 
 
+def start_torch(settings: Settings) -> int:
+    """Set this worker's compute threads (`MTL_TORCH_THREADS`) and import torch before taking
+    jobs (the first job does not pay for the import; CUDA is still first touched in a task).
+    Returns the thread count torch reports."""
+    from app.threads import limit_threads
+
+    limit_threads(settings.resolved_torch_threads)
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def run_worker(
     settings: Settings,
     queues: list[str],
@@ -71,11 +83,13 @@ def run_worker(
 
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     settings.ensure_dirs()
+    threads = start_torch(settings)
     log.warning(
-        "worker: data dir %s, database %s, broker %s",
+        "worker: data dir %s, database %s, broker %s, torch threads %d",
         settings.resolved_data_dir,
         make_url(settings.resolved_database_url).render_as_string(hide_password=True),
         settings.resolved_broker_url.split("@")[-1],
+        threads,
     )
     app = make_celery(settings)
     register_tasks(app, settings)

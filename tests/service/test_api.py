@@ -45,7 +45,8 @@ def assert_error(response: Any, status: int, fragment: str) -> None:
 
 def test_health_and_readiness(client: Any) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/readyz").json() == {
+        "status": "ready", "torch_threads": client.app.state.settings.resolved_torch_threads}
     assert client.get("/openapi.json").status_code == 200
 
 

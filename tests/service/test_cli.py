@@ -77,9 +77,14 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90)
 
 def test_serve_embedded_starts_migrated_with_builtin_models(tmp_path: Path,
                                                             builtin_dir: Path) -> None:
-    env = embedded_env(tmp_path, builtin_dir)
-    proc, url = start_serve(env, tmp_path / "serve.log")
+    env = {**embedded_env(tmp_path, builtin_dir), "MTL_TORCH_THREADS": "3"}
+    log = tmp_path / "serve.log"
+    proc, url = start_serve(env, log)
     try:
+        # The one thread setting reaches the API and the worker it started (which reports the
+        # count torch itself gives).
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "torch_threads": 3}
+        assert "torch threads 3" in log.read_text()
         key = mtl("keys", "create", "--tenant", "acme", env=env).stdout.strip()
         models = httpx.get(f"{url}/v1/base-models", headers={"Authorization": f"Bearer {key}"})
         assert models.status_code == 200

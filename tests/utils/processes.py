@@ -22,8 +22,7 @@ class WorkerProcess:
         env = {**os.environ, "MTL_DATA_DIR": str(settings.data_dir),
                "MTL_BUILTIN_MODELS_DIR": str(settings.resolved_builtin_dir),
                "MTL_WORKER_DEVICE": "cpu", "MTL_CHECKPOINT_EVERY_S": "1",
-               "MTL_JOB_STALE_AFTER_S": "3", "MTL_RECOVERY_INTERVAL_S": "1",
-               "OMP_NUM_THREADS": "2"}
+               "MTL_JOB_STALE_AFTER_S": "3", "MTL_RECOVERY_INTERVAL_S": "1"}
         for name, value in (("MTL_DATABASE_URL", settings.database_url),
                             ("MTL_BROKER_URL", settings.broker_url)):
             if value:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import delete, select
 
 from app import jobs
 from app.api.responses import errors
 from app.base_models import set_default
-from app.deps import AdminKey, SessionDep, SettingsDep
+from app.deps import AdminKey, SessionDep, SettingsDep, verified_keys
 from app.jobs import ArtifactStatus
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.params import pretrain_config
@@ -115,14 +115,16 @@ def list_keys(
 
 
 @router.delete("/api-keys/{prefix}", status_code=204, responses=errors(404))
-def revoke_key(prefix: str, session: SessionDep, key: AdminKey) -> Response:
+def revoke_key(prefix: str, request: Request, session: SessionDep, key: AdminKey) -> Response:
     """Revoke an API key.
 
-    By its prefix (the part after `mtl_`); it stops working at once.
+    By its prefix (the part after `mtl_`). It stops working at once on this API process, and
+    within `MTL_API_KEY_CACHE_S` seconds (default 5) on any other API process sharing the database.
     """
     result = session.execute(delete(ApiKeyRecord).where(ApiKeyRecord.prefix == prefix))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise HTTPException(404, f"no API key with prefix {prefix}")
     session.commit()
+    verified_keys(request).forget(prefix)
     return Response(status_code=204)

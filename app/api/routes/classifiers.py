@@ -7,13 +7,22 @@ import shutil
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app import jobs
 from app.api.forms import file_fields, read_form, text_field
 from app.api.responses import errors
 from app.api.routes.datasets import get_owned as get_owned_dataset
 from app.base_models import usable_base_model
-from app.deps import CurrentKey, PredictServiceDep, SessionDep, SettingsDep, get_tenant_row
+from app.db import session_factory
+from app.deps import (
+    CurrentKey,
+    PredictServiceDep,
+    SessionDep,
+    SettingsDep,
+    get_tenant_row,
+    quick_read,
+)
 from app.jobs import ArtifactStatus
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import (
@@ -24,7 +33,9 @@ from app.schemas import (
     PredictResponse,
     PredictResult,
 )
-from app.tables import ApiKeyRecord, ClassifierRecord
+from app.security import VerifiedKey
+from app.settings import Settings
+from app.tables import ClassifierRecord
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422))
 log = logging.getLogger(__name__)
@@ -48,8 +59,27 @@ _PREDICT_DOC = {
 }
 
 
-def get_owned(session: SessionDep, key: ApiKeyRecord, classifier_id: str) -> ClassifierRecord:
+def get_owned(session: Session, key: VerifiedKey, classifier_id: str) -> ClassifierRecord:
     return get_tenant_row(session, key, ClassifierRecord, classifier_id, "classifier")
+
+
+def _read_owned(settings: Settings, key: VerifiedKey, classifier_id: str) -> ClassifierPublic:
+    """The caller's classifier as the API shows it, read in a short session of its own: one
+    hand-over to the thread pool for the whole of a small route's database work."""
+    session = session_factory(settings.resolved_database_url)()
+    try:
+        return ClassifierPublic.from_record(get_owned(session, key, classifier_id))
+    finally:
+        session.close()
+
+
+def _owned_status(settings: Settings, key: VerifiedKey, classifier_id: str) -> str:
+    """The status of the caller's classifier (404 if it is not the caller's), as `_read_owned`."""
+    session = session_factory(settings.resolved_database_url)()
+    try:
+        return get_owned(session, key, classifier_id).status
+    finally:
+        session.close()
 
 
 @router.post("", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413))
@@ -105,14 +135,16 @@ def list_classifiers(
 
 
 @router.get("/{classifier_id}", response_model=ClassifierPublic, responses=errors(404))
-def read_classifier(classifier_id: str, session: SessionDep, key: CurrentKey) -> ClassifierPublic:
+async def read_classifier(
+    classifier_id: str, key: CurrentKey, settings: SettingsDep
+) -> ClassifierPublic:
     """Read a classifier.
 
     Its status, labels, training parameters and, once trained, its holdout metrics: accuracy,
     per-class precision and recall, and the confusion matrix (rows: true class, columns:
     predicted, in `labels` order).
     """
-    return ClassifierPublic.from_record(get_owned(session, key, classifier_id))
+    return await quick_read(settings, _read_owned, settings, key, classifier_id)
 
 
 @router.delete("/{classifier_id}", status_code=204, responses=errors(404))
@@ -147,7 +179,6 @@ def delete_classifier(
 async def predict(
     classifier_id: str,
     request: Request,
-    session: SessionDep,
     key: CurrentKey,
     settings: SettingsDep,
     predictor: PredictServiceDep,
@@ -158,14 +189,13 @@ async def predict(
     with probabilities, or an `error` when it does not decode. Needs a classifier whose status
     is `ready`.
     """
-    clf = get_owned(session, key, classifier_id)
-    if clf.status != ArtifactStatus.READY:
+    # Off the event loop, and no connection is held while predicting.
+    status = await quick_read(settings, _owned_status, settings, key, classifier_id)
+    if status != ArtifactStatus.READY:
         raise HTTPException(
             409,
-            f"classifier {classifier_id} is {clf.status}; predict needs it "
-            "trained (status 'ready')",
+            f"classifier {classifier_id} is {status}; predict needs it trained (status 'ready')",
         )
-    session.close()  # do not hold a connection while predicting
     form = await read_form(
         request, max_files=settings.max_predict_files, setting="MTL_MAX_PREDICT_FILES"
     )
@@ -182,7 +212,9 @@ async def predict(
     names = [f.filename or f"file{i + 1}" for i, f in enumerate(files)]
     contents = [await f.read() for f in files]
     # Checking and decoding happen in the predict service's decoding threads, off the loop.
-    ranked = await predictor.predict(clf.id, settings.classifiers_dir / clf.id, contents, top_k)
+    ranked = await predictor.predict(
+        classifier_id, settings.classifiers_dir / classifier_id, contents, top_k
+    )
     return PredictResponse(
         results=[
             PredictResult(filename=name, error=r)

@@ -13,9 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from app.api.responses import WHY
 from app.api.routes.jobs import get_visible
 from app.db import session_scope
-from app.deps import BearerCredentials, SettingsDep, get_current_key
+from app.deps import CurrentKey, SettingsDep
 from app.jobs import FINISHED
 from app.schemas import JobPublic
+from app.security import VerifiedKey
 from app.settings import Settings
 from app.tables import JobRecord
 
@@ -55,10 +56,9 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-def _visible_job(settings: Settings, credentials: BearerCredentials, job_id: str) -> JobPublic:
+def _visible_job(settings: Settings, key: VerifiedKey, job_id: str) -> JobPublic:
     # A short session of its own: the stream may last for hours and must not hold a connection.
     with session_scope(settings.resolved_database_url) as session:
-        key = get_current_key(session, credentials)
         return JobPublic.from_record(get_visible(session, key, job_id))
 
 
@@ -103,7 +103,7 @@ async def job_events(
     },
 )
 async def stream_job_events(
-    job_id: str, settings: SettingsDep, credentials: BearerCredentials
+    job_id: str, settings: SettingsDep, key: CurrentKey
 ) -> EventStreamResponse:
     """Follow a job live (server-sent events).
 
@@ -113,7 +113,7 @@ async def stream_job_events(
     or cancelled); an `EventSource` should then be closed, or it reconnects. The key goes in the
     `Authorization` header like every other call, so a browser reads the stream with `fetch`.
     """
-    first = await run_in_threadpool(_visible_job, settings, credentials, job_id)
+    first = await run_in_threadpool(_visible_job, settings, key, job_id)
     return EventStreamResponse(
         job_events(settings, first),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

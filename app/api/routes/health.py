@@ -43,11 +43,12 @@ def _check(settings: Settings) -> str | None:
 
 
 @router.get("/readyz", responses=errors(503))
-async def readyz(request: Request, settings: SettingsDep) -> dict[str, str]:
+async def readyz(request: Request, settings: SettingsDep) -> dict[str, str | int]:
     """Readiness.
 
     Ready when the database and the broker answer, and under `mtl serve` its worker runs;
-    503 naming what is missing otherwise. No key needed.
+    503 naming what is missing otherwise. No key needed. `torch_threads`: the compute threads
+    this API process predicts with (`MTL_TORCH_THREADS`).
     """
     worker = request.app.state.embedded_worker
     problem = worker.problem() if worker is not None else None
@@ -55,4 +56,4 @@ async def readyz(request: Request, settings: SettingsDep) -> dict[str, str]:
         problem = await run_in_threadpool(_check, settings)
     if problem is not None:
         raise HTTPException(503, problem)
-    return {"status": "ready"}
+    return {"status": "ready", "torch_threads": settings.resolved_torch_threads}

@@ -14,12 +14,13 @@ from app.deps import CurrentKey, SessionDep
 from app.jobs import JobStatus
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import JobPublic
-from app.tables import ApiKeyRecord, JobRecord
+from app.security import VerifiedKey
+from app.tables import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 
 
-def get_visible(session: Session, key: ApiKeyRecord, job_id: str) -> JobRecord:
+def get_visible(session: Session, key: VerifiedKey, job_id: str) -> JobRecord:
     job = session.get(JobRecord, job_id)
     if job is None or (job.tenant != key.tenant and key.scope != "admin"):
         raise HTTPException(404, f"job {job_id} not found")
