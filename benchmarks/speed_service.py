@@ -12,7 +12,14 @@ worker) on 127.0.0.1 with a temporary MTL_DATA_DIR, started and stopped by this 
   checkpoint folders hard links of one trained classifier's files); predict on ones not in the
   cache: cold latency, the cache bound, and the API process's resident memory before and after.
 
-    python -m benchmarks.speed_service train|predict|many|all [--builtin-dir app/builtin_models]
+- `http` (issue 13): where a request's time goes, `/healthz` (HTTP only), an authenticated
+  `GET /v1/classifiers/{id}` (+ the key and one row) and predict (+ an image and a forward pass)
+  at concurrency 1 and 32, sent by `RawLoad` (a wrk-style client on raw asyncio streams, cheap
+  enough not to be the bottleneck); with `--compare DIR`, another checkout served alternately on
+  the same data directory (before/after in one window). Goals: the GET at least 1,000 req/s;
+  predict at 32 at least 3x predict at 1; predict's p50 at 1 within 1.5x raw forward + 5 ms.
+
+    python -m benchmarks.speed_service train|predict|many|http|all [--builtin-dir app/builtin_models]
 """
 
 from __future__ import annotations
