@@ -356,8 +356,10 @@ CURVE_EPISODES = 60
 
 
 def validation_curve(val: Any, adapt: Any, profile: Profile) -> Any:
-    """The `validate` callback of a training curve: 5-way 1-shot on the validation classes with the
-    method's adaptation, and with the prototype head alone (a probe of the features)."""
+    """The `validate` callback of a training curve: 5-way 1-shot on the validation classes with
+    `adapt` (the method's first candidate adaptation: for the fair recipe, fine-tuning a zero head;
+    the one it keeps is chosen after pretraining), and with the prototype head alone (a probe of
+    the features)."""
     from models.adaptation import evaluate
     from models.config import AdaptConfig
 
@@ -417,7 +419,7 @@ def write_curves(report: dict[str, Any], path: Path) -> None:
             ax.errorbar(xs, [100 * p[key] for p in curve], yerr=[100 * p[key.replace("accuracy", "ci95")] for p in curve],
                         marker="o", capsize=3, label=PAPER_COLUMNS[m],
                         linestyle="-" if is_mtl(m) else "--")
-    for ax, title in zip(axes, ("each method's adaptation", "prototype head, 0 steps (feature probe)"),
+    for ax, title in zip(axes, ("fine-tuning a zero head", "prototype head, 0 steps (feature probe)"),
                          strict=True):
         ax.set_title(f"validation alphabets, 5-way 1-shot: {title}", fontsize=9)
         ax.set_xlabel("image passes (forward + backward)")
