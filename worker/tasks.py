@@ -58,9 +58,13 @@ def start_torch(settings: Settings) -> int:
     Returns the thread count torch reports."""
     from app.threads import limit_threads
 
-    limit_threads(settings.resolved_torch_threads)
+    threads = settings.resolved_torch_threads
+    limit_threads(threads)
     import torch
 
+    # Again on torch itself: it caps the environment's value at the core count when it loads.
+    # Jobs run in this thread (the solo pool).
+    torch.set_num_threads(threads)
     return int(torch.get_num_threads())
 
 
