@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -196,13 +194,12 @@ def git_commit() -> str:
 
 
 def machine_description() -> str:
+    """The machine, as base-model cards describe it (models.training.machine_description)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    desc = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    if torch.cuda.is_available():
-        desc += f", {torch.cuda.get_device_name(0)}"
-    return desc
+    from models.training import machine_description as describe
+
+    return describe(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 @dataclass
