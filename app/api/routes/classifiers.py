@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,8 @@ from app.deps import (
     get_tenant_row,
     quick_read,
 )
+from app.errors import ServiceError
+from app.export import ExportFormat, export_zip
 from app.jobs import ArtifactStatus
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import (
@@ -174,6 +176,53 @@ def delete_classifier(
     predictor.evict(classifier_id)
     shutil.rmtree(settings.classifiers_dir / classifier_id, ignore_errors=True)
     return Response(status_code=204)
+
+
+_EXPORT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a zip: the model, labels.json, preprocessing.json and README.txt",
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.get(
+    "/{classifier_id}/export",
+    response_class=Response,
+    responses={**_EXPORT_RESPONSE, **errors(404, 409)},
+)
+def export_classifier(
+    classifier_id: str,
+    key: CurrentKey,
+    settings: SettingsDep,
+    fmt: Annotated[
+        ExportFormat, Query(alias="format", description="onnx, torchscript or safetensors")
+    ] = ExportFormat.ONNX,
+) -> Response:
+    """Export a classifier.
+
+    A zip to run the classifier outside the service: the model as ONNX (`model.onnx`),
+    TorchScript (`model.pt`) or the service's safetensors checkpoint, `labels.json`,
+    `preprocessing.json` (image size, channels, resizing, normalisation mean and std) and a
+    README.txt with example code. The ONNX and TorchScript models take float32 images
+    (N, C, H, W) scaled to [0, 1] and answer the probabilities predict answers. Needs a
+    classifier whose status is `ready`.
+    """
+    row = _owned_row(settings, key, classifier_id)
+    if row.status != ArtifactStatus.READY:
+        raise ServiceError(
+            f"classifier {classifier_id} is {row.status}; export needs it trained (status 'ready')",
+            409,
+        )
+    data = export_zip(
+        settings.classifiers_dir / classifier_id, fmt, classifier_id=classifier_id, name=row.name
+    )
+    filename = f"classifier-{classifier_id}-{fmt.value}.zip"
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.post(
