@@ -67,5 +67,8 @@ def celery_for(settings: Settings) -> Celery:
 
 
 def enqueue(settings: Settings, task_name: str, job_id: str) -> None:
-    """Send a job to its queue by task name (callers commit the job row first)."""
-    celery_for(settings).send_task(task_name, args=[job_id], queue=QUEUE_OF[task_name])
+    """Send a job to its queue by task name (callers commit the job row first). The task's id
+    is the job's, so Celery's own log lines about it name the job."""
+    celery_for(settings).send_task(
+        task_name, args=[job_id], queue=QUEUE_OF[task_name], task_id=job_id
+    )

@@ -75,6 +75,7 @@ async def get_current_key(
         if key is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         cache.put(digest, key)
+    request.state.tenant = key.tenant  # for the request's log line (app.middleware)
     return key
 
 

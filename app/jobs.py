@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.broker import TASK_OF_KIND, enqueue
 from app.db import session_scope
 from app.errors import InvalidInput, ServiceError
 from app.holdout import training_steps
+from app.logs import request_id_var
 from app.settings import Settings
 from app.tables import (
     BaseModelRecord,
@@ -150,11 +152,13 @@ def create_classifier(
         classifier_id=clf.id,
         base_model_id=base.id,
         total_steps=training_steps(params, [c["count"] for c in dataset.classes]),
+        request_id=request_id_var.get(),
     )
     session.add(job)
     session.flush()
     clf.job_id = job.id
     session.commit()  # the job exists before any worker can see its message
+    _created(job)
     send(settings, job.id, JobKind.TRAINING)
     return clf
 
@@ -191,11 +195,23 @@ def create_pretraining_job(
         dataset_id=dataset.id,
         base_model_id=base_id,
         total_steps=config.iterations,
+        request_id=request_id_var.get(),
     )
     session.add(job)
     session.commit()
+    _created(job)
     send(settings, job.id, JobKind.PRETRAINING)
     return job
+
+
+def _created(job: JobRecord) -> None:
+    metrics.count_job_created(job.kind)
+    log.info(
+        "job %s created (%s)",
+        job.id,
+        job.kind,
+        extra={"event": "job.created", "job_id": job.id, "kind": job.kind, "tenant": job.tenant},
+    )
 
 
 def send(settings: Settings, job_id: str, kind: str) -> bool:

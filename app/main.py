@@ -12,75 +12,21 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import metrics
 from app.api.docs import install_docs
 from app.api.main import api_router
 from app.console import install_console
 from app.embedded import EmbeddedWorker
 from app.errors import ServiceError, http_status
+from app.logs import configure_logging
+from app.middleware import BodySizeLimit, BodyTooLarge, NoNulInUrl, RequestContext
 from app.predict import PredictService
 from app.security import VerifiedKeyCache
 from app.settings import Settings, get_settings
 from models.errors import MTLError
 
 log = logging.getLogger(__name__)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodySizeLimit:
-    """Answer 413 to a request body over `max_bytes`, by its Content-Length or as it streams in."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await JSONResponse({"detail": self._message()}, status_code=413)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self._message())
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self) -> str:
-        return f"request body is over the limit of {self.max_bytes} bytes (MTL_MAX_UPLOAD_BYTES)"
-
-
-class NoNulInUrl:
-    """Answer 422 to a URL whose path or query holds a NUL byte (`%00`): ids and names reach
-    PostgreSQL, which cannot store or compare text with NUL in it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            "\x00" in scope.get("path", "")
-            or b"%00" in scope.get("query_string", b"")
-            or b"\x00" in scope.get("query_string", b"")
-        ):
-            response = JSONResponse({"detail": "the URL must not contain NUL bytes"}, 422)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -100,6 +46,7 @@ def create_app(
     """The API for `settings` (default: from the environment). The database must be migrated.
     With `embedded_worker` (`mtl serve`), /readyz also needs that worker running."""
     settings = settings or get_settings()
+    metrics.setup(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +55,8 @@ def create_app(
         from app.bootstrap import initialize
         from app.threads import limit_threads
 
+        # Here, not earlier: uvicorn configures its loggers after the app is built.
+        configure_logging(settings.log_format)
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         limit_threads(settings.resolved_torch_threads)
         initialize(settings)
@@ -166,6 +115,7 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(NoNulInUrl)
+    app.add_middleware(RequestContext)  # outermost: it times and logs every answer above
     return app
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from app import metrics
 from app.classifier_cache import ClassifierCache
 from app.uploads import check_image
 
@@ -85,6 +86,7 @@ class PredictService:
         from models.data import decode_image
         from models.errors import DatasetError
 
+        metrics.count_predict_cache(classifier_id in self.cache.ids())
         clf, card = self.cache.get(classifier_id, directory)
         arrays: list[Any] = []
         errors: list[str | None] = []
@@ -110,6 +112,7 @@ class PredictService:
 
         clf, _ = self.cache.get(classifier_id, directory)
         self.forward_passes += 1
+        metrics.observe_predict_batch(len(batch))
         with torch.inference_mode():
             return clf.predict_proba(to_float(batch.to(self.device))).cpu()
 

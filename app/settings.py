@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +92,14 @@ class Settings(BaseSettings):
         "again: a deleted key stops working within this time (0: every request asks)",
     )
 
+    metrics_enabled: bool = Field(
+        default=False,
+        description="serve Prometheus metrics at /metrics (no key: expose it to your scraper only)",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="'json': one JSON object per line and event; 'text': plain"
+    )
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.environment == "production":
@@ -147,6 +156,12 @@ class Settings(BaseSettings):
     @property
     def base_models_dir(self) -> Path:
         return self.resolved_data_dir / "base_models"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where every process of this service writes its metrics (prometheus_client's
+        multiprocess mode), unless PROMETHEUS_MULTIPROC_DIR says otherwise."""
+        return self.resolved_data_dir / "metrics"
 
     def ensure_dirs(self) -> None:
         for d in (

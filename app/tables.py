@@ -133,7 +133,10 @@ class JobRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     enqueued_at: Mapped[datetime | None] = mapped_column()
+    # The X-Request-ID of the request that created the job: on the worker's log lines for it.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+

@@ -43,6 +43,10 @@ class Claim:
     job_id: str
     attempt: int
     kind: JobKind
+    # The request that created the job (its log lines carry it) and, on a first attempt, how
+    # long the job waited for a worker.
+    request_id: str | None = None
+    waited_s: float | None = None
 
 
 def worker_name() -> str:
@@ -78,7 +82,11 @@ def claim_job(settings: Settings, job_id: str) -> Claim | None:
         assert job is not None
         if job.kind == JobKind.TRAINING:
             set_artifact_status(session, job_id, ArtifactStatus.TRAINING)
-        return Claim(job_id, job.attempts, JobKind(job.kind))
+        created = job.created_at
+        if created.tzinfo is None:  # SQLite hands back naive datetimes; all are UTC
+            created = created.replace(tzinfo=now.tzinfo)
+        waited = (now - created).total_seconds() if job.attempts == 1 else None
+        return Claim(job_id, job.attempts, JobKind(job.kind), job.request_id, waited)
 
 
 class Reporter:

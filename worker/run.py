@@ -5,12 +5,15 @@ one transaction, and only while this attempt still owns the job."""
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 
+from app import metrics
 from app.jobs import ArtifactStatus, JobKind, JobStatus, set_artifact_status
+from app.logs import job_context
 from app.settings import Settings
-from worker.lifecycle import Heartbeat, JobFailed, Reporter, claim_job
+from worker.lifecycle import Claim, Heartbeat, JobFailed, Reporter, claim_job
 from worker.pretrain_base_model import pretrain_base_model
 from worker.train_classifier import train_classifier
 
@@ -24,12 +27,44 @@ RUNNER_OF_KIND: dict[JobKind, Callable[[Settings, str, Reporter], str]] = {
 
 def run_job(settings: Settings, job_id: str) -> str:
     """Claim and run one job; returns what happened (for logs and tests)."""
-    from models.errors import MTLError, TrainingCancelled
-
     claim = claim_job(settings, job_id)
     if claim is None:
-        log.info("job %s is not queued (finished, cancelled or taken); skipping", job_id)
+        log.info(
+            "job %s is not queued (finished, cancelled or taken); skipping",
+            job_id,
+            extra={"event": "job.skipped", "job_id": job_id},
+        )
         return "skipped"
+    with job_context(job_id, claim.request_id):
+        if claim.waited_s is not None:
+            metrics.observe_queue_wait(claim.kind, claim.waited_s)
+        log.info(
+            "job %s claimed (%s, attempt %d)",
+            job_id,
+            claim.kind.value,
+            claim.attempt,
+            extra={"event": "job.started", "kind": claim.kind.value, "attempt": claim.attempt,
+                   "queue_wait_s": claim.waited_s},
+        )
+        started = time.monotonic()
+        outcome = _run_claimed(settings, claim)
+        seconds = time.monotonic() - started
+        metrics.observe_job_run(claim.kind, outcome, seconds)
+        log.info(
+            "job %s ended: %s after %.1f s",
+            job_id,
+            outcome,
+            seconds,
+            extra={"event": "job.finished", "kind": claim.kind.value, "outcome": outcome,
+                   "duration_s": round(seconds, 3)},
+        )
+    return outcome
+
+
+def _run_claimed(settings: Settings, claim: Claim) -> str:
+    from models.errors import MTLError, TrainingCancelled
+
+    job_id = claim.job_id
     reporter = Reporter(settings, claim)
     runner = RUNNER_OF_KIND[claim.kind]
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import setup_logging, worker_ready
 
 from app.broker import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
 from app.settings import Settings
@@ -83,10 +83,21 @@ def run_worker(
     from PIL import Image
     from sqlalchemy.engine import make_url
 
+    from app import metrics
     from app.broker import make_celery
+    from app.logs import configure_logging
 
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     settings.ensure_dirs()
+    level = getattr(logging, loglevel.upper(), logging.INFO)
+    configure_logging(settings.log_format, level)
+
+    @setup_logging.connect(weak=False)
+    def _keep_our_logging(**_: object) -> None:
+        """Connected, so Celery leaves logging as configured above (JSON lines, with the job's
+        request id on the lines of each job)."""
+
+    metrics.setup(settings)
     threads = start_torch(settings)
     log.warning(
         "worker: data dir %s, database %s, broker %s, torch threads %d",

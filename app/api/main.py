@@ -11,8 +11,11 @@ from app.api.routes import (
     events,
     health,
     jobs,
+    metrics,
 )
 
 api_router = APIRouter()
-for module in (health, datasets, dataset_images, classifiers, jobs, events, base_models, admin):
+for module in (
+    health, metrics, datasets, dataset_images, classifiers, jobs, events, base_models, admin
+):
     api_router.include_router(module.router)
