@@ -19,6 +19,7 @@ from app.api.main import api_router
 from app.console import install_console
 from app.embedded import EmbeddedWorker
 from app.errors import ServiceError, http_status
+from app.idempotency import Idempotency
 from app.logs import configure_logging
 from app.middleware import BodySizeLimit, BodyTooLarge, NoNulInUrl, RequestContext
 from app.predict import PredictService
@@ -113,6 +114,8 @@ def create_app(
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
+    # Innermost first: the idempotency check reads a body the size limit is already counting.
+    app.add_middleware(Idempotency, settings=settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(NoNulInUrl)
     app.add_middleware(RequestContext)  # outermost: it times and logs every answer above

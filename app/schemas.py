@@ -295,7 +295,10 @@ class ApiKeyCreate(Strict):
 
 
 class ApiKeyCreated(BaseModel):
-    key: str
+    key: str | None = Field(
+        description="the new key, shown only here; null in the replayed answer to a repeat "
+        "with the same Idempotency-Key"
+    )
     prefix: str
     tenant: str
     scope: str

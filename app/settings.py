@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         default=False,
         description="serve Prometheus metrics at /metrics (no key: expose it to your scraper only)",
     )
+    idempotency_ttl_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long a POST's Idempotency-Key and first answer are kept",
+    )
     log_format: Literal["json", "text"] = Field(
         default="json", description="'json': one JSON object per line and event; 'text': plain"
     )

@@ -49,7 +49,7 @@ def _postgres_backend() -> Backend:
             conn.execute(text("SELECT 1"))
             # Start from an empty database so that the migrations run from scratch.
             conn.execute(text("DROP TABLE IF EXISTS dataset_images, datasets, classifiers, jobs, "
-                              "base_models, api_keys, alembic_version CASCADE"))
+                              "base_models, api_keys, idempotency_keys, alembic_version CASCADE"))
         engine.dispose()
         redis.Redis.from_url(redis_url).ping()
     except Exception as exc:
@@ -95,11 +95,19 @@ def reset_postgres(backend: Backend) -> None:
     from sqlalchemy import delete
 
     from app.db import session_scope
-    from app.tables import ApiKeyRecord, BaseModelRecord, ClassifierRecord, DatasetRecord, JobRecord
+    from app.tables import (
+        ApiKeyRecord,
+        BaseModelRecord,
+        ClassifierRecord,
+        DatasetRecord,
+        IdempotencyRecord,
+        JobRecord,
+    )
 
     assert backend.database_url and backend.broker_url
     with session_scope(backend.database_url) as session:
-        for table in (DatasetRecord, ClassifierRecord, JobRecord, BaseModelRecord, ApiKeyRecord):  # images go by cascade
+        for table in (DatasetRecord, ClassifierRecord, JobRecord, BaseModelRecord, ApiKeyRecord,
+                      IdempotencyRecord):  # images go by cascade
             session.execute(delete(table))
     redis.Redis.from_url(backend.broker_url).flushdb()
 

@@ -9,6 +9,7 @@ from app import jobs
 from app.api.responses import errors
 from app.base_models import set_default
 from app.deps import AdminKey, SessionDep, SettingsDep, verified_keys
+from app.idempotency import IdempotencyKey
 from app.jobs import ArtifactStatus
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.params import pretrain_config
@@ -30,16 +31,21 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403
     "/pretraining-jobs",
     status_code=202,
     response_model=PretrainingJobCreated,
-    responses=errors(404, 413),
+    responses=errors(404, 409, 413),
 )
 def create_pretraining_job(
-    body: PretrainingJobCreate, session: SessionDep, key: AdminKey, settings: SettingsDep
+    body: PretrainingJobCreate,
+    session: SessionDep,
+    key: AdminKey,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> PretrainingJobCreated:
     """Pretrain a base model.
 
     Starts a pretraining job (202) on a dataset of base classes (any tenant's) with one of
     the algorithms of `models.algorithms`; each parameter is bounded and an out-of-bounds value
-    is a 422 naming it. The new base model is ready when the job succeeds.
+    is a 422 naming it. The new base model is ready when the job succeeds. With an
+    `Idempotency-Key`, a repeat within 24 h answers the first answer and starts nothing.
     """
     dataset = session.get(DatasetRecord, body.dataset_id)
     if dataset is None:
@@ -83,11 +89,20 @@ def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> Base
     return BaseModelPublic.from_record(row)
 
 
-@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=errors(413))
-def create_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKeyCreated:
+@router.post(
+    "/api-keys", status_code=201, response_model=ApiKeyCreated, responses=errors(409, 413)
+)
+def create_key(
+    body: ApiKeyCreate,
+    session: SessionDep,
+    key: AdminKey,
+    idempotency_key: IdempotencyKey = None,
+) -> ApiKeyCreated:
     """Create an API key.
 
-    The key itself is shown only in this answer; only its hash is stored.
+    The key itself is shown only in this answer; only its hash is stored. With an
+    `Idempotency-Key`, a repeat within 24 h creates no other key and answers the first answer
+    with `key` null (it is never stored).
     """
     plain, row = create_api_key(session=session, tenant=body.tenant, admin=body.admin)
     session.commit()

@@ -26,6 +26,7 @@ from app.deps import (
 )
 from app.errors import ServiceError
 from app.export import ExportFormat, export_zip
+from app.idempotency import IdempotencyKey
 from app.jobs import ArtifactStatus
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import (
@@ -98,13 +99,15 @@ def create_classifier(
     session: SessionDep,
     key: CurrentKey,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> ClassifierCreated:
     """Train a classifier.
 
     Starts a training job (202) that fine-tunes the base model (the default one when
     `base_model_id` is left out) on the dataset: first on a training split to measure holdout
     accuracy, then on every image. Parameters left out take the base model card's values.
-    Follow the job with `GET /v1/jobs/{job_id}/events`.
+    Follow the job with `GET /v1/jobs/{job_id}/events`. With an `Idempotency-Key`, a repeat
+    within 24 h answers the first answer and starts nothing.
     """
     dataset = get_owned_dataset(session, key, body.dataset_id)
     base, card = usable_base_model(

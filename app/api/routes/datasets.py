@@ -17,6 +17,7 @@ from app.api.forms import file_fields, read_form, text_field
 from app.api.responses import errors
 from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
 from app.errors import no_nul
+from app.idempotency import IdempotencyKey
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
 from app.schemas import DatasetPublic
 from app.settings import Settings
@@ -73,17 +74,22 @@ def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> DatasetR
     status_code=201,
     response_model=DatasetPublic,
     openapi_extra=_UPLOAD_DOC,
-    responses=errors(413, 415),
+    responses=errors(409, 413, 415),
 )
 async def create_dataset(
-    request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
+    request: Request,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> DatasetPublic:
     """Upload a dataset.
 
     Either `archive`, a .zip whose folders are the class names (one enclosing folder is
     fine), or repeated `files` with one `labels` value each, in the same order. Every image is
     decoded; the ones that are not images, too large or unreadable are left out and listed in
-    `rejected` with the reason. At least 2 classes with a good image are needed.
+    `rejected` with the reason. At least 2 classes with a good image are needed. With an
+    `Idempotency-Key`, a repeat within 24 h answers the first answer and stores nothing.
     """
     form = await read_form(request, max_files=settings.max_files)
     name = (text_field(form, "name", required=True) or "").strip()

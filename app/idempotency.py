@@ -1,0 +1,316 @@
+"""`Idempotency-Key` on the POST routes that create something: a repeat of a request (same key,
+same tenant, same route and body) within `MTL_IDEMPOTENCY_TTL_S` (24 h) is answered with the
+first answer, status and body, and creates nothing; the same key with another route or body is
+a 409. Keys are per tenant.
+
+An ASGI middleware, because it must see the whole body before the route runs (to refuse a
+different one before anything is created) and the whole answer after (to store it). The body is
+spooled to a temporary file, so a large upload does not sit in memory. Only successful answers
+(2xx) are kept: an error frees the key, since nothing was created and a retry may succeed. The
+first request's row is written before it runs, so a repeat that arrives meanwhile gets a 409
+("still in progress") rather than creating a second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import IO, Annotated
+
+from fastapi import Header
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.db import session_scope
+from app.middleware import BodyTooLarge
+from app.security import hash_key, lookup_key
+from app.settings import Settings
+from app.tables import IdempotencyRecord, utcnow
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+# The routes that create something, and the fields of their answer never stored (a new API key
+# is shown once: a replay answers it as null).
+CREATING_ROUTES: dict[str, tuple[str, ...]] = {
+    "/v1/datasets": (),
+    "/v1/classifiers": (),
+    "/v1/admin/pretraining-jobs": (),
+    "/v1/admin/api-keys": ("key",),
+}
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
+_CHUNK = 1 << 16
+_MAX_STORED_ANSWER = 1 << 20
+
+# For the OpenAPI document and validation: the routes that honour the header take it.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="any string of printable ASCII (a UUID, say): a repeat of the request with "
+        "this key within 24 h is answered with the first answer and creates nothing; the same "
+        "key with another body is a 409",
+    ),
+]
+
+
+class _Spooled:
+    """The request body, in a temporary file (in memory while small), and its digest."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
+
+    def chunks(self) -> Iterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(_CHUNK):
+            yield chunk
+
+
+def _replace_streaming(chunks: Iterable[bytes], marker: bytes, token: bytes) -> Iterator[bytes]:
+    """`chunks` with every `marker` replaced by `token`, even one split across two chunks."""
+    carry = b""
+    keep = len(marker) - 1
+    for chunk in chunks:
+        data = carry + chunk
+        safe = max(0, len(data) - keep)
+        pos = 0
+        while (i := data.find(marker, pos)) != -1 and i < safe:
+            yield data[pos:i] + token
+            pos = i + len(marker)
+        cut = max(pos, safe)
+        yield data[pos:cut]
+        carry = data[cut:]
+    yield carry
+
+
+def request_digest(
+    method: str, path: str, content_type: str, chunks: Iterable[bytes], size: int
+) -> str:
+    """What makes two requests the same: route and body. A JSON body counts by its content
+    (key order and spacing aside); a multipart body by its bytes with the boundary (which each
+    client draws at random) taken out."""
+    h = hashlib.sha256(f"{method} {path}\n".encode())
+    mime = content_type.split(";")[0].strip().lower()
+    if mime == "application/json" and size <= _MAX_STORED_ANSWER:
+        raw = b"".join(chunks)
+        try:
+            h.update(json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode())
+        except (ValueError, UnicodeDecodeError):
+            h.update(raw)
+        return h.hexdigest()
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
+    if mime.startswith("multipart/") and boundary:
+        chunks = _replace_streaming(chunks, boundary.group(1).encode("latin-1"), b"BOUNDARY")
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+class Claimed:
+    """The first request with its key: it runs, and its answer is stored."""
+
+
+class Replay:
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        self.status, self.body, self.content_type = status, body, content_type
+
+
+def claim_key(
+    settings: Settings, *, tenant: str, key: str, digest: str
+) -> Claimed | Replay | str:
+    """Record this request as the key's first, or say what to answer instead: the stored
+    answer (`Replay`) or why not (a message, answered with 409)."""
+    cutoff = utcnow() - timedelta(seconds=settings.idempotency_ttl_s)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
+    try:
+        with session_scope(url) as session:
+            session.add(IdempotencyRecord(tenant=tenant, key=key, request_hash=digest))
+        return Claimed()
+    except IntegrityError:
+        pass
+    with session_scope(url) as session:
+        row = session.execute(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key
+            )
+        ).scalar_one_or_none()
+        if row is None:  # its first request failed and freed the key just now
+            return f"a request with {HEADER} {key!r} has just failed; send it again"
+        if row.request_hash != digest:
+            return (
+                f"{HEADER} {key!r} was already used for a different request (another route "
+                f"or body) in the last {settings.idempotency_ttl_s / 3600:g} h; use a new key "
+                "for a new request"
+            )
+        if row.status_code is None:
+            return (
+                f"a request with {HEADER} {key!r} is still being processed; repeat it once "
+                "that one has answered"
+            )
+        return Replay(row.status_code, row.response_body or b"", row.content_type or "")
+
+
+def store_answer(
+    settings: Settings, *, tenant: str, key: str, status: int | None, body: bytes,
+    content_type: str,
+) -> None:
+    """Keep a successful answer for the key's repeats; any other outcome frees the key."""
+    where = (IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key)
+    with session_scope(settings.resolved_database_url) as session:
+        if status is not None and 200 <= status < 300 and len(body) <= _MAX_STORED_ANSWER:
+            session.execute(
+                update(IdempotencyRecord)
+                .where(*where)
+                .values(status_code=status, response_body=body, content_type=content_type)
+            )
+        else:
+            session.execute(delete(IdempotencyRecord).where(*where))
+
+
+def _without(body: bytes, fields: tuple[str, ...]) -> bytes:
+    if not fields:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps({k: (None if k in fields else v) for k, v in data.items()}).encode()
+
+
+async def _tenant(scope: Scope, settings: Settings) -> str | None:
+    """The caller's tenant, from its key (as `app.deps.get_current_key` finds it); None when
+    the key is missing or unknown (the route then answers 401)."""
+    headers = dict(scope.get("headers") or [])
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    digest = hash_key(token.strip())
+    known = scope["app"].state.verified_keys.get(digest)
+    if known is None:
+        known = await run_in_threadpool(
+            lookup_key, database_url=settings.resolved_database_url, digest=digest
+        )
+    return None if known is None else str(known.tenant)
+
+
+class Idempotency:
+    """The middleware; see the module's docstring."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        raw_key = headers.get(HEADER.lower().encode())
+        path = scope.get("path", "")
+        if raw_key is None or scope.get("method") != "POST" or path not in CREATING_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1")
+        if not _KEY.fullmatch(key):
+            message = f"{HEADER} must be 1 to 255 printable ASCII characters without spaces"
+            await JSONResponse({"detail": message}, 422)(scope, receive, send)
+            return
+        tenant = await _tenant(scope, self.settings)
+        if tenant is None:
+            await self.app(scope, receive, send)
+            return
+        body = _Spooled()
+        try:
+            size = await self._spool(receive, body)
+        except BodyTooLarge as exc:
+            await JSONResponse({"detail": str(exc)}, 413)(scope, receive, send)
+            return
+        try:
+            content_type = headers.get(b"content-type", b"").decode("latin-1")
+            digest = request_digest("POST", path, content_type, body.chunks(), size)
+            outcome = await run_in_threadpool(
+                claim_key, self.settings, tenant=tenant, key=key, digest=digest
+            )
+            if isinstance(outcome, str):
+                await JSONResponse({"detail": outcome}, 409)(scope, receive, send)
+            elif isinstance(outcome, Replay):
+                await Response(
+                    outcome.body,
+                    status_code=outcome.status,
+                    media_type=outcome.content_type or None,
+                    headers={REPLAYED_HEADER: "true"},
+                )(scope, receive, send)
+            else:
+                await self._first(scope, receive, send, body, tenant=tenant, key=key)
+        finally:
+            body.file.close()
+
+    async def _spool(self, receive: Receive, body: _Spooled) -> int:
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            body.file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        return size
+
+    async def _first(
+        self, scope: Scope, receive: Receive, send: Send, body: _Spooled, *, tenant: str,
+        key: str,
+    ) -> None:
+        """Run the request on its spooled body, keep its answer."""
+        chunks = body.chunks()
+        pending = next(chunks, b"")
+        done = False
+
+        async def replay_receive() -> Message:
+            nonlocal pending, done
+            if done:
+                return await receive()
+            following = next(chunks, None)
+            message = {"type": "http.request", "body": pending, "more_body": following is not None}
+            if following is None:
+                done = True
+            else:
+                pending = following
+            return message
+
+        status: int | None = None
+        content_type = ""
+        parts: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, content_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"content-type":
+                        content_type = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay_receive, capture)
+        except BaseException:
+            status = None
+            raise
+        finally:
+            answer = _without(b"".join(parts), CREATING_ROUTES[scope["path"]])
+            await run_in_threadpool(
+                store_answer, self.settings, tenant=tenant, key=key, status=status,
+                body=answer, content_type=content_type,
+            )
+

@@ -1,0 +1,105 @@
+"""Idempotency-Key (issue 15): a repeat within the key's lifetime answers the first answer and
+creates nothing; the same key with another body is a 409; keys are per tenant. On both setups."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.settings import Settings
+from tests.service.conftest import new_key
+from tests.utils.images import small_zip
+
+
+def _count(client: Any, headers: dict, path: str) -> int:
+    return len(client.get(path, headers=headers, params={"limit": 500}).json()["data"])
+
+
+def test_repeats_create_nothing_and_other_bodies_conflict(client: Any, settings: Settings,
+                                                         user: dict, admin: dict) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    archive = small_zip()
+    # multipart: the client draws a new boundary each time; the repeat is still the same request
+    first = client.post("/v1/datasets", headers={**user, **key}, data={"name": "s"},
+                        files={"archive": ("s.zip", archive)})
+    again = client.post("/v1/datasets", headers={**user, **key}, data={"name": "s"},
+                        files={"archive": ("s.zip", archive)})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert _count(client, user, "/v1/datasets") == 1
+    other = client.post("/v1/datasets", headers={**user, **key}, data={"name": "other"},
+                        files={"archive": ("s.zip", archive)})
+    assert other.status_code == 409 and "different request" in other.json()["detail"]
+    assert _count(client, user, "/v1/datasets") == 1
+    # Keys are per tenant: another tenant's request with the same key is its own.
+    globex = new_key(settings, "globex")
+    theirs = client.post("/v1/datasets", headers={**globex, **key}, data={"name": "s"},
+                         files={"archive": ("s.zip", archive)})
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+
+    ds = first.json()["id"]
+    body = {"name": "c", "dataset_id": ds, "params": {"steps": 3}}
+    ckey = {"Idempotency-Key": "clf-1"}
+    made = client.post("/v1/classifiers", headers={**user, **ckey}, json=body)
+    # The same JSON in another key order is the same request.
+    repeat = client.post("/v1/classifiers", headers={**user, **ckey},
+                         json=dict(reversed(list(body.items()))))
+    assert made.status_code == repeat.status_code == 202 and repeat.json() == made.json()
+    assert _count(client, user, "/v1/jobs") == 1
+    # The same key on another route is another request.
+    assert client.post("/v1/admin/api-keys", headers={**admin, "Idempotency-Key": "clf-1"},
+                       json={"tenant": "x"}).status_code == 201
+    assert client.post("/v1/classifiers", headers={**user, **ckey},
+                       json={**body, "name": "d"}).status_code == 409
+
+    # A new API key is shown once: a repeat creates no other one and answers it as null.
+    kkey = {"Idempotency-Key": "key-1"}
+    created = client.post("/v1/admin/api-keys", headers={**admin, **kkey}, json={"tenant": "y"})
+    replay = client.post("/v1/admin/api-keys", headers={**admin, **kkey}, json={"tenant": "y"})
+    assert created.json()["key"] and replay.json()["key"] is None
+    assert replay.json()["prefix"] == created.json()["prefix"]
+    keys = client.get("/v1/admin/api-keys", headers=admin).json()["data"]
+    assert [k["tenant"] for k in keys].count("y") == 1
+
+
+def test_errors_free_the_key_and_bad_keys_are_refused(client: Any, user: dict) -> None:
+    key = {"Idempotency-Key": "retry-me"}
+    bad = client.post("/v1/classifiers", headers={**user, **key},
+                      json={"name": "c", "dataset_id": "missing"})
+    assert bad.status_code == 404
+    # Nothing was created, so the key is free for a corrected request.
+    ds = client.post("/v1/datasets", headers=user, data={"name": "s"},
+                     files={"archive": ("s.zip", small_zip())}).json()["id"]
+    good = client.post("/v1/classifiers", headers={**user, **key},
+                       json={"name": "c", "dataset_id": ds})
+    assert good.status_code == 202
+    r = client.post("/v1/classifiers", headers={**user, "Idempotency-Key": "has space"},
+                    json={"name": "c", "dataset_id": ds})
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["detail"]
+    # Without a key, or with an unknown API key, the header changes nothing.
+    assert client.post("/v1/classifiers", headers={"Authorization": "Bearer nope", **key},
+                       json={"name": "c", "dataset_id": ds}).status_code == 401
+    assert _count(client, user, "/v1/jobs") == 1
+
+
+def test_expired_keys_are_forgotten(make_settings: Any) -> None:
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.main import create_app
+    from app.tables import IdempotencyRecord, utcnow
+
+    settings = make_settings()
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        key = {**user, "Idempotency-Key": "old"}
+        post = {"data": {"name": "s"}, "files": {"archive": ("s.zip", small_zip())}}
+        first = client.post("/v1/datasets", headers=key, **post).json()["id"]
+        with session_scope(settings.resolved_database_url) as session:
+            session.execute(update(IdempotencyRecord).values(
+                created_at=utcnow() - timedelta(seconds=settings.idempotency_ttl_s + 1)))
+        second = client.post("/v1/datasets", headers=key, **post).json()["id"]
+        assert second != first
