@@ -15,7 +15,7 @@ from torch import nn
 
 from models.backbones import to_backbone_input
 from models.config import AdaptConfig
-from models.data import EpisodeSampler, ImageSet, to_float
+from models.data import EpisodeSampler, ImageSet, augment_images, to_float
 from models.errors import ConfigError, TrainingCancelled
 from models.network import Classifier, MetaNet
 
@@ -99,6 +99,8 @@ def adapt(
                 xb, yb = images[idx], labels[idx]
             else:
                 xb, yb = images, labels
+            if config.augment:
+                xb = augment_images(xb, gen)
             loss = F.cross_entropy(clf(xb), yb)
             if not torch.isfinite(loss):
                 raise ConfigError(

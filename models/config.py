@@ -211,6 +211,9 @@ class AdaptConfig:
     # a many-shot support set is fitted long before its 20th epoch, and those epochs dominate
     # evaluation time. 0 disables it.
     stop_loss: float = 0.0
+    # A random flip and shift of up to 4 pixels, drawn for each image of each fine-tuning step:
+    # more distinct views of a handful of user images (chosen, or not, on validation classes).
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.bn_stats not in BN_STATS:
@@ -237,7 +240,7 @@ class AdaptConfig:
         base = dict(card.get("adaptation", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: base[k] for k in ("steps", "lr", "batch_size", "min_epochs", "head_init", "bn_stats",
-                                             "prototype_scale", "stop_loss")
+                                             "prototype_scale", "stop_loss", "augment")
                       if k in base})
 
 

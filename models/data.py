@@ -112,6 +112,21 @@ def hold_out_groups(data: ImageSet, count: int, seed: int = 0) -> tuple[ImageSet
     return data.subset(base), data.subset(val)
 
 
+def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random horizontal flip and a random translation of up to 4 pixels (edges replicated),
+    drawn for each image of a float (N, C, H, W) batch; returns a new tensor."""
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+    padded = F.pad(x, (4, 4, 4, 4), mode="replicate")
+    dy, dx = torch.randint(0, 9, (2, n), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) to float in [0, 1], on the same device."""
     return images.float().div_(255.0)

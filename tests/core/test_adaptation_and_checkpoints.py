@@ -47,6 +47,21 @@ def some_images(n_classes: int, per_class: int, seed: int = 0) -> tuple[torch.Te
     return x, labels
 
 
+def test_augmented_adaptation_trains_on_shifted_views_and_still_fits_the_support() -> None:
+    net = small_net()
+    # Smooth images (7x7 noise enlarged), whose identity survives a shift of a few pixels.
+    y = torch.arange(5).repeat_interleave(3)
+    coarse = torch.rand(5, 1, 7, 7, generator=torch.Generator().manual_seed(3))
+    x = torch.nn.functional.interpolate(coarse, size=28, mode="bilinear")[y]
+    plain = adapt(net, x, y, config=AdaptConfig(steps=60, lr=0.03))
+    augmented = adapt(net, x, y, config=AdaptConfig(steps=60, lr=0.03, augment=True))
+    again = adapt(net, x, y, config=AdaptConfig(steps=60, lr=0.03, augment=True))
+    # Different views, so different weights; the same seed, so the same views.
+    assert not torch.allclose(plain.head.weight, augmented.head.weight)
+    torch.testing.assert_close(augmented.head.weight, again.head.weight)
+    assert float((augmented.predict_proba(x).argmax(1) == y).float().mean()) == 1.0
+
+
 @pytest.mark.parametrize("classes", [2, 5, 11])
 @pytest.mark.parametrize("head_init", ["zeros", "prototype"])
 def test_adapt_builds_a_head_of_any_size_and_learns_the_support(classes: int, head_init: str) -> None:

@@ -217,3 +217,20 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
     assert {(r["ways"], r["shots"]) for r in card["metrics"]["unseen_classes"]["results"]} == {(5, 1)}
     assert "804 characters" in card["trained_on"] and card["machine"]
     assert (shipped / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Its default adaptation is then chosen on the validation alphabets over several cells
+    # (benchmarks/choose_adaptation.py): the best mean wins and the card keeps every score.
+    from benchmarks.choose_adaptation import main as choose
+
+    rows = tmp_path / "adaptation.jsonl"
+    args = ["--model", str(shipped), "--dataset", "omniglot", "--episodes", "2", "--ways", "5",
+            "--shots", "1,5", "--candidates", "prototype-0-steps,zeros", "--rows", str(rows), "--apply"]
+    assert choose(args) == 0
+    scored = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert {(r["candidate"], r["shots"]) for r in scored} == {(c, s) for c in ("prototype-0-steps", "zeros")
+                                                              for s in (1, 5)}
+    _, card = load_base_model(shipped)
+    means = {c["candidate"]: c["mean_accuracy"] for c in card["adaptation_choice"]["candidates"]}
+    winner = max(means, key=lambda c: means[c])
+    assert card["adaptation"] == next(r["adaptation"] for r in scored if r["candidate"] == winner)
+    assert choose(args) == 0 and len(rows.read_text().splitlines()) == 4  # resumed, not recomputed
