@@ -123,6 +123,7 @@ def create_classifier(
     base: BaseModelRecord,
     params: dict[str, Any],
     meta_ways: int | None,
+    callback_url: str | None = None,
 ) -> ClassifierRecord:
     """A queued classifier and its training job, committed, then sent. `params` are resolved
     (request, then the base model's card, then the defaults); `meta_ways` is the width of the
@@ -132,6 +133,7 @@ def create_classifier(
             f"head_init 'meta' needs exactly {meta_ways} classes (the base model's "
             f"meta head); the dataset has {len(dataset.classes)}"
         )
+    webhook = _webhook(settings, callback_url)
     clf = ClassifierRecord(
         tenant=tenant,
         name=name,
@@ -153,6 +155,7 @@ def create_classifier(
         base_model_id=base.id,
         total_steps=training_steps(params, [c["count"] for c in dataset.classes]),
         request_id=request_id_var.get(),
+        **webhook,
     )
     session.add(job)
     session.flush()
@@ -171,9 +174,11 @@ def create_pretraining_job(
     name: str,
     dataset: DatasetRecord,
     config: PretrainConfig,
+    callback_url: str | None = None,
 ) -> JobRecord:
     """A base model being trained and its queued pretraining job, committed, then sent.
     `config` is already bounded (`app.params.pretrain_config`)."""
+    webhook = _webhook(settings, callback_url)
     base_id = new_id()
     session.add(
         BaseModelRecord(
@@ -196,12 +201,26 @@ def create_pretraining_job(
         base_model_id=base_id,
         total_steps=config.iterations,
         request_id=request_id_var.get(),
+        **webhook,
     )
     session.add(job)
     session.commit()
     _created(job)
     send(settings, job.id, JobKind.PRETRAINING)
     return job
+
+
+def _webhook(settings: Settings, callback_url: str | None) -> dict[str, Any]:
+    """A job's webhook columns: pending until the job has finished and the worker delivered it
+    (worker/webhooks.py). A callback needs the secret that signs it."""
+    if callback_url is None:
+        return {}
+    if not settings.webhook_secret:
+        raise InvalidInput(
+            "callback_url needs a webhook secret on the server (MTL_WEBHOOK_SECRET) to sign "
+            "its deliveries; ask the operator to set it"
+        )
+    return {"callback_url": callback_url, "webhook_status": "pending", "webhook_attempts": []}
 
 
 def _created(job: JobRecord) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from app.jobs import ArtifactStatus, JobKind, JobPhase, JobStatus, phase_of
 from app.params import ADAPT_FIELDS, classifier_defaults
@@ -39,6 +39,17 @@ def _no_nul(value: str) -> str:
 
 # Text stored in the database: PostgreSQL cannot store a NUL byte in text.
 Text = Annotated[str, AfterValidator(_no_nul)]
+
+CallbackUrl = Annotated[
+    HttpUrl | None,
+    Field(
+        default=None,
+        max_length=2000,
+        description="POSTed the job's JSON, signed (X-MTL-Signature: HMAC-SHA256 with the "
+        "server's MTL_WEBHOOK_SECRET over '<X-MTL-Timestamp>.<body>'), once the job has "
+        "finished; retried with backoff until it answers 2xx",
+    ),
+]
 
 
 class ClassCount(BaseModel):
@@ -118,6 +129,7 @@ class ClassifierCreate(Strict):
     dataset_id: Text = Field(min_length=1, max_length=64)
     base_model_id: Text | None = Field(default=None, min_length=1, max_length=64)
     params: ClassifierParams = Field(default_factory=ClassifierParams)
+    callback_url: CallbackUrl = None
 
 
 class ClassifierCreated(BaseModel):
@@ -177,6 +189,22 @@ class JobProgress(BaseModel):
     eta_seconds: float | None
 
 
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="the receiver's HTTP status; null: no answer")
+    error: str | None = None
+    duration_ms: float
+
+
+class JobWebhook(BaseModel):
+    url: str
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending until the job has finished and a try succeeded (2xx); failed "
+        "after MTL_WEBHOOK_MAX_ATTEMPTS tries"
+    )
+    attempts: list[WebhookAttempt]
+
+
 class JobPublic(BaseModel):
     id: str
     kind: JobKind
@@ -196,6 +224,9 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
+    webhook: JobWebhook | None = Field(
+        default=None, description="the callback_url's deliveries; null without one"
+    )
 
     @classmethod
     def from_record(cls, job: JobRecord) -> JobPublic:
@@ -221,6 +252,13 @@ class JobPublic(BaseModel):
                 "started_at": as_utc(job.started_at),
                 "finished_at": as_utc(job.finished_at),
                 "attempts": job.attempts,
+                "webhook": None
+                if not job.callback_url
+                else {
+                    "url": job.callback_url,
+                    "status": job.webhook_status,
+                    "attempts": job.webhook_attempts or [],
+                },
             }
         )
 
@@ -275,6 +313,7 @@ class PretrainingJobCreate(Strict):
         description="fields of models.config.PretrainConfig; each is bounded (app/params.py) "
         "and an out-of-bounds value is a 422 naming it",
     )
+    callback_url: CallbackUrl = None
 
     @field_validator("params")
     @classmethod

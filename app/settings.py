@@ -101,6 +101,15 @@ class Settings(BaseSettings):
         gt=0,
         description="how long a POST's Idempotency-Key and first answer are kept",
     )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="HMAC-SHA256 key signing job webhooks; callback_url is refused without it",
+    )
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50, description="tries per webhook")
+    webhook_retry_base_s: float = Field(
+        default=5.0, gt=0, description="wait before the 2nd try; doubled before each later one"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="one try's HTTP timeout")
     log_format: Literal["json", "text"] = Field(
         default="json", description="'json': one JSON object per line and event; 'text': plain"
     )
@@ -110,6 +119,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.admin_key is not None and len(self.admin_key) < 24:
                 raise ValueError("MTL_ADMIN_KEY must be at least 24 characters in production")
+            if self.webhook_secret is not None and len(self.webhook_secret) < 24:
+                raise ValueError("MTL_WEBHOOK_SECRET must be at least 24 characters in production")
         elif self.environment != "development":
             raise ValueError("MTL_ENVIRONMENT must be 'development' or 'production'")
         return self

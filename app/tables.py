@@ -147,6 +147,12 @@ class JobRecord(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column()
     # The X-Request-ID of the request that created the job: on the worker's log lines for it.
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # Webhook (worker/webhooks.py): where the finished job is POSTed; pending, delivered or
+    # failed; when the next try is due; every try so far ({"at", "status_code", "error", ...}).
+    callback_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_status: Mapped[str | None] = mapped_column(String(16), index=True)
+    webhook_next_at: Mapped[datetime | None] = mapped_column()
+    webhook_attempts: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()

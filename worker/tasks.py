@@ -33,8 +33,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @worker_ready.connect(weak=False)
     def _start_recovery(**_: object) -> None:
+        from worker.webhooks import webhook_loop
+
         threading.Thread(
             target=recovery_loop, args=(settings,), daemon=True, name="mtl-recovery"
+        ).start()
+        threading.Thread(
+            target=webhook_loop, args=(settings,), daemon=True, name="mtl-webhooks"
         ).start()
 
 

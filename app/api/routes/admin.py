@@ -63,6 +63,7 @@ def create_pretraining_job(
         name=body.name,
         dataset=dataset,
         config=config,
+        callback_url=None if body.callback_url is None else str(body.callback_url),
     )
     assert job.base_model_id is not None
     return PretrainingJobCreated(job_id=job.id, base_model_id=job.base_model_id)

@@ -107,7 +107,8 @@ def create_classifier(
     `base_model_id` is left out) on the dataset: first on a training split to measure holdout
     accuracy, then on every image. Parameters left out take the base model card's values.
     Follow the job with `GET /v1/jobs/{job_id}/events`. With an `Idempotency-Key`, a repeat
-    within 24 h answers the first answer and starts nothing.
+    within 24 h answers the first answer and starts nothing. With a `callback_url`, the job's
+    JSON is POSTed there, signed, once it has finished (see the job's `webhook`).
     """
     dataset = get_owned_dataset(session, key, body.dataset_id)
     base, card = usable_base_model(
@@ -122,6 +123,7 @@ def create_classifier(
         base=base,
         params=body.params.resolved(card.get("adaptation") or {}),
         meta_ways=card.get("meta_ways"),
+        callback_url=None if body.callback_url is None else str(body.callback_url),
     )
     assert clf.job_id is not None
     return ClassifierCreated(id=clf.id, status=ArtifactStatus(clf.status), job_id=clf.job_id)

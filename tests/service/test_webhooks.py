@@ -1,0 +1,128 @@
+"""Webhooks (issue 15): a finished job is POSTed to its callback_url, signed with HMAC-SHA256
+over the timestamp and body, retried with backoff while the receiver fails, each try recorded
+on the job."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from tests.service.conftest import new_key
+from tests.utils.images import small_zip
+from tests.utils.training import create_classifier, run_job
+
+SECRET = "a-webhook-secret-for-tests"
+
+
+class Receiver:
+    """A local HTTP receiver in a thread: answers `fail_first` requests with 500, then 204."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.fail_first = fail_first
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                failing = len(receiver.received) <= receiver.fail_first
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(fail_first=2)
+    yield r
+    r.close()
+
+
+def _deliver_until(settings: Any, done: Any, timeout: float = 20) -> None:
+    from worker.webhooks import deliver_due
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the webhook was not delivered in time"
+        deliver_due(settings)
+        time.sleep(0.02)
+
+
+def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
+                                                     receiver: Receiver) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.05,
+                             webhook_max_attempts=3)
+    with TestClient(create_app(settings)) as client:
+        user = {**new_key(settings, "acme"), "X-Request-ID": "hook-1"}
+        created = create_classifier(client, user, callback_url=receiver.url)
+        job_url = f"/v1/jobs/{created['job_id']}"
+        assert client.get(job_url, headers=user).json()["webhook"] == {
+            "url": receiver.url, "status": "pending", "attempts": []}
+        # Nothing is sent before the job has finished.
+        from worker.webhooks import deliver_due
+
+        assert deliver_due(settings) == 0
+        assert run_job(settings, created["job_id"]) == "succeeded"
+        _deliver_until(settings, lambda: len(receiver.received) == 3)
+
+        job = client.get(job_url, headers=user).json()
+        assert job["webhook"]["status"] == "delivered"
+        assert [a["status_code"] for a in job["webhook"]["attempts"]] == [500, 500, 204]
+        assert "500" in job["webhook"]["attempts"][0]["error"]
+        for n, (headers, body) in enumerate(receiver.received, start=1):
+            expected = hmac.new(SECRET.encode(), headers["X-MTL-Timestamp"].encode() + b"." + body,
+                                hashlib.sha256).hexdigest()
+            assert headers["X-MTL-Signature"] == f"sha256={expected}"
+            assert abs(int(headers["X-MTL-Timestamp"]) - time.time()) < 60
+            assert headers["X-MTL-Delivery-Attempt"] == str(n)
+            assert headers["X-Request-ID"] == "hook-1"
+            sent = json.loads(body)
+            assert sent["id"] == created["job_id"] and sent["status"] == "succeeded"
+        assert deliver_due(settings) == 0  # delivered: never sent again
+
+        # A job cancelled while queued is finished too; a receiver that keeps failing is given
+        # up on after webhook_max_attempts tries.
+        receiver.fail_first = 100
+        other = create_classifier(client, user, callback_url=receiver.url)
+        client.post(f"/v1/jobs/{other['job_id']}/cancel", headers=user)
+        _deliver_until(settings, lambda: client.get(
+            f"/v1/jobs/{other['job_id']}", headers=user).json()["webhook"]["status"] == "failed")
+        hook = client.get(f"/v1/jobs/{other['job_id']}", headers=user).json()["webhook"]
+        assert len(hook["attempts"]) == 3
+        assert json.loads(receiver.received[-1][1])["status"] == "cancelled"
+
+
+def test_callback_url_needs_the_secret_and_a_url(client: Any, user: dict) -> None:
+    r = client.post("/v1/classifiers", headers=user,
+                    json={"name": "c", "dataset_id": "x", "callback_url": "not a url"})
+    assert r.status_code == 422 and "callback_url" in r.json()["detail"]
+    ds = client.post("/v1/datasets", headers=user, data={"name": "s"},
+                     files={"archive": ("s.zip", small_zip())}).json()["id"]
+    r = client.post("/v1/classifiers", headers=user, json={
+        "name": "c", "dataset_id": ds, "callback_url": "http://127.0.0.1:9/hook"})
+    assert r.status_code == 422 and "MTL_WEBHOOK_SECRET" in r.json()["detail"]
+    assert client.get("/v1/jobs", headers=user).json()["data"] == []
