@@ -1,8 +1,16 @@
 # One image for every role: `mtl migrate` (one-shot), `mtl serve --no-worker` (API) and
-# `mtl worker` (GPU training). CUDA wheels of torch come from PyTorch's index.
+# `mtl worker` (GPU training).
+#
+# torch 2.14.1 comes from PyPI by default: its Linux x86_64 wheel is PyPI's CUDA build, CUDA 13.0
+# (torch.version.cuda '13.0', with nvidia-*-cu13 wheels; a GPU host needs a driver that supports
+# CUDA 13). This file used to ask PyTorch's cu124 index for it; PyTorch's published builds for
+# CUDA 12.4 end at torch 2.6, as far as its release notes say (the index itself could not be
+# reached to check). For a smaller CPU-only image:
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
+# (not verified: download.pytorch.org was unreachable where this was written; docs/service.md.)
 FROM python:3.11-slim
 
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
+ARG TORCH_INDEX=https://pypi.org/simple
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
