@@ -85,6 +85,10 @@ PRETRAIN_BOUNDS: dict[str, Bound] = {
     "momentum": Range(0, 0.999, integer=False),
     "weight_decay": Range(0, 1, integer=False),
     "cosine_scale": Range(1e-3, 1000, integer=False),
+    "transfer_ghost_batches": Range(1, 4096),  # parts of the transfer batch (models.distributed)
+    # Processes the worker spreads the run over: one GPU each (a worker with fewer GPUs fails
+    # the job saying so), or CPU processes dividing the worker's threads. A node has at most 16.
+    "processes": Range(1, 16),
 }
 
 

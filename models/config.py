@@ -4,7 +4,7 @@ with these without loading the ML stack."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from models.errors import ConfigError
@@ -75,7 +75,16 @@ class PretrainConfig:
     # over tasks: the same directions (tests: to 1e-5); batch-norm running statistics end as the
     # tasks' mean instead of the last task's. Full-batch inner steps only (inner_batch 0).
     vectorise_tasks: bool = False
+    # The transfer step's batch-norm statistics come from this many equal parts of its batch
+    # ("ghost batches", Hoffer et al. 2017), its gradient being the parts' gradients weighted by
+    # their images. A run on several processes (models.distributed) gives each process its share
+    # of the parts, so the result depends on this number, never on the process count. 1: one batch.
+    transfer_ghost_batches: int = 1
     seed: int = 0
+    # How many processes models.distributed spreads a run over (one GPU each, or CPU threads
+    # divided). Results do not depend on it, so it takes no part in comparing configs: a run
+    # resumes on another count.
+    processes: int = field(default=1, compare=False)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -110,6 +119,23 @@ class PretrainConfig:
             raise ConfigError(f"weight_decay must not be negative, got {self.weight_decay}")
         if self.cosine_scale <= 0:
             raise ConfigError(f"cosine_scale must be positive, got {self.cosine_scale}")
+        if self.processes < 1:
+            raise ConfigError(f"processes must be at least 1, got {self.processes}")
+        self._check_ghost_batches()
+
+    def _check_ghost_batches(self) -> None:
+        ghosts = self.transfer_ghost_batches
+        if ghosts < 1:
+            raise ConfigError(f"transfer_ghost_batches must be at least 1, got {ghosts}")
+        if ghosts == 1:
+            return
+        if self.transfer_batch == 0 and self.combine == "authors":
+            raise ConfigError("the authors' transfer step already takes one task at a time; "
+                              "transfer_ghost_batches needs --transfer-batch or --combine paper")
+        images = self.transfer_batch or self.meta_batch * self.ways * (self.shots + self.queries)
+        if ghosts > images:
+            raise ConfigError(f"transfer_ghost_batches ({ghosts}) is more than the transfer "
+                              f"step's {images} images")
 
     @property
     def meta_learner(self) -> str | None:

@@ -7,10 +7,11 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -91,6 +92,34 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[batch, chans, rows, cols]
 
 
+T = TypeVar("T")
+
+
+class Sync:
+    """How one process's share of an iteration joins the other processes'. This base class is a
+    run on one process, where every hook does nothing; `models.distributed` overrides them, so
+    the training loop is the same code on one process or many."""
+
+    rank = 0
+    world = 1
+
+    def part(self, items: Sequence[T]) -> Sequence[T]:
+        """This process's share of a meta-batch's tasks or of the transfer step's parts."""
+        return items
+
+    def mean(self, tensors: alg.Params, loss: float, weight: float) -> tuple[alg.Params, float]:
+        """The mean over processes of their `tensors` and `loss`, each weighted by `weight`
+        (the tasks or images it computed them on)."""
+        return tensors, loss
+
+    @contextmanager
+    def batchnorm(self, net: MetaNet, *, mean_over: int | None = None) -> Iterator[None]:
+        """Around one half of a step: afterwards every process holds the batch-norm running
+        statistics one process would have. Forward passes update them one after another, except
+        in the vectorised meta-batch, which keeps the mean of its `mean_over` tasks' statistics."""
+        yield
+
+
 def sample_tasks(
     data: ImageSet, sampler: EpisodeSampler, config: PretrainConfig, device: torch.device,
     gen: torch.Generator,
@@ -125,14 +154,17 @@ def train_step(
     rng: np.random.Generator,
     state: dict[str, torch.Tensor] | None = None,
     transfer_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sync: Sync | None = None,
 ) -> float:
     """One meta-transfer iteration on a meta-batch of tasks; updates `net` in place, returns a loss.
 
     `state` holds what persists between iterations (SGD momentum, Adam moments; updated in
     place); `transfer_batch` is a mixed-class (images, base labels) batch for the supervised
-    direction, which otherwise trains on the tasks' own images.
+    direction, which otherwise trains on the tasks' own images. With `sync` (several processes),
+    each computes its share of the tasks and of the transfer parts, and all apply the mean.
     """
     state = {} if state is None else state
+    sync = Sync() if sync is None else sync
     learner = config.meta_learner
     theta = alg.current_params(net)
     # A weight of zero means the direction is not needed: skip its compute entirely.
@@ -140,37 +172,20 @@ def train_step(
     transfer: alg.Params = {}
     losses: list[float] = []
     if config.meta_weight > 0:
+        mine = sync.part(tasks)
+        vectorised = config.vectorise_tasks and learner != "protonet"
+        with sync.batchnorm(net, mean_over=len(mine) if vectorised else None):
+            meta, loss = _meta_direction(net, theta, list(mine), config, rng)
+        # ProtoNet's moments must see the mean gradient, so Adam runs after the mean.
+        meta, loss = sync.mean(meta, loss, weight=len(mine))
         if learner == "protonet":
-            grads, loss = alg.protonet_gradient(net, theta, tasks)
-            meta = alg.adam_direction(grads, state, lr=config.protonet_lr)
-        elif config.vectorise_tasks and learner == "reptile":
-            meta, loss = alg.reptile_direction_vectorised(
-                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr)
-        elif config.vectorise_tasks:
-            meta, loss = alg.maml_direction_vectorised(
-                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                first_order=learner == "fomaml")
-        elif learner == "reptile":
-            meta, loss = alg.reptile_direction(
-                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                inner_batch=config.inner_batch, rng=rng)
-        else:
-            meta, loss = alg.maml_direction(
-                net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                inner_batch=config.inner_batch, first_order=learner == "fomaml", rng=rng)
+            meta = alg.adam_direction(meta, state, lr=config.protonet_lr)
         losses.append(loss)
     if config.transfer_weight > 0:
-        if transfer_batch is not None:
-            grads, loss = alg.transfer_gradient(net, theta, *transfer_batch)
-        elif config.combine == "authors":
-            # The authors average one transfer step per task (the same as one step on the mean
-            # of the per-task gradients).
-            per_task = [alg.transfer_gradient(net, theta, t.all_x, t.base_y) for t in tasks]
-            grads = {k: torch.stack([g[k] for g, _ in per_task]).mean(0) for k in per_task[0][0]}
-            loss = float(np.mean([loss for _, loss in per_task]))
-        else:
-            grads, loss = alg.transfer_gradient(
-                net, theta, torch.cat([t.all_x for t in tasks]), torch.cat([t.base_y for t in tasks]))
+        parts = sync.part(transfer_parts(tasks, config, transfer_batch))
+        with sync.batchnorm(net):
+            grads, loss = _transfer_gradient(net, theta, parts)
+        grads, loss = sync.mean(grads, loss, weight=sum(len(y) for _, y in parts))
         transfer = alg.sgd_direction(
             theta, grads, state, lr=config.transfer_lr * config.transfer_factor(iteration),
             momentum=config.momentum, weight_decay=config.weight_decay)
@@ -183,6 +198,72 @@ def train_step(
         new = alg.combine_paper(theta, meta, transfer, beta=beta, outer_lr=meta_step)
     alg.assign_params(net, new)
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def _meta_direction(
+    net: MetaNet, theta: alg.Params, tasks: list[alg.Task], config: PretrainConfig,
+    rng: np.random.Generator,
+) -> tuple[alg.Params, float]:
+    """The meta-learner's direction on `tasks` (ProtoNet: its gradient, Adam comes after); zeros
+    for a process given no task."""
+    learner = config.meta_learner
+    if not tasks:
+        names = alg.backbone_param_names(net) if learner == "protonet" else alg.meta_param_names(net)
+        return {k: torch.zeros_like(theta[k]) for k in names}, 0.0
+    if learner == "protonet":
+        return alg.protonet_gradient(net, theta, tasks)
+    if config.vectorise_tasks and learner == "reptile":
+        return alg.reptile_direction_vectorised(
+            net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr)
+    if config.vectorise_tasks:
+        return alg.maml_direction_vectorised(
+            net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+            first_order=learner == "fomaml")
+    if learner == "reptile":
+        return alg.reptile_direction(
+            net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+            inner_batch=config.inner_batch, rng=rng)
+    return alg.maml_direction(
+        net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+        inner_batch=config.inner_batch, first_order=learner == "fomaml", rng=rng)
+
+
+def transfer_parts(
+    tasks: list[alg.Task], config: PretrainConfig,
+    transfer_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (images, base labels) batches the transfer step's batch-norm statistics come from:
+    the mixed-class batch or the tasks' images in `transfer_ghost_batches` parts, or, in the
+    authors' combination, each task's images (they average one transfer step per task)."""
+    if transfer_batch is None and config.combine == "authors":
+        return [(t.all_x, t.base_y) for t in tasks]
+    if transfer_batch is None:
+        transfer_batch = (torch.cat([t.all_x for t in tasks]), torch.cat([t.base_y for t in tasks]))
+    x, y = transfer_batch
+    if config.transfer_ghost_batches == 1:
+        return [(x, y)]
+    ghosts = config.transfer_ghost_batches
+    return list(zip(torch.tensor_split(x, ghosts), torch.tensor_split(y, ghosts), strict=True))
+
+
+def _transfer_gradient(
+    net: MetaNet, theta: alg.Params, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[alg.Params, float]:
+    """The cross-entropy's gradient over `parts`, each weighted by its images (equal parts: their
+    plain mean); zeros for a process given no part."""
+    if not parts:
+        return {k: torch.zeros_like(theta[k]) for k in alg.transfer_param_names(net)}, 0.0
+    per_part = [alg.transfer_gradient(net, theta, x, y) for x, y in parts]
+    if len(per_part) == 1:
+        return per_part[0]
+    sizes = [len(y) for _, y in parts]
+    if len(set(sizes)) == 1:
+        grads = {k: torch.stack([g[k] for g, _ in per_part]).mean(0) for k in per_part[0][0]}
+        return grads, float(np.mean([loss for _, loss in per_part]))
+    w = [n / sum(sizes) for n in sizes]
+    grads = {k: torch.stack([wi * g[k] for wi, (g, _) in zip(w, per_part, strict=True)]).sum(0)
+             for k in per_part[0][0]}
+    return grads, float(np.dot(w, [loss for _, loss in per_part]))
 
 
 def sample_transfer_batch(
@@ -230,13 +311,15 @@ def pretrain(
     extra_card: dict[str, Any] | None = None,
     validate: Callable[[MetaNet], dict[str, float]] | None = None,
     validate_every: int = 0,
+    sync: Sync | None = None,
 ) -> PretrainResult:
     """Train a base model on `data` (the base classes) and, with `out_dir`, checkpoint it there
     every `checkpoint_every_s` seconds and at the end. `resume` continues from `out_dir`.
 
     With `validate`, it is called every `validate_every` iterations and at the end (e.g. accuracy
     on validation classes); its results, with the image passes so far, go to the card's
-    `validation` list: the training curve."""
+    `validation` list: the training curve. `sync` is one process of a run on several
+    (`models.distributed`): every process reads `out_dir`, the first alone writes it."""
     device = resolve_device(device) if isinstance(device, str) else device
     if data.channels != config.channels or data.image_size != config.image_size:
         raise ConfigError(
@@ -325,7 +408,7 @@ def pretrain(
         return card
 
     def save(iteration: int, seconds: float, completed: bool) -> None:
-        if out_dir is None:
+        if out_dir is None or (sync is not None and sync.rank != 0):
             return
         state_json, state_tensors = _training_state(sampler, rng, transfer_rng, gen, opt_state)
         card = card_for(iteration, seconds, completed)
@@ -357,7 +440,7 @@ def pretrain(
         mixed = (sample_transfer_batch(on_device, config, device, transfer_rng, gen)
                  if config.transfer_batch > 0 and config.transfer_weight > 0 else None)
         loss = train_step(net, tasks, config, iteration=iteration, rng=rng, state=opt_state,
-                          transfer_batch=mixed)
+                          transfer_batch=mixed, sync=sync)
         if not np.isfinite(loss):
             raise ConfigError(
                 f"training diverged at iteration {iteration + 1} (loss {loss}); lower the learning rates"

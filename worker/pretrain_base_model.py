@@ -14,11 +14,14 @@ from worker.lifecycle import Reporter
 
 
 def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> str:
-    """Pretrain a base model, resuming from its checkpoint when an earlier attempt left one."""
+    """Pretrain a base model, resuming from its checkpoint when an earlier attempt left one.
+    With `params.processes` N > 1 the run is spread over N processes (`models.distributed`):
+    this one and N - 1 it spawns, one GPU each, or on CPU sharing this worker's threads."""
     from models.checkpoint import load_checkpoint
     from models.config import PretrainConfig
+    from models.distributed import launch
     from models.errors import CheckpointError
-    from models.training import Progress, pretrain
+    from models.training import Progress
 
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(JobRecord, job_id)
@@ -41,7 +44,7 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
 
     reporter.progress(resumed_from, config.iterations, None)
     reporter.set_phase(JobPhase.PRETRAINING)
-    result = pretrain(
+    result = launch(
         config,
         data,
         device=settings.worker_device,
