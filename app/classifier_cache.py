@@ -1,22 +1,44 @@
-"""Loaded classifiers in the API process: a bounded LRU cache, reloaded when a checkpoint changes."""
+"""Loaded classifiers in the API process: an LRU cache bounded in classifiers and in bytes,
+reloaded when a checkpoint changes."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
-class ClassifierCache:
-    """At most `size` classifiers loaded at once, the least recently used dropped first. A
-    classifier is reloaded when its card (`model.json`, written last by the worker) changes."""
+def classifier_bytes(clf: Any) -> int:
+    """What a loaded classifier holds: the bytes of its tensors (weights and buffers)."""
+    return sum(t.numel() * t.element_size() for t in clf.state_dict().values())
 
-    def __init__(self, *, size: int, device: str = "cpu") -> None:
+
+@dataclass
+class _Entry:
+    stamp: float
+    classifier: Any
+    card: dict[str, Any]
+    nbytes: int
+
+
+class ClassifierCache:
+    """At most `size` classifiers and `max_bytes` of their tensors loaded at once (None: no byte
+    bound), the least recently used dropped first; the one just loaded always stays, even alone
+    over the bound. A classifier is reloaded when its card (`model.json`, written last by the
+    worker) changes. `hits`, `misses` and `evictions` count since start (`stats()`)."""
+
+    def __init__(self, *, size: int, max_bytes: int | None = None, device: str = "cpu") -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self.device = device
-        self._loaded: OrderedDict[str, tuple[float, Any, dict[str, Any]]] = OrderedDict()
+        self._loaded: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
 
     def get(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]]:
         """The classifier saved in `directory` and its card, loaded once (torch is imported here,
@@ -26,22 +48,43 @@ class ClassifierCache:
         stamp = (directory / "model.json").stat().st_mtime
         with self._lock:
             hit = self._loaded.get(classifier_id)
-            if hit is not None and hit[0] == stamp:
+            if hit is not None and hit.stamp == stamp:
                 self._loaded.move_to_end(classifier_id)
-                return hit[1], hit[2]
+                self.hits += 1
+                return hit.classifier, hit.card
+            self.misses += 1
         clf, card = load_classifier(directory, device=self.device)
+        entry = _Entry(stamp, clf, card, classifier_bytes(clf))
         with self._lock:
-            self._loaded[classifier_id] = (stamp, clf, card)
-            self._loaded.move_to_end(classifier_id)
-            while len(self._loaded) > self.size:
-                self._loaded.popitem(last=False)
+            self._drop(classifier_id)  # an older version, or a concurrent load of this one
+            self._loaded[classifier_id] = entry
+            self.bytes += entry.nbytes
+            while len(self._loaded) > 1 and (
+                len(self._loaded) > self.size
+                or (self.max_bytes is not None and self.bytes > self.max_bytes)
+            ):
+                self._drop(next(iter(self._loaded)))
+                self.evictions += 1
         return clf, card
+
+    def _drop(self, classifier_id: str) -> None:
+        entry = self._loaded.pop(classifier_id, None)
+        if entry is not None:
+            self.bytes -= entry.nbytes
 
     def evict(self, classifier_id: str) -> None:
         with self._lock:
-            self._loaded.pop(classifier_id, None)
+            self._drop(classifier_id)
 
     def ids(self) -> list[str]:
         """The loaded classifiers' ids, least recently used first."""
         with self._lock:
             return list(self._loaded)
+
+    def stats(self) -> dict[str, int | None]:
+        """Counts for metrics: what is loaded against the bounds, and hits, misses and
+        evictions since start."""
+        with self._lock:
+            return {"classifiers": len(self._loaded), "bytes": self.bytes,
+                    "max_classifiers": self.size, "max_bytes": self.max_bytes, "hits": self.hits,
+                    "misses": self.misses, "evictions": self.evictions}

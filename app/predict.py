@@ -45,13 +45,14 @@ class PredictService:
         self,
         *,
         cache_size: int,
+        cache_bytes: int | None = None,
         device: str = "cpu",
         max_wait_s: float = 0.005,
         max_batch: int = 64,
         max_pixels: int = 40_000_000,
         decode_threads: int = 2,
     ) -> None:
-        self.cache = ClassifierCache(size=cache_size, device=device)
+        self.cache = ClassifierCache(size=cache_size, max_bytes=cache_bytes, device=device)
         self.max_pixels = max_pixels
         # Decoding is the expensive, memory-hungry step (a 6000x6000 PNG of 120 KB is 100 MB
         # and half a second decoded): it runs in these few threads, never on the event loop, and

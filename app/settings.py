@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     predict_cache_size: int = Field(
         default=8, ge=1, description="loaded classifiers kept in memory"
     )
+    predict_cache_bytes: int = Field(
+        default=256 * MiB,
+        ge=1,
+        description="bytes of loaded classifiers' tensors kept in memory (with "
+        "predict_cache_size, whichever bound is reached first evicts the least recently used)",
+    )
     predict_batch_wait_ms: float = Field(
         default=5.0, ge=0, description="how long a predict waits to share a forward pass"
     )
