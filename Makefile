@@ -3,12 +3,31 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run quick-pretrain test lint
+.PHONY: setup browser run demo quick-pretrain test lint
+
+TORCH := torch==2.14.1 torchvision==0.29.1
+# PyTorch's CPU-only builds: without a GPU, the default build's CUDA libraries (about 5 GB) are
+# dead weight. Tried first where there is no nvidia-smi, torch and torchvision only (their small
+# dependencies come with the project below); the check after it asks torch itself, since pip may
+# also find the default build (a local mirror). When that index cannot be reached, or has no
+# such build, setup says so and installs the default build as before: it still runs on a CPU.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(BIN)/mtl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	    echo "setup: a GPU (nvidia-smi found): installing the default (CUDA) build of torch"; \
+	elif $(BIN)/pip install --quiet --no-deps --retries 0 --timeout 30 \
+	        --index-url $(TORCH_CPU_INDEX) $(TORCH) >/dev/null 2>&1 \
+	    && $(BIN)/python -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then \
+	    echo "setup: no GPU (no nvidia-smi): installed the CPU build of torch from $(TORCH_CPU_INDEX)"; \
+	else \
+	    echo "setup: no GPU (no nvidia-smi), but the CPU build of $(TORCH) could not be had from" \
+	         "$(TORCH_CPU_INDEX) (unreachable, or no such build): installing the default build," \
+	         "CUDA libraries included (it runs on a CPU; see the README's Setup size)"; \
+	fi
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/mtl
 
@@ -26,6 +45,12 @@ browser:
 # the API docs http://127.0.0.1:8000/docs.
 run: setup
 	MTL_DATA_DIR=$${MTL_DATA_DIR:-var} $(BIN)/mtl serve
+
+# The README's walk-through end to end on a throwaway service: sample datasets from MTL_DATA_ROOT
+# (Omniglot glyphs, miniImageNet-lite photos), `mtl serve` on a free port with a temporary data
+# folder, an admin key, then upload, train (--wait), predict and the admin pretraining example.
+demo: setup
+	$(BIN)/python scripts/demo.py
 
 # A short MTL pretraining on the Omniglot background alphabets, then evaluation on the unseen
 # evaluation alphabets (about 6 minutes on 2 CPU cores).

@@ -1,5 +1,10 @@
-"""The `mtl` command. Expected mistakes print one line and exit 2; heavy imports happen inside
-the command that needs them, so `mtl --help` and the API never pay for torch."""
+"""The `mtl` command. Expected mistakes print one line, `error: ...`: a mistake on the command line
+exits 2, an error the service answers (client commands) exits 1. Heavy imports happen inside the
+command that needs them, so `mtl --help` and the API never pay for torch.
+
+The client commands (`datasets`, `classifiers`, `predict`, `jobs`, `keys list|revoke`) talk to a
+running service through `app.client` (MTL_URL, MTL_API_KEY); they print what a script needs (an
+id, a table) on stdout and everything else on stderr."""
 
 from __future__ import annotations
 
@@ -10,13 +15,54 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 class UsageError(Exception):
     """A command-line mistake: printed as one line, exit status 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, as ArgumentDefaultsHelpFormatter does, unless
+    the help already says what the default is (`default: the checkpoint's card` reads better than
+    `(default: None)`); a required option says so instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
+        if "default" in text.lower() or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """A mistake in the arguments is one line, `error: ...`, exit status 2, as every expected
+    mistake of this command is (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _one_of(what: str, values: Sequence[str]) -> Callable[[str], str]:
+    """An argument type for `choices=values` that names what was wrong as the ML core does."""
+
+    def check(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {text!r}; known: {', '.join(values)}")
+        return text
+
+    check.__name__ = what
+    return check
+
+
+def _command(sub: argparse._SubParsersAction, name: str, text: str, **kwargs: Any) -> Any:
+    """A subcommand parser with `text` as its one-line help and description."""
+    return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter,
+                          **kwargs)
 
 
 def _int_list(text: str) -> list[int]:
@@ -41,34 +87,74 @@ def _progress_bar(total: int, desc: str) -> Any:
 # ----------------------------------------------------------------------------- pretrain
 
 
+# One line of help for every numeric option of `mtl pretrain` (a PretrainConfig field each).
+PRETRAIN_HELP: dict[str, tuple[type, str]] = {
+    "filters": (int, "the backbone's width (conv4: channels of each block; resnet12: of the first)"),
+    "image_size": (int, "images are resized to this many pixels a side"),
+    "ways": (int, "classes in each task (N-way)"),
+    "shots": (int, "images per class for the inner loop (MAML's support set)"),
+    "queries": (int, "more images per class: MAML's query set; Reptile trains on them too"),
+    "meta_batch": (int, "tasks in each iteration"),
+    "inner_steps": (int, "SGD steps of the inner loop on each task"),
+    "inner_batch": (int, "images in each inner step (0: all of the task's images)"),
+    "inner_lr": (float, "the inner loop's SGD learning rate"),
+    "outer_lr": (float, "the meta step's size (times the --meta-schedule)"),
+    "transfer_lr": (float, "the transfer step's SGD learning rate"),
+    "beta": (float, "--combine paper: the meta-learner's weight; authors: the transfer term's "
+                    "(fixed to 0 or 1 by the plain algorithms)"),
+    "iterations": (int, "training iterations (one meta step and one transfer step each)"),
+    "protonet_lr": (float, "Adam's learning rate for ProtoNet's direction (times --outer-lr)"),
+    "transfer_batch": (int, "images in each transfer step, drawn from all base images "
+                            "(0: the sampled tasks' own images)"),
+    "momentum": (float, "SGD momentum of the transfer step"),
+    "weight_decay": (float, "weight decay of the transfer step"),
+    "cosine_scale": (float, "logit scale of a cosine transfer head"),
+    "seed": (int, "seeds random, numpy and torch: the tasks, the order and the initialisation"),
+}
+
+
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    # models.config and app.params are torch-free: the algorithms are the real list, the
+    # backbones and channels the values the API bounds them by (the backbones are tested against
+    # the registry), the other enumerated fields their Literal types' values.
+    import typing
+
+    from app.params import PRETRAIN_BOUNDS, Choice
+    from models.config import ALGORITHMS, PretrainConfig
+
+    hints = typing.get_type_hints(PretrainConfig)
+    choices = {name: typing.get_args(hints[name])
+               for name in ("combine", "meta_schedule", "transfer_schedule", "transfer_head")}
+    for name in ("backbone", "channels"):
+        bound = PRETRAIN_BOUNDS[name]
+        assert isinstance(bound, Choice)
+        choices[name] = bound.values
     from_defaults = _pretrain_defaults()
-    p = sub.add_parser("pretrain", help="train a base model on base classes",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _command(sub, "pretrain", "train a base model on base classes")
     p.add_argument("--dataset", required=True, type=Path,
                    help="Omniglot .npz file, or a folder of class subfolders")
-    p.add_argument("--algorithm", default=from_defaults["algorithm"],
-                   help="transfer, protonet, reptile, maml, fomaml, mtl-reptile, mtl-maml, mtl-fomaml, mtl-protonet")
+    p.add_argument("--algorithm", choices=list(ALGORITHMS), type=_one_of("algorithm", list(ALGORITHMS)),
+                   default=from_defaults["algorithm"],
+                   help="transfer learning, a meta-learner, or MTL (mtl-*: both, weighted by --beta)")
     p.add_argument("--out", required=True, type=Path, help="output folder for the checkpoint")
-    p.add_argument("--backbone", default=from_defaults["backbone"], help="conv4 or resnet12")
-    for name, typ in [("filters", int), ("image_size", int), ("channels", int), ("ways", int),
-                      ("shots", int), ("queries", int), ("meta_batch", int), ("inner_steps", int),
-                      ("inner_batch", int), ("inner_lr", float), ("outer_lr", float),
-                      ("transfer_lr", float), ("beta", float), ("iterations", int),
-                      ("protonet_lr", float), ("transfer_batch", int), ("momentum", float),
-                      ("weight_decay", float), ("cosine_scale", float), ("seed", int)]:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=from_defaults[name])
-    p.add_argument("--combine", choices=["paper", "authors"], default=from_defaults["combine"])
-    p.add_argument("--meta-schedule", choices=["constant", "linear"], default=from_defaults["meta_schedule"],
-                   help="the meta step's multiplier over training (linear: annealed to 0, as Reptile)")
-    p.add_argument("--transfer-schedule", choices=["constant", "cosine"],
-                   default=from_defaults["transfer_schedule"], help="the transfer learning rate's decay")
-    p.add_argument("--transfer-head", choices=["zeros", "standard", "cosine"],
-                   default=from_defaults["transfer_head"], help="the C_base-way transfer head's kind and init")
+    for name, text in [
+        ("backbone", "the network under both heads"),
+        ("channels", "1: greyscale, 3: RGB"),
+        ("combine", "how the meta and transfer updates combine (the README's table)"),
+        ("meta_schedule", "the meta step's multiplier over training (linear: annealed to 0, as Reptile)"),
+        ("transfer_schedule", "the transfer learning rate's decay"),
+        ("transfer_head", "the C_base-way transfer head's kind and init"),
+    ]:
+        typ = int if name == "channels" else _one_of(name.replace("_", " "), choices[name])
+        p.add_argument("--" + name.replace("_", "-"), dest=name, choices=choices[name],
+                       type=typ, default=from_defaults[name], help=text)
+    for name, (typ, text) in PRETRAIN_HELP.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ,
+                       default=from_defaults[name], help=text)
     p.add_argument("--replacement", action="store_true",
                    help="draw a task's classes with replacement (as the authors' code)")
     p.add_argument("--augment", action="store_true", help="random flips and shifts")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     p.set_defaults(handler=_pretrain)
@@ -116,33 +202,44 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="episodic evaluation of a base model on unseen classes",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from models.config import BN_STATS, HEAD_INITS  # torch-free
+
+    p = _command(sub, "evaluate", "episodic evaluation of a base model on unseen classes")
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by mtl pretrain")
     p.add_argument("--dataset", required=True, type=Path, action="append",
                    help="unseen classes (.npz or folder); repeat to combine, e.g. val and test")
-    p.add_argument("--ways", type=_int_list, default=[5], help="e.g. 5,20,35")
-    p.add_argument("--shots", type=_int_list, default=[1, 5], help="e.g. 1,5")
-    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--ways", type=_int_list, default=[5], help="classes per episode, e.g. 5,20,35")
+    p.add_argument("--shots", type=_int_list, default=[1, 5],
+                   help="labelled images per class, e.g. 1,5")
+    p.add_argument("--episodes", type=int, default=600, help="episodes for each ways x shots cell")
     p.add_argument("--queries", type=int, default=None,
                    help="query images per class (default 15, or what the class size allows)")
-    p.add_argument("--adapt-steps", type=int, default=None, help="default: the checkpoint's card")
-    p.add_argument("--adapt-lr", type=float, default=None, help="default: the checkpoint's card")
-    p.add_argument("--adapt-batch", type=int, default=None, help="0: all support images")
+    p.add_argument("--adapt-steps", type=int, default=None,
+                   help="fine-tuning steps (default: the checkpoint's card)")
+    p.add_argument("--adapt-lr", type=float, default=None,
+                   help="fine-tuning learning rate (default: the checkpoint's card)")
+    p.add_argument("--adapt-batch", type=int, default=None,
+                   help="support images per step, 0: all (default: the checkpoint's card)")
     p.add_argument("--adapt-min-epochs", type=float, default=None,
-                   help="take more steps where needed to show each support image this many times")
-    p.add_argument("--head-init", choices=["zeros", "prototype", "meta"], default=None)
+                   help="take more steps where needed to show each support image this many times "
+                        "(default: the checkpoint's card)")
+    p.add_argument("--head-init", choices=HEAD_INITS, default=None,
+                   help="the new head's initial weights (default: the checkpoint's card)")
     p.add_argument("--prototype-scale", type=float, default=None,
                    help="the prototype head's logit scale (default: the checkpoint's card)")
-    p.add_argument("--bn-stats", choices=["frozen", "support"], default=None,
-                   help="batch-norm statistics while fine-tuning: the base model's, or the support set's")
+    p.add_argument("--bn-stats", choices=BN_STATS, default=None,
+                   help="batch-norm statistics while fine-tuning: the base model's, or the support "
+                        "set's (default: the checkpoint's card)")
     p.add_argument("--transductive", action="store_true",
                    help="batch-norm statistics from each episode's query batch (as the paper's code)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the episodes: the same episodes for every checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the results here (default: only print them)")
     p.add_argument("--record", metavar="NAME", default=None,
-                   help="also store the results in the checkpoint's card as metrics[NAME]")
+                   help="also store the results in the checkpoint's card as metrics[NAME] "
+                        "(default: not stored)")
     p.set_defaults(handler=_evaluate)
 
 
@@ -224,9 +321,7 @@ def _service_settings() -> Any:
 
 
 def _add_migrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "migrate", help="create or upgrade the service database (alembic upgrade head)"
-    )
+    p = _command(sub, "migrate", "create or upgrade the service database (alembic upgrade head)")
     p.set_defaults(handler=_migrate)
 
 
@@ -247,13 +342,9 @@ def _redacted(url: str) -> str:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="run the API, with one training worker beside it",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = _command(sub, "serve", "run the API, with one training worker beside it")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on")
     p.add_argument(
         "--no-worker",
         action="store_true",
@@ -262,7 +353,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-migrate",
         action="store_true",
-        help="do not upgrade the database first (default: migrate on SQLite only)",
+        help="do not upgrade the database first (default: migrate SQLite, never PostgreSQL)",
     )
     p.set_defaults(handler=_serve)
 
@@ -317,9 +408,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _add_worker(sub: argparse._SubParsersAction) -> None:
     # The worker is its own program (`python -m worker`, which owns its options); `mtl worker`
     # hands this process over to it, so the API's code never imports the worker's.
-    p = sub.add_parser(
-        "worker", help="run a training worker (Celery, solo pool): python -m worker", add_help=False
-    )
+    p = _command(sub, "worker", "run a training worker (Celery, solo pool): python -m worker",
+                 add_help=False)
     p.set_defaults(handler=_worker, passes_on=True)
 
 
@@ -328,12 +418,23 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("keys", help="manage API keys")
-    keys = p.add_subparsers(dest="keys_command", required=True)
-    c = keys.add_parser("create", help="create a key and print it (shown only once)")
-    c.add_argument("--tenant", required=True)
+    # `create` writes to the database directly: it makes the first key, before any key exists to
+    # call the API with (it runs where MTL_DATABASE_URL or MTL_DATA_DIR reaches the database).
+    # `list` and `revoke` go through the admin API, like every other client command: they work
+    # from any machine that reaches the service, and a key revoked through the API stops working
+    # at once on that API process instead of after its key cache (MTL_API_KEY_CACHE_S) expires.
+    p = _command(sub, "keys", "manage API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="{create,list,revoke}")
+    c = _command(keys, "create", "create a key in the database and print it (shown only once)")
+    c.add_argument("--tenant", required=True,
+                   help="whose key: 1-200 letters, digits or _.@- (each tenant sees its own data)")
     c.add_argument("--admin", action="store_true", help="an admin key (may use /v1/admin)")
     c.set_defaults(handler=_keys_create)
+    ls = _command(keys, "list", "list every tenant's keys (admin key, through the API)")
+    ls.set_defaults(handler=_through_client(_list_keys))
+    rv = _command(keys, "revoke", "revoke a key (admin key, through the API)")
+    rv.add_argument("prefix", help="the key's prefix, as `mtl keys list` shows it")
+    rv.set_defaults(handler=_through_client(_revoke_key))
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -356,24 +457,249 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- client
+
+# The values of app.jobs.JobStatus, listed here so that `mtl --help` does not import the service's
+# database code (tests/service/test_cli_help.py checks they match).
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class CommandFailed(Exception):
+    """The service refused a request or a job did not succeed: one line, exit status 1."""
+
+
+ClientCommand = Callable[[Any, argparse.Namespace], int]
+
+
+def _through_client(run: ClientCommand) -> Handler:
+    """A handler calling `run(client, args)` with an `app.client.Client` (MTL_URL, MTL_API_KEY):
+    the service's refusals become CommandFailed (exit 1), mistakes on this side UsageError."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from app.client import ApiError, Client, ClientError
+
+        try:
+            with Client() as mtl:
+                return run(mtl, args)
+        except ApiError as exc:
+            raise CommandFailed(str(exc)) from None
+        except ClientError as exc:
+            raise UsageError(str(exc)) from None
+
+    return handler
+
+
+def _note(text: str) -> None:
+    """What a person reads; stdout is kept for what a script reads (an id, a table)."""
+    print(text, file=sys.stderr)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _add_datasets(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "datasets", "datasets on a running service (MTL_URL, MTL_API_KEY)")
+    datasets = p.add_subparsers(dest="datasets_command", required=True)
+    up = _command(datasets, "upload",
+                  "upload a folder of class folders or a .zip of one; prints the dataset's id")
+    up.add_argument("source", type=Path,
+                    help="a folder whose subfolders are the class names, or a .zip of one")
+    up.add_argument("--name", default=None,
+                    help="the dataset's name (default: the folder's or the zip's name)")
+    up.set_defaults(handler=_through_client(_datasets_upload))
+
+
+def _datasets_upload(mtl: Any, args: argparse.Namespace) -> int:
+    ds = mtl.upload_dataset(args.source, name=args.name)
+    counts = ", ".join(f"{c.name}: {c.count}" for c in ds.classes[:10])
+    more = f", and {len(ds.classes) - 10} more" if len(ds.classes) > 10 else ""
+    _note(f"dataset {ds.id} '{ds.name}': {ds.num_images} images in {len(ds.classes)} classes "
+          f"({counts}{more})")
+    for r in ds.rejected:
+        _note(f"warning: left out {r.file}: {r.reason}")
+    print(ds.id)
+    return 0
+
+
+def _add_classifiers(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "classifiers", "classifiers on a running service (MTL_URL, MTL_API_KEY)")
+    classifiers = p.add_subparsers(dest="classifiers_command", required=True)
+    c = _command(classifiers, "create",
+                 "train a classifier on a dataset; prints the classifier's id")
+    c.add_argument("--dataset", required=True, help="the dataset's id (mtl datasets upload prints it)")
+    c.add_argument("--name", default=None, help="the classifier's name (default: the dataset's)")
+    c.add_argument("--base-model", default=None,
+                   help="the base model's id, e.g. handwriting or natural (default: the service's "
+                        "default base model)")
+    c.add_argument("--params", type=_json_object, default=None,
+                   help="""training parameters as a JSON object, e.g. '{"steps": 50}' (default: """
+                        "the base model card's)")
+    c.add_argument("--wait", action="store_true",
+                   help="follow the training job with a progress bar; exit 1 unless it succeeds")
+    c.add_argument("--timeout", type=float, default=None,
+                   help="with --wait: stop waiting after this many seconds (default: until the "
+                        "job finishes)")
+    c.set_defaults(handler=_through_client(_classifiers_create))
+
+
+def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
+    name = args.name or mtl.dataset(args.dataset).name
+    created = mtl.create_classifier(args.dataset, name=name, base_model_id=args.base_model,
+                                    params=args.params)
+    _note(f"classifier {created.id}: training job {created.job_id} {created.status}")
+    if args.wait:
+        job = _follow(mtl, created.job_id, args.timeout)
+        if job.status != "succeeded":
+            raise CommandFailed(f"job {job.id} of classifier {created.id} {job.status}"
+                                + (f": {job.error}" if job.error else ""))
+        metrics = mtl.classifier(created.id).metrics
+        if metrics is not None:
+            _note(f"classifier {created.id} is ready: holdout accuracy "
+                  f"{100 * metrics.holdout_accuracy:.1f}%")
+    print(created.id)
+    return 0
+
+
+def _follow(mtl: Any, job_id: str, timeout: float | None) -> Any:
+    """Wait for a job with a progress bar fed by its progress; Ctrl-C stops waiting only."""
+    bar = _progress_bar(0, "queued")
+
+    def on_progress(job: Any) -> None:
+        if job.progress.total_steps and bar.total != job.progress.total_steps:
+            bar.total = job.progress.total_steps
+        bar.set_description_str(job.phase or job.status, refresh=False)
+        if job.progress.loss is not None:
+            bar.set_postfix(loss=f"{job.progress.loss:.3f}", refresh=False)
+        bar.update(job.progress.step - bar.n)
+
+    try:
+        return mtl.wait_for_job(job_id, progress=on_progress, timeout=timeout)
+    except KeyboardInterrupt:
+        _note(f"stopped waiting; job {job_id} goes on (mtl jobs show {job_id}, "
+              f"mtl jobs cancel {job_id})")
+        raise
+    finally:
+        bar.close()
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "predict", "classify images with a trained classifier; prints the top "
+                 "labels of each (MTL_URL, MTL_API_KEY)")
+    p.add_argument("classifier", help="the classifier's id")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--top-k", type=int, default=3, help="labels to show for each image")
+    p.add_argument("--json", action="store_true",
+                   help="print the service's answer as JSON instead of a table")
+    p.set_defaults(handler=_through_client(_predict_images))
+
+
+def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    answer = mtl.predict(args.classifier, args.images, top_k=args.top_k)
+    if args.json:
+        print(answer.model_dump_json(indent=2, exclude_none=True))
+        return 0
+    rows = []
+    for image, result in zip(args.images, answer.results, strict=True):
+        if result.error is not None:
+            rows.append([str(image), f"error: {result.error}", ""])
+            continue
+        for rank, p in enumerate(result.predictions or []):
+            rows.append([str(image) if rank == 0 else "", p.label, f"{p.probability:.3f}"])
+    _table(["image", "label", "probability"], rows)
+    return 0
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "jobs", "training and pretraining jobs on a running service "
+                 "(MTL_URL, MTL_API_KEY)")
+    jobs = p.add_subparsers(dest="jobs_command", required=True)
+    ls = _command(jobs, "list", "the newest jobs, as a table")
+    ls.add_argument("--status", choices=JOB_STATUSES, default=None,
+                    help="only jobs with this status (default: any)")
+    ls.add_argument("--tenant", default=None,
+                    help="admin keys: only this tenant's jobs (default: every tenant's)")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many jobs (1-500)")
+    ls.set_defaults(handler=_through_client(_jobs_list))
+    show = _command(jobs, "show", "one job as JSON: status, phase, progress and outcome")
+    show.add_argument("job", help="the job's id")
+    show.set_defaults(handler=_through_client(_jobs_show))
+    cancel = _command(jobs, "cancel", "cancel a job: a queued one at once, a running one at its "
+                      "next step")
+    cancel.add_argument("job", help="the job's id")
+    cancel.set_defaults(handler=_through_client(_jobs_cancel))
+
+
+def _jobs_list(mtl: Any, args: argparse.Namespace) -> int:
+    page = mtl.jobs(limit=args.limit, status=args.status, tenant=args.tenant)
+    _table(["job", "kind", "status", "phase", "step", "created"],
+           [[j.id, j.kind, j.status, j.phase or "", f"{j.progress.step}/{j.progress.total_steps}",
+             j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.data])
+    if page.next_cursor is not None:
+        _note(f"(the newest {len(page.data)}; more with --limit)")
+    return 0
+
+
+def _jobs_show(mtl: Any, args: argparse.Namespace) -> int:
+    print(mtl.job(args.job).model_dump_json(indent=2))
+    return 0
+
+
+def _jobs_cancel(mtl: Any, args: argparse.Namespace) -> int:
+    job = mtl.cancel_job(args.job)
+    print(f"job {job.id}: {job.status}"
+          + (" (it stops at its next step)" if job.status == "running" else ""))
+    return 0
+
+
+def _list_keys(mtl: Any, args: argparse.Namespace) -> int:
+    _table(["prefix", "tenant", "scope", "created"],
+           [[k.prefix, k.tenant, k.scope, k.created_at.strftime("%Y-%m-%d %H:%M:%S")]
+            for k in mtl.api_keys()])
+    return 0
+
+
+def _revoke_key(mtl: Any, args: argparse.Namespace) -> int:
+    mtl.revoke_api_key(args.prefix)
+    print(f"revoked the key with prefix {args.prefix}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     # A thin entry: the benchmark's own options are parsed by `benchmarks.table1` (the same as
     # `python -m benchmarks.table1`), imported only when this command runs.
-    p = sub.add_parser("bench", help="benchmarks whose reports are committed under benchmarks/results")
+    p = _command(sub, "bench", "benchmarks whose reports are committed under benchmarks/results")
     bench = p.add_subparsers(dest="bench", required=True)
-    table1 = bench.add_parser(
-        "table1", help="the paper's Table 1 on unseen classes, all methods", add_help=False
-    )
+    table1 = _command(bench, "table1", "the paper's Table 1 on unseen classes, all methods",
+                      add_help=False)
     table1.set_defaults(handler=_bench_table1, passes_on=True)
+
+
+class _RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The benchmark's docstring as written, and every option's default."""
 
 
 def _bench_table1(args: argparse.Namespace) -> int:
     from benchmarks import table1
 
-    parser = argparse.ArgumentParser(prog="mtl bench table1", description=table1.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="mtl bench table1", description=table1.__doc__,
+                    formatter_class=_RawDescriptionHelpFormatter)
     table1.add_arguments(parser)
     bench_args = parser.parse_args(args.passed_on)
     bench_args.argv = args.argv
@@ -391,11 +717,28 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_worker,
     _add_migrate,
     _add_keys,
+    _add_datasets,
+    _add_classifiers,
+    _add_predict,
+    _add_jobs,
 ]
 
 
+def package_version() -> str:
+    """The installed mtl-service version ('unknown' in a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mtl-service")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtl", description="Meta-transfer learning service and tools")
+    parser = Parser(prog="mtl", description="Meta-transfer learning service and tools",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -422,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MTLError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CommandFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

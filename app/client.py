@@ -1,0 +1,327 @@
+"""A typed Python client for the service's v1 API; the `mtl` client commands use it.
+
+    from app.client import Client
+
+    with Client() as mtl:                       # MTL_URL and MTL_API_KEY
+        dataset = mtl.upload_dataset("glyphs/", name="glyphs")   # a folder of class folders, or a .zip
+        created = mtl.create_classifier(dataset.id, name="glyphs", base_model_id="handwriting")
+        job = mtl.wait_for_job(created.job_id, progress=lambda j: print(j.progress.step))
+        answer = mtl.predict(created.id, ["a.png", "b.png"], top_k=3)
+
+Answers are the API's own response models (`app.schemas`), so they match the routes exactly.
+Every error the service answers is an `ApiError` carrying its status and its message; mistakes
+found before anything is sent (a missing file, no API key) are a `ClientError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from app.jobs import JobStatus
+from app.pagination import Page
+from app.schemas import (
+    ApiKeyPublic,
+    BaseModelPublic,
+    ClassifierCreated,
+    ClassifierPublic,
+    DatasetPublic,
+    JobPublic,
+    PredictResponse,
+    PretrainingJobCreated,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Images in one predict request: the service's default limit (MTL_MAX_PREDICT_FILES) is 256.
+PREDICT_BATCH = 64
+
+M = TypeVar("M", bound=BaseModel)
+PathLike = str | os.PathLike[str]
+ProgressFn = Callable[[JobPublic], None]
+
+
+class ClientError(Exception):
+    """A mistake found on this side, before or without asking the service."""
+
+
+class ApiError(ClientError):
+    """The service refused a request or could not be reached: `status` is the HTTP status (None
+    when no answer came) and `message` the service's own explanation."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message if status is None else f"{message} (HTTP {status})")
+
+
+class Client:
+    """The v1 API at `url` (default MTL_URL, else http://127.0.0.1:8000) with `api_key` (default
+    MTL_API_KEY)."""
+
+    def __init__(
+        self, url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0
+    ) -> None:
+        self.url = (url or os.environ.get("MTL_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("MTL_API_KEY")
+        if not key:
+            raise ClientError(
+                "no API key: set MTL_API_KEY (an admin creates one with "
+                "`mtl keys create --tenant NAME`)"
+            )
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": "mtl-client"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- plumbing
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise ApiError(None, f"{self.url} did not answer {method} {path} in time") from None
+        except httpx.TransportError as exc:
+            raise ApiError(
+                None, f"cannot reach the service at {self.url} ({exc}); is it running, and is "
+                "MTL_URL right?"
+            ) from None
+        if response.is_error:
+            raise ApiError(response.status_code, _message(response))
+        return response
+
+    def _get(self, model: type[M], path: str, **params: Any) -> M:
+        query = {k: v for k, v in params.items() if v is not None}
+        return model.model_validate(self._request("GET", path, params=query).json())
+
+    # ------------------------------------------------------------------------- datasets
+
+    def upload_dataset(
+        self, source: PathLike, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> DatasetPublic:
+        """Upload a dataset: a folder whose subfolders are the class names, or a .zip of the same
+        shape. `name` defaults to the folder's or zip's name. Files the service cannot use are
+        listed in the answer's `rejected`, with the reason. The same `idempotency_key` again
+        within 24 h answers the first upload's dataset and stores nothing (as on every create)."""
+        path = Path(source)
+        if not path.exists():
+            raise ClientError(f"{path} does not exist")
+        name = name or path.resolve().stem
+        if path.is_file():
+            if not zipfile.is_zipfile(path):
+                raise ClientError(f"{path} is not a .zip file (or give a folder of class folders)")
+            with path.open("rb") as fh:
+                return self._upload_archive(name, path.name, fh, idempotency_key)
+        with tempfile.TemporaryFile() as fh:
+            zip_class_folders(path, fh)
+            fh.seek(0)
+            return self._upload_archive(name, f"{path.name}.zip", fh, idempotency_key)
+
+    def _upload_archive(
+        self, name: str, filename: str, archive: IO[bytes], idempotency_key: str | None
+    ) -> DatasetPublic:
+        response = self._request(
+            "POST", "/v1/datasets", data={"name": name},
+            files={"archive": (filename, archive, "application/zip")},
+            headers=_idempotency(idempotency_key),
+        )
+        return DatasetPublic.model_validate(response.json())
+
+    def dataset(self, dataset_id: str) -> DatasetPublic:
+        return self._get(DatasetPublic, f"/v1/datasets/{dataset_id}")
+
+    # ------------------------------------------------------------------------- classifiers
+
+    def create_classifier(
+        self,
+        dataset_id: str,
+        *,
+        name: str,
+        base_model_id: str | None = None,
+        params: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ClassifierCreated:
+        """Start training a classifier on a dataset (the default base model unless one is
+        given); `params` are the API's `ClassifierParams` (steps, learning_rate, ...); the
+        service POSTs the finished job to `callback_url`, signed (docs/service.md)."""
+        body: dict[str, Any] = {"name": name, "dataset_id": dataset_id, "params": params or {}}
+        if base_model_id is not None:
+            body["base_model_id"] = base_model_id
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        response = self._request("POST", "/v1/classifiers", json=body,
+                                 headers=_idempotency(idempotency_key))
+        return ClassifierCreated.model_validate(response.json())
+
+    def classifier(self, classifier_id: str) -> ClassifierPublic:
+        return self._get(ClassifierPublic, f"/v1/classifiers/{classifier_id}")
+
+    def predict(
+        self, classifier_id: str, images: Sequence[PathLike], *, top_k: int = 5
+    ) -> PredictResponse:
+        """The top-k labels of each image, in order (an image the service cannot decode gets an
+        `error` instead); sent `PREDICT_BATCH` images a request."""
+        paths = [Path(p) for p in images]
+        if not paths:
+            raise ClientError("give at least one image")
+        for p in paths:
+            if not p.is_file():
+                raise ClientError(f"{p} is not a file")
+        results = []
+        for start in range(0, len(paths), PREDICT_BATCH):
+            batch = paths[start:start + PREDICT_BATCH]
+            handles = [p.open("rb") for p in batch]
+            try:
+                response = self._request(
+                    "POST", f"/v1/classifiers/{classifier_id}/predict",
+                    data={"top_k": str(top_k)},
+                    files=[("files", (p.name, fh, "application/octet-stream"))
+                           for p, fh in zip(batch, handles, strict=True)],
+                )
+            finally:
+                for fh in handles:
+                    fh.close()
+            results.extend(PredictResponse.model_validate(response.json()).results)
+        return PredictResponse(results=results)
+
+    # ------------------------------------------------------------------------- base models
+
+    def base_models(self) -> list[BaseModelPublic]:
+        return list(self._pages(BaseModelPublic, "/v1/base-models"))
+
+    def create_pretraining_job(
+        self,
+        dataset_id: str,
+        *,
+        name: str,
+        algorithm: str,
+        params: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PretrainingJobCreated:
+        """Admin: pretrain a new base model on a dataset of base classes; `params` are fields of
+        `models.config.PretrainConfig` (iterations, ways, shots, queries, ...)."""
+        body: dict[str, Any] = {"name": name, "dataset_id": dataset_id, "algorithm": algorithm,
+                                "params": params or {}}
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        response = self._request("POST", "/v1/admin/pretraining-jobs", json=body,
+                                 headers=_idempotency(idempotency_key))
+        return PretrainingJobCreated.model_validate(response.json())
+
+    # ------------------------------------------------------------------------- jobs
+
+    def jobs(
+        self,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        status: str | None = None,
+        tenant: str | None = None,
+    ) -> Page[JobPublic]:
+        """One page of jobs, newest first (admin keys: every tenant's, or `tenant`'s)."""
+        return self._get(Page[JobPublic], "/v1/jobs", limit=limit, cursor=cursor, status=status,
+                         tenant=tenant)
+
+    def job(self, job_id: str) -> JobPublic:
+        return self._get(JobPublic, f"/v1/jobs/{job_id}")
+
+    def cancel_job(self, job_id: str) -> JobPublic:
+        """Cancel a job: a queued one at once, a running one at its next step (409 when it has
+        already finished)."""
+        return JobPublic.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        progress: ProgressFn | None = None,
+        interval: float = 0.5,
+        timeout: float | None = None,
+    ) -> JobPublic:
+        """Poll a job until it has finished (succeeded, failed or cancelled) and return it;
+        `progress` is called with the job after every poll. A `timeout` in seconds raises
+        ClientError; the job itself goes on."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if progress is not None:
+                progress(job)
+            if job.status in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClientError(f"job {job_id} is still {job.status} after {timeout:g} s")
+            time.sleep(interval)
+
+    # ------------------------------------------------------------------------- API keys (admin)
+
+    def api_keys(self) -> list[ApiKeyPublic]:
+        """Admin: every tenant's API keys (prefix, tenant, scope; never the keys themselves)."""
+        return list(self._pages(ApiKeyPublic, "/v1/admin/api-keys"))
+
+    def revoke_api_key(self, prefix: str) -> None:
+        """Admin: revoke a key by its prefix (the part after `mtl_`, as `api_keys` lists it)."""
+        self._request("DELETE", f"/v1/admin/api-keys/{prefix.removeprefix('mtl_')}")
+
+    def _pages(self, model: type[M], path: str) -> Iterator[M]:
+        cursor = None
+        while True:
+            page = self._get(Page[model], path, cursor=cursor)  # type: ignore[valid-type]
+            yield from page.data
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+
+def zip_class_folders(folder: Path, out: IO[bytes]) -> None:
+    """Write `folder` as the zip the datasets route takes: its subfolders are the class names.
+    Members sit under one enclosing folder (the service strips it), so even a single class keeps
+    its name; images are stored as they are (they are compressed already)."""
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ClientError(f"{folder} has no class subfolders (one folder of images per class)")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for class_dir in classes:
+            for file in sorted(class_dir.rglob("*")):
+                if file.is_file():
+                    zf.write(file, f"{folder.resolve().name}/{file.relative_to(folder)}")
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {} if key is None else {"Idempotency-Key": key}
+
+
+def _message(response: httpx.Response) -> str:
+    """The service's explanation of an error answer: its `detail`, else the body's start."""
+    try:
+        detail = response.json().get("detail")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        detail = None
+    if isinstance(detail, str) and detail:
+        return detail
+    if detail is not None:
+        return json.dumps(detail)
+    return response.text[:300].strip() or response.reason_phrase
