@@ -19,7 +19,7 @@ import torch
 from models import algorithms as alg
 from models.checkpoint import load_checkpoint, save_base_model
 from models.config import AdaptConfig, PretrainConfig
-from models.data import EpisodeSampler, ImageSet, to_float
+from models.data import EpisodeSampler, ImageSet, augment_images, to_float
 from models.errors import CheckpointError, ConfigError, TrainingCancelled
 from models.network import MetaNet, build_metanet
 
@@ -77,21 +77,6 @@ def channel_stats(data: ImageSet, max_images: int = 5000) -> tuple[list[float], 
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random horizontal flip and a random translation of up to 4 pixels, drawn for each
-    image; returns a new tensor."""
-    n, c, h, w = x.shape
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")
-    dy, dx = torch.randint(0, 9, (2, n), generator=gen).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
-
-
 T = TypeVar("T")
 
 
@@ -131,7 +116,7 @@ def sample_tasks(
         idx = ep.all_indices
         x = to_float(data.images[idx.to(data.images.device)].to(device))
         if config.augment:
-            x = _augment(x, gen)
+            x = augment_images(x, gen)
         ns = len(ep.support)
         tasks.append(
             alg.Task(
@@ -274,7 +259,7 @@ def sample_transfer_batch(
     idx = torch.from_numpy(rng.choice(len(data), size=min(config.transfer_batch, len(data)), replace=False))
     x = to_float(data.images[idx.to(data.images.device)].to(device))
     if config.augment:
-        x = _augment(x, gen)
+        x = augment_images(x, gen)
     return x, data.labels[idx].to(device)
 
 

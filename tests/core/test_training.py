@@ -10,10 +10,10 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.config import PretrainConfig
-from models.data import ImageSet
+from models.data import ImageSet, augment_images
 from models.errors import ConfigError, TrainingCancelled
 from models.network import MetaNet
-from models.training import Progress, _augment, pretrain, sample_transfer_batch
+from models.training import Progress, pretrain, sample_transfer_batch
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_mixed_class_batches_come_from_all_base_classes(small_omniglot: ImageSet
 def test_augmentation_draws_a_shift_and_flip_for_each_image() -> None:
     x = torch.zeros(64, 1, 12, 12)
     x[:, :, 5, 2] = 1.0  # one bright pixel, off centre
-    out = _augment(x, torch.Generator().manual_seed(0))
+    out = augment_images(x, torch.Generator().manual_seed(0))
     positions = {tuple(torch.nonzero(img[0]).flatten().tolist()) for img in out}
     assert len(positions) > 20  # one shift per batch would give a single position
     assert out.shape == x.shape
