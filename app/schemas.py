@@ -112,6 +112,9 @@ class ClassifierParams(Strict):
         description="steps beyond `steps` (added by min_epochs) end once a batch's loss is "
         "below this (0: never)",
     )
+    augment: bool | None = Field(
+        default=None, description="a random flip and shift of each image at every step"
+    )
 
     def resolved(self, card_adaptation: dict[str, Any]) -> dict[str, Any]:
         """Every parameter filled in: request, then the base model's card, then the defaults."""
