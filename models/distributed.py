@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -193,9 +194,26 @@ def process_devices(device: str | torch.device, processes: int) -> list[torch.de
 def _join_group(store_path: str, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    store = dist.FileStore(store_path, world)
+    store.set(f"started/{rank}", "1")
     dist.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo", store=dist.FileStore(store_path, world),
-        rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+        "nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world,
+        timeout=timedelta(seconds=timeout_s))
+
+
+def _wait_for_start(children: mp.ProcessContext, store_path: str, world: int, timeout_s: float) -> None:
+    """Until every spawned process is about to join the group. One that ended first raises its
+    error here; without this wait, the group would wait for it until the timeout."""
+    store = dist.FileStore(store_path, world)
+    keys = [f"started/{rank}" for rank in range(1, world)]
+    deadline = time.monotonic() + timeout_s
+    while not store.check(keys):
+        if not all(p.is_alive() for p in children.processes):
+            children.join(timeout=5)  # raises the error of a process that failed
+            raise RuntimeError("a pretraining process ended before joining the others")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the pretraining processes did not start within {timeout_s:.0f} s")
+        time.sleep(0.1)
 
 
 def _other_process(
@@ -258,6 +276,7 @@ def launch(
             nprocs=processes - 1, join=False, start_method="spawn")
         torch.set_num_threads(threads)
         try:
+            _wait_for_start(children, store, processes, timeout_s)
             _join_group(store, 0, processes, devices[0], timeout_s)
             try:
                 result = pretrain_in_group(config, data, device=devices[0], **common)
