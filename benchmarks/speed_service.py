@@ -8,9 +8,11 @@ worker) on 127.0.0.1 with a temporary MTL_DATA_DIR, started and stopped by this 
   classifier trained on 5 miniImageNet-lite val classes) at concurrency 1, 8 and 32, against the
   same classifier's raw in-process forward at batch 1. Goals: p50 at concurrency 1 at most
   1.5x the raw forward + 5 ms; throughput at concurrency 32 at least 5x that at concurrency 1.
-- `many`: 1,000 classifiers registered (rows written with the app's own tables and session, the
-  checkpoint folders hard links of one trained classifier's files); predict on ones not in the
-  cache: cold latency, the cache bound, and the API process's resident memory before and after.
+- `many`: `--classifiers` (1,000; 10,000 in docs/speed.md) registered (rows written with the
+  app's own tables and session, the checkpoint folders hard links of one trained classifier's
+  files); predict on ones not in the cache and on one in it: cold and warm p50/p99, the cache's
+  bounds (MTL_PREDICT_CACHE_SIZE, MTL_PREDICT_CACHE_BYTES), and the API process's resident memory
+  before and after.
 
 - `http` (issue 13): where a request's time goes, `/healthz` (HTTP only), an authenticated
   `GET /v1/classifiers/{id}` (+ the key and one row) and predict (+ an image and a forward pass)
@@ -631,7 +633,9 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
     with service(args.builtin_dir, args.torch_threads) as (svc, data_dir):
         rss_start = svc.rss_mib()
         clf_id, images = natural_classifier(svc, args.train_per_class)
+        started = time.perf_counter()
         ids = [clf_id, *register_copies(data_dir, clf_id, args.classifiers - 1)]
+        register_s = time.perf_counter() - started
         folder_bytes = sum(f.stat().st_size for f in (data_dir / "classifiers" / clf_id).iterdir())
         with httpx.Client(base_url=svc.url, headers=svc.headers, timeout=60) as client:
 
@@ -643,6 +647,7 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
                 return 1000 * (time.perf_counter() - t0)
 
             listed, cursor = 0, None
+            started = time.perf_counter()
             while True:  # every page of the list
                 page = client.get("/v1/classifiers", params={"limit": 200, **({"cursor": cursor} if cursor else {})})
                 page.raise_for_status()
@@ -650,44 +655,50 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
                 cursor = page.json().get("next_cursor")
                 if not cursor:
                     break
+            list_s = time.perf_counter() - started
             for i in range(10):  # the registered one is warm, and so are the code paths
                 predict(clf_id, i)
             rss_before = svc.rss_mib()
-            warm = [predict(clf_id, i) for i in range(args.cold)]
+            warm = [predict(clf_id, i) for i in range(args.warm)]
             rng = np.random.default_rng(0)
-            cold_ids = [ids[int(j)] for j in rng.choice(np.arange(1, len(ids)), args.cold,
-                                                        replace=False)]
-            cold = [predict(cid, i) for i, cid in enumerate(cold_ids)]
+            never = rng.permutation(np.arange(1, len(ids)))
+            cold = [predict(ids[int(j)], i) for i, j in enumerate(never[: args.cold])]
             rss_after = svc.rss_mib()
-            # Every cold classifier again: each load evicts the oldest, so the bound holds.
-            more = [ids[int(j)] for j in rng.choice(np.arange(1, len(ids)), 100, replace=False)]
-            for i, cid in enumerate(more):
-                predict(cid, i)
+            # More classifiers never requested: each load evicts the least recently used, so the
+            # bound holds and memory stays flat.
+            for i, j in enumerate(never[args.cold : args.cold + args.more]):
+                predict(ids[int(j)], i)
             rss_after_more = svc.rss_mib()
-    cache_size = svc_setting("predict_cache_size")
-    summary = {"classifiers_registered": listed, "cold_requests": len(cold),
+    cache_size, cache_bytes = svc_setting("predict_cache_size"), svc_setting("predict_cache_bytes")
+    summary = {"classifiers_registered": listed, "register_s": round(register_s, 1),
+               "list_all_pages_s": round(list_s, 2), "cold_requests": len(cold),
                "cold_p50_ms": round(percentile(cold, 50), 2),
                "cold_p95_ms": round(percentile(cold, 95), 2),
+               "cold_p99_ms": round(percentile(cold, 99), 2), "warm_requests": len(warm),
                "warm_p50_ms": round(percentile(warm, 50), 2),
-               "cache_bound_classifiers": cache_size,
+               "warm_p99_ms": round(percentile(warm, 99), 2),
+               "cache_bound_classifiers": cache_size, "cache_bound_bytes": cache_bytes,
                "checkpoint_bytes_per_classifier": folder_bytes,
                "rss_mib_at_start": rss_start, "rss_mib_before": rss_before, "rss_mib_after_cold": rss_after,
-               "rss_mib_after_100_more_cold": rss_after_more}
-    print(f"{'classifiers':>11} {'cold p50 ms':>11} {'cold p95 ms':>11} {'warm p50 ms':>11} "
-          f"{'cache':>5} {'RSS MiB before/after/+100':>26}")
-    print(f"{listed:>11} {summary['cold_p50_ms']:>11} {summary['cold_p95_ms']:>11} "
-          f"{summary['warm_p50_ms']:>11} {cache_size:>5} "
-          f"{f'{rss_before} / {rss_after} / {rss_after_more}':>26}")
-    return {"benchmark": "predict on a classifier not in the cache, 1,000 registered",
+               f"rss_mib_after_{args.more}_more_cold": rss_after_more}
+    print(f"{'classifiers':>11} {'cold p50/p99 ms':>16} {'warm p50/p99 ms':>16} "
+          f"{'cache':>5} {'RSS MiB before/after/+more':>27}")
+    cold_ms = f"{summary['cold_p50_ms']} / {summary['cold_p99_ms']}"
+    warm_ms = f"{summary['warm_p50_ms']} / {summary['warm_p99_ms']}"
+    print(f"{listed:>11} {cold_ms:>16} {warm_ms:>16} {cache_size:>5} "
+          f"{f'{rss_before} / {rss_after} / {rss_after_more}':>27}")
+    return {"benchmark": f"predict on a classifier not in the cache, {args.classifiers:,} registered",
             "setup": f"embedded mtl serve, CPU; one classifier trained through the API (natural "
                      f"base model, 5 miniImageNet-lite val classes x {args.train_per_class}); "
                      f"{args.classifiers - 1} more rows written with app.db/app.tables, their "
                      f"checkpoint folders hard links of its files; each cold request is one 84x84 "
                      f"JPEG to a classifier never requested before (sequential); warm = the "
-                     f"trained one, in the cache; RSS is VmRSS of the API process (mtl serve "
-                     f"runs uvicorn in-process), at start before torch is imported, after 10 "
-                     f"warm predicts, after the cold ones and after 100 more cold ones",
-            "summary": summary, "cold_ms": [round(v, 2) for v in cold]}
+                     f"trained one, in the cache, {args.warm} requests; RSS is VmRSS of the API "
+                     f"process (mtl serve runs uvicorn in-process), at start before torch is "
+                     f"imported, after 10 warm predicts, after the cold ones and after "
+                     f"{args.more} more cold ones",
+            "summary": summary, "cold_ms": [round(v, 2) for v in cold],
+            "warm_ms": [round(v, 2) for v in warm]}
 
 
 # ----------------------------------------------------------------------------- main
@@ -706,7 +717,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-per-class", type=int, default=10,
                    help="predict/many: training images per class")
     p.add_argument("--classifiers", type=int, default=1000, help="many: classifiers registered")
-    p.add_argument("--cold", type=int, default=20, help="many: cold requests")
+    p.add_argument("--cold", type=int, default=100, help="many: cold requests")
+    p.add_argument("--warm", type=int, default=100, help="many: warm requests")
+    p.add_argument("--more", type=int, default=100,
+                   help="many: more cold requests before the last memory reading")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="OMP_NUM_THREADS for the server, and the raw forward's threads "
                         "(default: torch's default, one per core)")
