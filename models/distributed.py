@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -192,8 +193,13 @@ def process_devices(device: str | torch.device, processes: int) -> list[torch.de
 
 
 def _join_group(store_path: str, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
+    """Join the group of `launch`'s processes, all on this machine."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif "lo" in {name for _, name in socket.if_nameindex()}:
+        # gloo otherwise picks the interface the host name resolves to, which a container may
+        # not have; one machine's processes need only loopback.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     store = dist.FileStore(store_path, world)
     store.set(f"started/{rank}", "1")
     dist.init_process_group(
