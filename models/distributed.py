@@ -39,6 +39,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -80,6 +81,16 @@ class GroupSync(Sync):
             out[k] = (flat[offset : offset + t.numel()] / total).view_as(t).to(t.device)
             offset += t.numel()
         return out, float(flat[-2] / total)
+
+    @contextmanager
+    def random_stream(self, rng: np.random.Generator, tasks: Sequence[alg.Task],
+                      config: PretrainConfig) -> Iterator[None]:
+        """Skips the draws of the tasks before this process's share, then of those after it."""
+        n = len(tasks)
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        _skip_draws(rng, tasks[:lo], config)
+        yield
+        _skip_draws(rng, tasks[hi:], config)
 
     def any(self, flag: bool) -> bool:
         """True on every process when it is true on any."""
@@ -140,13 +151,23 @@ def _running_stats(net: nn.Module) -> list[tuple[float, torch.Tensor, torch.Tens
     return out
 
 
-def check_config(config: PretrainConfig, processes: int) -> None:
-    """What cannot be spread over `processes` processes: ConfigError saying why."""
-    if processes > 1 and config.inner_batch > 0:
-        raise ConfigError(
-            "mini-batched inner loops (inner_batch > 0) draw their image order from one random "
-            "stream the tasks share, so the processes would draw other orders than one process: "
-            "use inner_batch 0 or one process")
+def _skip_draws(rng: np.random.Generator, tasks: Sequence[alg.Task], config: PretrainConfig) -> None:
+    """Draw from `rng` what `algorithms.inner_loop` draws for `tasks` (a permutation of a task's
+    images at the start and each time a pass over them ends), discarding it."""
+    learner, batch = config.meta_learner, config.inner_batch
+    if learner == "protonet" or config.vectorise_tasks or batch <= 0:
+        return  # no mini-batched inner loop: nothing drawn
+    for task in tasks:
+        n = len(task.support_y) + (len(task.query_y) if learner == "reptile" else 0)
+        if batch >= n:
+            continue
+        rng.permutation(n)
+        cursor = 0
+        for _ in range(config.inner_steps):
+            if cursor + batch > n:
+                rng.permutation(n)
+                cursor = 0
+            cursor += batch
 
 
 def pretrain_in_group(
@@ -166,7 +187,6 @@ def pretrain_in_group(
     if not dist.is_initialized():
         raise ConfigError("pretrain_in_group needs torch.distributed initialised (torchrun, or launch)")
     sync = GroupSync(device)
-    check_config(config, sync.world)
     first = sync.rank == 0
 
     def stop() -> bool:
@@ -271,7 +291,6 @@ def launch(
                                   validate=validate, validate_every=validate_every)
     if processes == 1:
         return pretrain(config, data, device=device, **common)
-    check_config(config, processes)
     devices = process_devices(device, processes)
     before = torch.get_num_threads()
     threads = max(1, before // processes) if devices[0].type == "cpu" else before

@@ -98,6 +98,13 @@ class Sync:
         return tensors, loss
 
     @contextmanager
+    def random_stream(self, rng: np.random.Generator, tasks: Sequence[alg.Task],
+                      config: PretrainConfig) -> Iterator[None]:
+        """Around the meta-learner's half: `rng` (mini-batched inner loops draw from it, task
+        after task) ends where one process running every task leaves it."""
+        yield
+
+    @contextmanager
     def batchnorm(self, net: MetaNet, *, mean_over: int | None = None) -> Iterator[None]:
         """Around one half of a step: afterwards every process holds the batch-norm running
         statistics one process would have. Forward passes update them one after another, except
@@ -159,7 +166,8 @@ def train_step(
     if config.meta_weight > 0:
         mine = sync.part(tasks)
         vectorised = config.vectorise_tasks and learner != "protonet"
-        with sync.batchnorm(net, mean_over=len(mine) if vectorised else None):
+        with sync.batchnorm(net, mean_over=len(mine) if vectorised else None), \
+                sync.random_stream(rng, tasks, config):
             meta, loss = _meta_direction(net, theta, list(mine), config, rng)
         # ProtoNet's moments must see the mean gradient, so Adam runs after the mean.
         meta, loss = sync.mean(meta, loss, weight=len(mine))
