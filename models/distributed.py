@@ -313,9 +313,11 @@ def launch(
             _end(children)  # they stop alike (a cancel, a divergence) or are stuck waiting
             raise
         except BaseException as exc:
-            # This process's error is often only "connection closed": a child's says why.
+            # A lost connection here is the symptom of another process's error: raise that one.
+            lost = isinstance(exc, dist.DistError) or "Connection closed" in str(exc)
             try:
-                children.join(timeout=30)
+                if lost:
+                    children.join(timeout=30)
             except Exception as child_exc:
                 raise child_exc from exc
             finally:
