@@ -27,6 +27,9 @@ from models.distributed import _join_group, launch, pretrain_in_group
 from models.errors import ConfigError, TrainingCancelled
 from models.training import pretrain
 
+# Spawned processes: outside the fast loop (`pytest -m "not slow"`), like the other subprocess tests.
+pytestmark = pytest.mark.slow
+
 CPU = torch.device("cpu")
 TINY: dict[str, Any] = dict(filters=4, iterations=3, ways=3, shots=1, queries=2, inner_steps=2)
 RECIPE: dict[str, Any] = dict(transfer_batch=12, momentum=0.9, weight_decay=5e-4,
