@@ -76,6 +76,7 @@ def create_app(
     app.state.verified_keys = VerifiedKeyCache(settings.api_key_cache_s)
     app.state.predict_service = PredictService(
         cache_size=settings.predict_cache_size,
+        cache_bytes=settings.predict_cache_bytes,
         device=settings.predict_device,
         max_wait_s=settings.predict_batch_wait_ms / 1000,
         max_batch=settings.predict_max_batch,
