@@ -109,6 +109,9 @@ PRETRAIN_HELP: dict[str, tuple[type, str]] = {
     "momentum": (float, "SGD momentum of the transfer step"),
     "weight_decay": (float, "weight decay of the transfer step"),
     "cosine_scale": (float, "logit scale of a cosine transfer head"),
+    "transfer_ghost_batches": (int, "parts of the transfer batch, each with its own batch-norm "
+                                    "statistics (spread over --nproc processes; results depend "
+                                    "on it, never on --nproc)"),
     "seed": (int, "seeds random, numpy and torch: the tasks, the order and the initialisation"),
 }
 
@@ -157,6 +160,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--nproc", dest="processes", type=int, default=1,
+                   help="processes (torch.distributed: one GPU each, or gloo on CPU with the "
+                        "threads divided); the result equals one process's")
     p.set_defaults(handler=_pretrain)
 
 
@@ -171,7 +177,8 @@ def _pretrain_defaults() -> dict[str, Any]:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from models.data import load_dataset
-    from models.training import PretrainConfig, Progress, pretrain
+    from models.distributed import launch
+    from models.training import PretrainConfig, Progress
 
     fields = _pretrain_defaults().keys()
     config = PretrainConfig(replacement=args.replacement, augment=args.augment,
@@ -187,9 +194,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         bar.update(p.iteration - bar.n)
 
     try:
-        result = pretrain(config, data, device=args.device, out_dir=args.out, resume=args.resume,
-                          checkpoint_every_s=args.checkpoint_every, progress=on_progress,
-                          extra_card={"command": command})
+        result = launch(config, data, processes=config.processes, device=args.device, out_dir=args.out,
+                        resume=args.resume, checkpoint_every_s=args.checkpoint_every,
+                        progress=on_progress, extra_card={"command": command})
     finally:
         bar.close()
     t = result.card["training"]
