@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_predict_files: int = Field(default=256, ge=1)
 
     predict_cache_size: int = Field(
-        default=8, ge=1, description="loaded classifiers kept in memory"
+        default=1000, ge=1, description="loaded classifiers kept in memory (the byte bound usually binds first)"
     )
     predict_cache_bytes: int = Field(
         default=256 * MiB,
