@@ -40,6 +40,21 @@ class ClassifierCache:
         self.misses = 0
         self.evictions = 0
 
+    def peek(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]] | None:
+        """The classifier and its card when already loaded and current (a hit), else None (and
+        nothing loaded, nothing counted): cheap enough for the event loop."""
+        try:
+            stamp = (directory / "model.json").stat().st_mtime
+        except OSError:
+            return None
+        with self._lock:
+            hit = self._loaded.get(classifier_id)
+            if hit is None or hit.stamp != stamp:
+                return None
+            self._loaded.move_to_end(classifier_id)
+            self.hits += 1
+            return hit.classifier, hit.card
+
     def get(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]]:
         """The classifier saved in `directory` and its card, loaded once (torch is imported here,
         in a worker thread, never at start-up)."""

@@ -22,7 +22,7 @@ from app.errors import ServiceError, http_status
 from app.idempotency import Idempotency
 from app.logs import configure_logging
 from app.middleware import BodySizeLimit, BodyTooLarge, NoNulInUrl, RequestContext
-from app.predict import PredictService
+from app.predict import PredictService, keep_freed_memory
 from app.security import VerifiedKeyCache
 from app.settings import Settings, get_settings
 from models.errors import MTLError
@@ -60,6 +60,7 @@ def create_app(
         configure_logging(settings.log_format)
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         limit_threads(settings.resolved_torch_threads)
+        keep_freed_memory()  # forward passes in threads, without a page fault per activation
         initialize(settings)
         yield
 

@@ -122,3 +122,44 @@ def test_health_answers_while_predict_decodes_large_images(
     # blocked for a decode (before, one answer waited for all four, over 2 s).
     latencies.sort()
     assert latencies[int(0.9 * len(latencies))] < 0.1 and latencies[-1] < 0.3, latencies[-5:]
+
+
+def test_small_images_decode_on_the_event_loop_with_the_same_answers(
+        classifier_dir: Path) -> None:
+    """A few small images to a loaded classifier skip the decoding threads (issue 13) and get
+    the answers, errors included, that the decoding threads give."""
+    images = [random_png(1), random_png(2), random_png(3)[:60]]  # the last: a header, no pixels
+    service = PredictService(cache_size=2)
+    threaded: list[Any] = []
+    preprocess = service.preprocess
+
+    def counted(*args: Any) -> Any:
+        threaded.append(args)
+        return preprocess(*args)
+
+    service.preprocess = counted  # type: ignore[method-assign]
+
+    async def twice() -> tuple[list, list]:
+        first = await service.predict("c1", classifier_dir, images, 3)  # loads: in a thread
+        return first, await service.predict("c1", classifier_dir, images, 3)
+
+    first, second = asyncio.run(twice())
+    assert len(threaded) == 1  # only the first, which loaded the classifier
+    assert isinstance(first[2], str) and first[2] == second[2]
+    for a, b in zip(first[:2], second[:2], strict=True):
+        assert [label for label, _ in a] == [label for label, _ in b]
+        assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-5)
+
+
+def test_keep_freed_memory_leaves_an_allocator_chosen_by_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from app.predict import keep_freed_memory
+
+    for name in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert keep_freed_memory() is sys.platform.startswith("linux")

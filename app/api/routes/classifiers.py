@@ -7,7 +7,7 @@ import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from app import jobs
@@ -21,8 +21,10 @@ from app.deps import (
     PredictServiceDep,
     SessionDep,
     SettingsDep,
+    database_url,
     get_tenant_row,
     quick_read,
+    resolved,
 )
 from app.errors import ServiceError
 from app.export import ExportFormat, export_zip
@@ -67,15 +69,23 @@ def get_owned(session: Session, key: VerifiedKey, classifier_id: str) -> Classif
     return get_tenant_row(session, key, ClassifierRecord, classifier_id, "classifier")
 
 
-def _owned_row(settings: Settings, key: VerifiedKey, classifier_id: str, *columns: Any) -> Any:
-    """The caller's classifier's row (these columns, or all), or 404 as `get_tenant_row` answers
-    another tenant's. A plain SQL query on a connection of its own: for the two routes a client
-    calls most (read, predict), the ORM session's identity map and events cost half a request's
-    CPU (issue 13)."""
-    table = ClassifierRecord.__table__
-    query = select(*columns, table.c.tenant) if columns else select(table)
-    with get_engine(settings.resolved_database_url).connect() as conn:
-        row = conn.execute(query.where(table.c.id == classifier_id)).first()
+_CLASSIFIER = ClassifierRecord.__table__
+# Built once: building and cache-keying a statement per request was a tenth of a GET's CPU.
+_ROW_QUERY = select(_CLASSIFIER).where(_CLASSIFIER.c.id == bindparam("classifier_id"))
+_STATUS_QUERY = select(_CLASSIFIER.c.status, _CLASSIFIER.c.tenant).where(
+    _CLASSIFIER.c.id == bindparam("classifier_id")
+)
+
+
+def _owned_row(
+    settings: Settings, key: VerifiedKey, classifier_id: str, query: Select[Any] = _ROW_QUERY
+) -> Any:
+    """The caller's classifier's row (every column, or those `query` selects with the tenant),
+    or 404 as `get_tenant_row` answers another tenant's. A plain SQL query on a connection of its
+    own: for the two routes a client calls most (read, predict), the ORM session's identity map
+    and events cost half a request's CPU (issue 13)."""
+    with get_engine(database_url(settings)).connect() as conn:
+        row = conn.execute(query, {"classifier_id": classifier_id}).first()
     if row is None or row.tenant != key.tenant:
         raise HTTPException(404, f"classifier {classifier_id} not found")
     return row
@@ -88,8 +98,7 @@ def _read_owned(settings: Settings, key: VerifiedKey, classifier_id: str) -> Cla
 
 def _owned_status(settings: Settings, key: VerifiedKey, classifier_id: str) -> str:
     """The status of the caller's classifier (404 if it is not the caller's)."""
-    table = ClassifierRecord.__table__
-    return str(_owned_row(settings, key, classifier_id, table.c.status).status)
+    return str(_owned_row(settings, key, classifier_id, _STATUS_QUERY).status)
 
 
 @router.post("", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413))
@@ -274,7 +283,7 @@ async def predict(
     contents = [await f.read() for f in files]
     # Checking and decoding happen in the predict service's decoding threads, off the loop.
     ranked = await predictor.predict(
-        classifier_id, settings.classifiers_dir / classifier_id, contents, top_k
+        classifier_id, resolved(settings).classifiers_dir / classifier_id, contents, top_k
     )
     return PredictResponse(
         results=[
