@@ -17,6 +17,12 @@ Two ratios are reported:
 64 filters, 5-way 1-shot with 1 query a class, meta-batch 32, 1 inner step, inner lr 0.4) for
 MAML and first-order MAML, the per-task loop against the vectorised meta-batch
 (`vectorise_tasks`), timed alternately, and writes benchmarks/results/speed-training-l2l.json.
+`--threads 1,2` alternates torch thread counts too, and `--formats channels_last,contiguous` the
+backbone's memory format (channels-last is what `models.backbones` uses; contiguous is torch's
+default), each combination once per round, so that load changes hit all alike. The load average
+is recorded at the start and the end. Note that learn2learn's own Omniglot CNN
+(`l2l.vision.models.OmniglotCNN`) is not this Conv-4: its convolutions have stride 2 and it has no
+max-pooling, about 3.8x fewer multiply-adds per image on 28x28 inputs.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from benchmarks.table1 import git_commit, machine_description
+from models.backbones import available_backbones, register_backbone
 from models.config import PretrainConfig
 from models.data import EpisodeSampler, ImageSet, data_root, load_dataset
 from models.network import build_metanet
@@ -49,6 +59,29 @@ def _sync(device: torch.device) -> None:
 L2L_FILTERS = 64
 L2L_SETTING: dict[str, object] = {"ways": 5, "shots": 1, "queries": 1, "meta_batch": 32,
                                   "inner_steps": 1, "inner_lr": 0.4, "outer_lr": 0.003}
+
+
+L2L_NETWORK = "l2l-omniglot-cnn"
+
+
+class _MeanOverPositions(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def register_l2l_network() -> None:
+    """learn2learn's Omniglot CNN layout as a backbone: 4 x [conv 3x3 stride 2 padding 1, batch
+    norm, ReLU], then the mean over positions (64 features with 64 filters)."""
+    if L2L_NETWORK in available_backbones():
+        return
+
+    @register_backbone(L2L_NETWORK)
+    def l2l_omniglot_cnn(in_channels: int = 1, filters: int = 64, **_: object) -> nn.Module:
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(in_channels if i == 0 else filters, filters, 3, stride=2, padding=1),
+                       nn.BatchNorm2d(filters), nn.ReLU()]
+        return nn.Sequential(*layers, _MeanOverPositions())
 
 
 def measure(data: ImageSet, algorithm: str, device: torch.device, repeats: int, image_size: int,
@@ -107,11 +140,23 @@ def main() -> None:
     p.add_argument("--filters", type=int, default=32)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--setting", choices=["default", "l2l"], default="default")
+    p.add_argument("--threads", type=lambda v: [int(t) for t in v.split(",")], default=None,
+                   help="l2l: torch thread counts to alternate (default: torch's current count)")
+    p.add_argument("--formats", type=lambda v: v.split(","), default=["channels_last"],
+                   help="l2l: backbone memory formats to alternate: channels_last,contiguous")
+    p.add_argument("--rounds", type=int, default=3, help="l2l: alternating rounds")
+    p.add_argument("--networks", type=lambda v: v.split(","), default=["conv4"],
+                   help=f"l2l: backbones to alternate: conv4 (this project's) and {L2L_NETWORK} "
+                        "(learn2learn's Omniglot CNN layout)")
+    p.add_argument("--no-vectorised", action="store_true",
+                   help="l2l: time the per-task loop only (not the vectorised meta-batch)")
     args = p.parse_args()
     device = resolve_device(args.device)
     data = load_dataset(data_root() / "omniglot" / "images_background.npz", image_size=28, channels=1)
     if args.setting == "l2l":
-        l2l(data, device, args.repeats, args.out or Path("benchmarks/results/speed-training-l2l.json"))
+        l2l(data, device, args.repeats, args.out or Path("benchmarks/results/speed-training-l2l.json"),
+            args.threads or [torch.get_num_threads()], args.formats,
+            [False] if args.no_vectorised else [False, True], args.rounds, args.networks)
         return
     args.out = args.out or Path("benchmarks/results/speed-training.json")
     rows = [measure(data, a, device, args.repeats, 28, 1, args.filters) for a in ALGORITHMS]
@@ -131,29 +176,73 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def l2l(data: ImageSet, device: torch.device, repeats: int, out: Path) -> None:
-    """learn2learn's Omniglot example configuration: the loop and the vectorised meta-batch,
-    measured alternately (three rounds each) so that load changes hit both alike."""
-    runs = [(a, v) for a in ("maml", "fomaml") for v in (False, True)]
-    rows: dict[tuple[str, bool], list[dict[str, float | int | str]]] = {r: [] for r in runs}
-    for _ in range(3):
-        for algorithm, vectorise in runs:
-            rows[(algorithm, vectorise)].append(
-                measure(data, algorithm, device, repeats, 28, 1, L2L_FILTERS, **L2L_SETTING,
-                        vectorise_tasks=vectorise))
+@contextmanager
+def memory_format(name: str) -> Iterator[None]:
+    """Build and feed backbones in `name` memory format for the duration (a benchmark-only
+    switch: `models.backbones` always uses channels-last)."""
+    import models.backbones as backbones
+    import models.network as network
+
+    if name == "channels_last":
+        yield
+        return
+    if name != "contiguous":
+        raise ValueError(f"unknown memory format {name!r}: channels_last or contiguous")
+    made, fed = network.create_backbone, network.to_backbone_input
+    network.create_backbone = lambda n, **kw: backbones.create_backbone(n, **kw).to(  # type: ignore[assignment]
+        memory_format=torch.contiguous_format)
+    network.to_backbone_input = lambda x: x.contiguous()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        network.create_backbone, network.to_backbone_input = made, fed
+
+
+def l2l(data: ImageSet, device: torch.device, repeats: int, out: Path, threads: list[int],
+        formats: list[str], vectorise: list[bool], rounds: int, networks: list[str]) -> None:
+    """learn2learn's Omniglot example configuration: the loop and the vectorised meta-batch
+    (and any thread counts and memory formats asked for), measured alternately, `rounds`
+    rounds, so that load changes hit all alike."""
+    if L2L_NETWORK in networks:
+        register_l2l_network()
+    load_start = os.getloadavg()
+    runs = [(a, v, t, f, n) for n in networks for t in threads for f in formats
+            for a in ("maml", "fomaml") for v in vectorise]
+    rows: dict[tuple[str, bool, int, str, str], list[dict[str, float | int | str]]] = {
+        r: [] for r in runs}
+    for _ in range(rounds):
+        for algorithm, vec, n_threads, fmt, network in runs:
+            torch.set_num_threads(n_threads)
+            with memory_format(fmt):
+                measured = measure(data, algorithm, device, repeats, 28, 1, L2L_FILTERS,
+                                   **L2L_SETTING, vectorise_tasks=vec, backbone=network)
+            rows[(algorithm, vec, n_threads, fmt, network)].append(
+                {**measured, "network": network, "threads": n_threads, "memory_format": fmt,
+                 "load_average_1": round(os.getloadavg()[0], 2)})
     summary = []
-    for measured in rows.values():
-        best = min(measured, key=lambda r: float(r["iteration_ms"]))
-        summary.append({**best, "iteration_ms_all_rounds": [r["iteration_ms"] for r in measured]})
-        print(f"{best['algorithm']:<24} iteration {best['iteration_ms']} ms (rounds: "
-              f"{[r['iteration_ms'] for r in measured]}), supervised step {best['supervised_step_ms']} ms")
+    for measured_rows in rows.values():
+        times = [float(r["iteration_ms"]) for r in measured_rows]
+        best = min(measured_rows, key=lambda r: float(r["iteration_ms"]))
+        summary.append({**best, "iteration_ms_median_of_rounds": round(statistics.median(times), 1),
+                        "iteration_ms_all_rounds": times})
+        print(f"{best['network']:<16} {best['algorithm']:<20} {best['threads']} thread(s) "
+              f"{best['memory_format']:<13} "
+              f"iteration best {best['iteration_ms']} ms, median {statistics.median(times):.1f} ms "
+              f"(rounds: {times}), supervised step {best['supervised_step_ms']} ms")
+    command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m "
+               f"benchmarks.speed_training --setting l2l --repeats {repeats} --rounds {rounds} "
+               f"--threads {','.join(map(str, threads))} --formats {','.join(formats)} "
+               f"--networks {','.join(networks)}"
+               + ("" if len(vectorise) == 2 else " --no-vectorised"))
     report = {"benchmark": "meta-training cost per iteration, learn2learn's Omniglot example setting",
               "config": {**L2L_SETTING, "filters": L2L_FILTERS}, "device": str(device), "machine": machine_description(),
-              "commit": git_commit(), "threads": torch.get_num_threads(),
-              "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m "
-                         f"benchmarks.speed_training --setting l2l --repeats {repeats}",
-              "load_average_at_end": os.getloadavg(),
-              "note": "the fastest of three alternating rounds, each the median of `repeats` iterations",
+              "commit": git_commit(), "command": command,
+              "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
+              "note": f"per combination: the fastest and the median of {rounds} alternating rounds, "
+                      "each round the median of `repeats` iterations; learn2learn's OmniglotCNN "
+                      "uses stride-2 convolutions without max-pooling (about 3.8x fewer "
+                      "multiply-adds than this Conv-4): its times compare with the rows of network "
+                      f"{L2L_NETWORK}, that layout in this project's code",
               "rows": summary}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
