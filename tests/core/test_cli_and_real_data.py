@@ -48,24 +48,31 @@ def test_expected_mistakes_are_one_line_errors(tmp_path: Path, args: list[str], 
 
 
 def test_short_mtl_pretraining_on_omniglot_beats_80_percent_5way_1shot(shared_data: Path, tmp_path: Path) -> None:
-    """The issue's acceptance check: a few minutes of MTL pretraining on 2 CPU cores, then 5-way
-    1-shot on the unseen evaluation alphabets. 1000 iterations gave 78.6% on these episodes in a
-    fresh environment (below the bar; it had passed before); 1500 (~2.5 min) gave 83.2 ± 2.0%."""
+    """The acceptance check: about a minute of MTL pretraining on one CPU thread, then 5-way
+    1-shot on the unseen evaluation alphabets. MTL-ProtoNet with the fair Table 1 recipe (the
+    README's best MTL variant), 800 iterations (91,200 passes): 88.1 +- 1.7% on these episodes
+    in 54 s of training at load 4 (MTL-Reptile with the defaults needed 1500 iterations, ~2.5
+    min quiet, for 83.2%)."""
     out = tmp_path / "omniglot"
     started = time.perf_counter()
     code = main(["pretrain", "--dataset", str(shared_data / "omniglot" / "images_background.npz"),
-                 "--algorithm", "mtl-reptile", "--filters", "32", "--iterations", "1500",
+                 "--algorithm", "mtl-protonet", "--filters", "32", "--iterations", "800",
+                 "--beta", "0.75", "--protonet-lr", "0.001", "--meta-schedule", "linear",
+                 "--transfer-batch", "64", "--momentum", "0.9", "--weight-decay", "5e-4",
+                 "--transfer-schedule", "cosine", "--transfer-head", "standard", "--transfer-lr", "0.1",
                  "--out", str(out), "--device", "cpu"])
     train_seconds = time.perf_counter() - started
     assert code == 0
     card = json.loads((out / "model.json").read_text())
-    assert card["algorithm"] == "mtl-reptile" and card["combine"] == "paper"
+    assert card["algorithm"] == "mtl-protonet" and card["combine"] == "paper"
     assert card["training"]["completed"] and len(card["base_classes"]) == 964
     assert len(card["data"]["fingerprint"]) == 64
     report = out / "eval.json"
     code = main(["evaluate", "--checkpoint", str(out), "--dataset",
                  str(shared_data / "omniglot" / "images_evaluation.npz"), "--ways", "5",
-                 "--shots", "1", "--episodes", "100", "--json", str(report), "--device", "cpu"])
+                 "--shots", "1", "--episodes", "100", "--json", str(report), "--device", "cpu",
+                 # the scaled prototype head alone (Table 1 chose it for MTL-ProtoNet)
+                 "--adapt-steps", "0", "--head-init", "prototype", "--bn-stats", "frozen"])
     assert code == 0
     result = json.loads(report.read_text())
     cell = result["results"][0]
