@@ -273,7 +273,11 @@ def method_config(method: str, profile: Profile) -> Any:
     return config
 
 
-def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str) -> dict[str, Any]:
+def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str,
+        cells: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Pretrain (or reuse) each method's base model and score it in the profile's cells (only
+    `cells`, (ways, shots) pairs, when given: a method's cells can then run in several processes
+    side by side and be merged)."""
     from models.adaptation import evaluate
     from models.checkpoint import load_base_model, load_checkpoint
     from models.config import AdaptConfig
@@ -290,7 +294,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         "budget": f"{profile.budget_passes} image forward+backward passes per method",
         "machine": machine_description(), "commit": git_commit(),
         "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
-        + (f" --methods {','.join(methods)}" if methods != METHODS else ""),
+        + (f" --methods {','.join(methods)}" if methods != METHODS else "")
+        + (f" --cells {','.join(f'{w}x{k}' for w, k in cells)}" if cells else ""),
         "unseen_classes": UNSEEN_CLASSES[dataset],
         "evaluation": "non-transductive; identical seeded episodes for every method",
     })
@@ -336,9 +341,12 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                                      "train_seconds": card["training"]["seconds"],
                                      "iterations": config.iterations,
                                      "checkpoint": str(ckpt),
+                                     "weights_sha256": card.get("weights_sha256"),
                                      "validation": card.get("validation", [])}
         for ways in profile.ways:
             for shots in profile.shots:
+                if cells and (ways, shots) not in cells:
+                    continue
                 if any(c["method"] == method and c["ways"] == ways and c["shots"] == shots
                        for c in report["cells"]):
                     continue
@@ -504,7 +512,8 @@ class MergeError(ValueError):
 
 
 def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict[str, Any]:
-    """Combine runs of disjoint method subsets of one dataset and profile into one report.
+    """Combine runs of one dataset and profile into one report: disjoint method subsets, or one
+    method's disjoint cells (`--cells`) from runs of the same base model and adaptation.
 
     The runs are taken to have run side by side, so the wall clock is the longest part's; each
     part's command, commit and wall clock are kept under `merged_from`.
@@ -528,15 +537,27 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
         if rep.get("profile_settings") != settings:
             raise MergeError(f"{part} ran with other {profile_name} profile settings than this "
                              "code's; rerun it")
-        for method in rep.get("methods", {}):
-            if method in owner:
-                raise MergeError(f"{method} is in both {owner[method]} and {part}")
-            owner[method] = part
         if not merged:
             merged = {k: v for k, v in rep.items() if k not in ("methods", "cells", "merged_from")}
             merged.update(methods={}, cells=[], merged_from={})
-        merged["methods"].update(rep.get("methods", {}))
-        merged["cells"] += rep.get("cells", [])
+        for method, info in rep.get("methods", {}).items():
+            if method in owner:
+                first = merged["methods"][method]
+                # The same base model: by its weights' hash where both runs recorded it.
+                model = ("weights_sha256" if first.get("weights_sha256") and info.get("weights_sha256")
+                         else "checkpoint")
+                if any(first.get(k) != info.get(k) for k in ("config", "adaptation", model)):
+                    raise MergeError(f"{method} is in both {owner[method]} and {part} with other "
+                                     "settings, adaptation or checkpoint")
+                continue
+            owner[method] = part
+            merged["methods"][method] = info
+        seen = {(c["method"], c["ways"], c["shots"]) for c in merged["cells"]}
+        for c in rep.get("cells", []):
+            if (c["method"], c["ways"], c["shots"]) in seen:
+                raise MergeError(f"{c['method']} {c['ways']}-way {c['shots']}-shot is in more than "
+                                 f"one part ({part} and another)")
+            merged["cells"].append(c)
         merged["merged_from"][str(part)] = {k: rep.get(k) for k in
                                             ("command", "commit", "machine", "wall_clock_seconds")}
     merged["wall_clock_seconds"] = max(r.get("wall_clock_seconds", 0) for _, r in reports)
@@ -633,7 +654,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/table1-<dataset>-<profile>")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--cells", default="", help="only these cells, e.g. 20x1,20x5 (ways x shots): "
+                   "one method's cells in several processes, merged with --merge")
     p.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
                    help="instead of running, combine finished runs of disjoint --methods subsets "
                         "(their --out folders) into one report in --out")
@@ -653,7 +676,11 @@ def main(args: argparse.Namespace) -> int:
         except MergeError as e:
             raise SystemExit(f"error: {e}") from None
     else:
-        report = run(args.dataset, args.profile, out, methods, args.device)
+        try:
+            cells = [(int(w), int(k)) for w, k in (c.lower().split("x") for c in args.cells.split(",") if c)]
+        except ValueError:
+            raise SystemExit(f"error: --cells takes WAYSxSHOTS pairs such as 20x5, got {args.cells!r}") from None
+        report = run(args.dataset, args.profile, out, methods, args.device, cells or None)
     print((out / "table1.md").read_text())
     print(f"wrote {out}/results.json, table1.md, table1.png "
           f"({report.get('wall_clock_seconds', 0) / 60:.0f} min)")

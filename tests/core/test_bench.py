@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,19 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     assert "| Transfer | ProtoNet | MTL-Reptile |" in table and "Merged from runs side by side" in table
     assert (tmp_path / "ab" / "table1.png").read_bytes()[:4] == b"\x89PNG"
 
-    # A method in two parts, a missing folder, or another profile is refused with a clear error.
-    for parts_args, message in (([tmp_path / "a", tmp_path / "a"], "transfer is in both"),
+    # One method's cells from two processes (--cells) on the same base model merge into one row.
+    main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "c"),
+          "--methods", "transfer", "--cells", "5x1", "--device", "cpu"])
+    shutil.copytree(tmp_path / "c" / "checkpoints", tmp_path / "d" / "checkpoints")
+    main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "d"),
+          "--methods", "transfer", "--cells", "5x15", "--device", "cpu"])
+    assert main([*merge[:-2], str(tmp_path / "c"), str(tmp_path / "d"), str(tmp_path / "b")]) == 0
+    split = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert [(c["method"], c["shots"]) for c in split["cells"]] == [("transfer", 1), ("transfer", 15),
+                                                                   ("mtl-reptile", 1), ("mtl-reptile", 15)]
+
+    # A cell in two parts, a missing folder, or another profile is refused with a clear error.
+    for parts_args, message in (([tmp_path / "a", tmp_path / "a"], "transfer 5-way 1-shot is in more than one"),
                                 ([tmp_path / "a", tmp_path / "nope"], "does not exist")):
         with pytest.raises(SystemExit, match=message):
             main([*merge[:-2], *map(str, parts_args)])
