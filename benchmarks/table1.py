@@ -546,7 +546,10 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
                 # The same base model: by its weights' hash where both runs recorded it.
                 model = ("weights_sha256" if first.get("weights_sha256") and info.get("weights_sha256")
                          else "checkpoint")
-                if any(first.get(k) != info.get(k) for k in ("config", "adaptation", model)):
+                # Settings added to the code between the runs are left out of the comparison.
+                a, b = first.get("config", {}), info.get("config", {})
+                same_config = all(a[k] == b[k] for k in a.keys() & b.keys())
+                if not same_config or any(first.get(k) != info.get(k) for k in ("adaptation", model)):
                     raise MergeError(f"{method} is in both {owner[method]} and {part} with other "
                                      "settings, adaptation or checkpoint")
                 continue
