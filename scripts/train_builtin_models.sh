@@ -19,15 +19,25 @@ if [[ "$which" == handwriting || "$which" == all ]]; then
   "${PY:-.venv/bin/python}" -m benchmarks.ship_builtin --report "${HW_REPORT:-benchmarks/results/table1-omniglot-fair}" \
     --dataset omniglot --profile fair --method best --name handwriting \
     --suits "handwritten characters and symbols, glyphs and simple line drawings (read as grayscale, resized to 28x28); trained on 804 Omniglot characters of 24 alphabets"
+  # Its default adaptation, chosen on the validation alphabets over 5/20-way x 1/5/15-shot.
+  "${PY:-.venv/bin/python}" -m benchmarks.choose_adaptation --model app/builtin_models/handwriting \
+    --dataset omniglot --episodes 40 --apply
 fi
 
 if [[ "$which" == natural || "$which" == all ]]; then
-  out=app/builtin_models/natural
-  "$MTL" pretrain --dataset "$DATA/miniimagenet-lite/train" --algorithm mtl-reptile \
-    --image-size 84 --channels 3 --filters 32 --augment \
-    --iterations "${NAT_ITERATIONS:-500}" --device "${DEVICE:-auto}" --out "$out"
-  # Unseen classes: val + test (36 classes), as in the paper.
-  "$MTL" evaluate --checkpoint "$out" --dataset "$DATA/miniimagenet-lite/val" \
-    --dataset "$DATA/miniimagenet-lite/test" --ways 5 --shots 1,5 \
-    --episodes "${EPISODES_NATURAL:-50}" --record unseen_classes
+  # The fair Table 1 run on miniImageNet-lite (16 of the 64 train classes held out for the
+  # training curves and the choice), the method best on those validation classes shipped, and its
+  # adaptation chosen there at 5-way 1/5/20-shot (84x84 fine-tuning is ~20x an Omniglot step's
+  # cost on a CPU, so 20-way is scored only by the Table 1 run itself). MTL-ProtoNet and ProtoNet
+  # tied on the deciding validation cell at the last run (the card says why MTL-ProtoNet was taken);
+  # NAT_METHOD=best takes whichever leads on a rerun.
+  "$MTL" bench table1 --dataset miniimagenet-lite --profile fair \
+    --methods "${NAT_METHODS:-transfer,protonet,mtl-protonet}" \
+    --out "${NAT_REPORT:-benchmarks/results/table1-miniimagenet-lite-fair}"
+  "${PY:-.venv/bin/python}" -m benchmarks.ship_builtin --report "${NAT_REPORT:-benchmarks/results/table1-miniimagenet-lite-fair}" \
+    --dataset miniimagenet-lite --profile fair --method "${NAT_METHOD:-mtl-protonet}" --name natural \
+    --suits "natural photos of objects and animals (read as RGB, resized to 84x84); trained on 48 ImageNet classes (miniImageNet-lite: 120 photos each), so expect far less on other kinds of images"
+  "${PY:-.venv/bin/python}" -m benchmarks.choose_adaptation --model app/builtin_models/natural \
+    --dataset miniimagenet-lite --ways 5 --shots 1,5,20 --episodes "${NAT_ADAPT_EPISODES:-30}" \
+    --candidates prototype-0-steps,zeros,prototype,prototype-augment --apply
 fi
