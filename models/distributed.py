@@ -250,12 +250,32 @@ def _other_process(
     rank = index + 1
     torch.set_num_threads(threads)
     _join_group(store_path, rank, len(devices), devices[rank], timeout_s)
+    completed = False
     try:
         pretrain_in_group(config, data, device=devices[rank], out_dir=out_dir, resume=resume)
+        completed = True
     except TrainingCancelled:
-        pass  # every process stops at the same iteration; the first one reports it
+        completed = True  # every process stops at the same iteration; the first one reports it
     finally:
-        dist.destroy_process_group()
+        leave_group(completed)
+    end_spawned_process()
+
+
+def leave_group(completed: bool) -> None:
+    """Leave the process group; after a run every process finished, all leave together (a
+    barrier first): a gloo process whose peers had already torn down their connections
+    sometimes aborted at exit ("terminate called without an active exception")."""
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def end_spawned_process() -> None:
+    """End a spawned process that finished its work without running C++ destructors at
+    interpreter exit (the other place gloo's connection threads aborted the process)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(
@@ -303,10 +323,12 @@ def launch(
         try:
             _wait_for_start(children, store, processes, timeout_s)
             _join_group(store, 0, processes, devices[0], timeout_s)
+            completed = False
             try:
                 result = pretrain_in_group(config, data, device=devices[0], **common)
+                completed = True
             finally:
-                dist.destroy_process_group()
+                leave_group(completed)
             while not children.join():
                 pass
         except MTLError:
@@ -382,12 +404,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"iteration {pr.iteration}/{pr.total} loss {pr.loss:.4f} {pr.seconds:.0f} s",
                       file=sys.stderr, flush=True)
 
+        completed = False
         try:
             result = pretrain_in_group(config, data, device=device, out_dir=args.out,
                                        resume=args.resume, checkpoint_every_s=args.checkpoint_every,
                                        progress=report)
+            completed = True
         finally:
-            dist.destroy_process_group()
+            leave_group(completed)
     except MTLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,14 +16,19 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from models import training
 from models.checkpoint import load_checkpoint
 from models.config import PretrainConfig
 from models.data import ImageSet
-from models.distributed import _join_group, launch, pretrain_in_group
+from models.distributed import (
+    _join_group,
+    end_spawned_process,
+    launch,
+    leave_group,
+    pretrain_in_group,
+)
 from models.errors import ConfigError, TrainingCancelled
 from models.training import pretrain
 
@@ -73,12 +78,15 @@ def _second_process(index: int, store: str, data: ImageSet, folder: Path) -> Non
     torch.set_num_threads(1)
     float64_training(setattr)
     _join_group(store, 1, 2, CPU, 120)
+    completed = False
     try:
         for name in CONFIGS:
             result = pretrain_in_group(config_of(name), data, device=CPU)
             torch.save(result.net.state_dict(), folder / f"{name}.second.pt")
+        completed = True
     finally:
-        dist.destroy_process_group()
+        leave_group(completed)
+    end_spawned_process()
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +103,13 @@ def runs(small_omniglot: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> 
         with pytest.MonkeyPatch.context() as mp64:
             float64_training(mp64.setattr)
             _join_group(store, 0, 2, CPU, 120)
+            completed = False
             try:
                 spread = {name: pretrain_in_group(config_of(name), small_omniglot, device=CPU,
                                                   out_dir=folder / name) for name in CONFIGS}
+                completed = True
             finally:
-                dist.destroy_process_group()
+                leave_group(completed)
             single = {name: pretrain(config_of(name), small_omniglot, device=CPU) for name in CONFIGS}
         while not child.join(60):
             pass
