@@ -176,7 +176,8 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         page.wait_for_function(
             "(n) => { const imgs = [...document.querySelectorAll('#classes img')];"
             " return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-            arg=len(CHARACTERS) * len(TRAIN_DRAWINGS))
+            # thumbnails are made on first request: 10 s was once too short in a CI run
+            arg=len(CHARACTERS) * len(TRAIN_DRAWINGS), timeout=30_000)
         shot(page, "02-dataset")
 
         # A classifier: the base model's card, then live progress through both passes.

@@ -99,8 +99,10 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
     admin = new_key(settings, "ops", admin=True)
     ds = client.post("/v1/datasets", headers=admin, data={"name": "base classes"},
                      files={"archive": ("g.zip", omniglot_zip(CHARACTERS, range(6)))}).json()
+    # Long enough (several 1 s checkpoints on a quiet machine) that the kill lands mid-run: at 150
+    # iterations a fast machine finished the job between two polls.
     params = {"filters": 16, "ways": 5, "shots": 2, "queries": 2, "meta_batch": 1,
-              "inner_steps": 1, "iterations": 150}
+              "inner_steps": 1, "iterations": 600}
     r = client.post("/v1/admin/pretraining-jobs", headers=admin,
                     json={"name": "tiny", "dataset_id": ds["id"], "algorithm": "mtl-reptile",
                           "params": params})
