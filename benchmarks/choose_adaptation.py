@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     shots = [int(s) for s in (args.shots or ("1,5,15" if args.dataset == "omniglot" else "1,5,20")).split(",")]
     ways = [int(w) for w in args.ways.split(",")]
     rows_path = args.rows or REPO / "benchmarks" / "results" / f"adaptation-{args.model.name}.jsonl"
-    rows = run(args.model, args.dataset, args.episodes, ways, shots, names, rows_path)
+    from models.errors import MTLError
+
+    try:
+        rows = run(args.model, args.dataset, args.episodes, ways, shots, names, rows_path)
+    except MTLError as exc:  # a missing model, episodes the classes cannot fill: one line
+        p.error(str(exc))
     summary = summarise([r for r in rows if r["candidate"] in names])
     for c in summary:
         print(f"{c['mean_accuracy']:.4f}  {c['candidate']}")

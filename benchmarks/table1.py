@@ -683,6 +683,11 @@ def main(args: argparse.Namespace) -> int:
             cells = [(int(w), int(k)) for w, k in (c.lower().split("x") for c in args.cells.split(",") if c)]
         except ValueError:
             raise SystemExit(f"error: --cells takes WAYSxSHOTS pairs such as 20x5, got {args.cells!r}") from None
+        profile = PROFILES[(args.dataset, args.profile)]
+        outside = [f"{w}x{k}" for w, k in cells if w not in profile.ways or k not in profile.shots]
+        if outside:
+            raise SystemExit(f"error: --cells {', '.join(outside)} not in the {args.profile} profile's "
+                             f"grid (ways {profile.ways}, shots {profile.shots})")
         report = run(args.dataset, args.profile, out, methods, args.device, cells or None)
     print((out / "table1.md").read_text())
     print(f"wrote {out}/results.json, table1.md, table1.png "

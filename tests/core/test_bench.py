@@ -100,6 +100,12 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
                                 ([tmp_path / "a", tmp_path / "nope"], "does not exist")):
         with pytest.raises(SystemExit, match=message):
             main([*merge[:-2], *map(str, parts_args)])
+    with pytest.raises(SystemExit, match="--cells 7x1 not in the smoke profile's grid"):
+        main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--cells", "7x1",
+              "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="WAYSxSHOTS"):
+        main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--cells", "5by1",
+              "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="not omniglot/quick"):
         main(["bench", "table1", "--dataset", "omniglot", "--profile", "quick", "--merge", str(tmp_path / "a"),
               "--out", str(tmp_path / "x")])
