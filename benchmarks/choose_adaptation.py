@@ -24,11 +24,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.table1 import FINE_TUNE
 from models.config import AdaptConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
-_TUNE: dict[str, Any] = {"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "bn_stats": "support"}
+# Table 1's fine-tuning settings, with its batch cap (Profile.adapt_batch).
+_TUNE: dict[str, Any] = {**FINE_TUNE, "batch_size": 64}
 CANDIDATES: dict[str, AdaptConfig] = {
     "prototype-0-steps": AdaptConfig(steps=0, lr=0.0, batch_size=64, head_init="prototype", bn_stats="frozen"),
     "zeros": AdaptConfig(**_TUNE, head_init="zeros"),

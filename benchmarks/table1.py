@@ -180,10 +180,10 @@ FAIR_METHODS: dict[str, dict[str, Any]] = {
 # Reptile: 82.0% fine-tuning a zero head vs 78.2% from the prototype head; Transfer and ProtoNet
 # the other way round), so each base model gets the best of these three on 5-way 1-shot of the
 # validation alphabets, chosen after its pretraining and recorded in the report.
-_FINE_TUNE: dict[str, Any] = {"steps": 30, "lr": 0.1, "min_epochs": 20, "bn_stats": "support"}
+FINE_TUNE: dict[str, Any] = {"steps": 30, "lr": 0.1, "min_epochs": 20, "bn_stats": "support"}
 FAIR_CANDIDATES: list[dict[str, Any]] = [
-    {**_FINE_TUNE, "head_init": "zeros"},
-    {**_FINE_TUNE, "head_init": "prototype", "prototype_scale": 10.0},
+    {**FINE_TUNE, "head_init": "zeros"},
+    {**FINE_TUNE, "head_init": "prototype", "prototype_scale": 10.0},
     {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"},
 ]
 FAIR_ADAPTATION: dict[str, list[dict[str, Any]]] = {m: FAIR_CANDIDATES for m in METHODS}
