@@ -113,8 +113,11 @@ def follow_training(page: Page, timeout: float, screenshot: str | None = None) -
         if text:
             if screenshot and text.startswith("Final pass") and not any(
                     s.startswith("Final pass") for s in seen):
-                page.wait_for_function("() => document.querySelectorAll('#loss-curve polyline').length > 0",
-                                       timeout=10_000)
+                # The curve, unless the pass ended first (a quiet CI machine once finished it
+                # before its first point was drawn, and the results replaced the panel).
+                page.wait_for_function("() => document.querySelectorAll('#loss-curve polyline').length > 0"
+                                       " || document.querySelector('#results, #try-it') !== null",
+                                       timeout=30_000)
                 shot(page, screenshot)
             seen.add(text.split(":")[0])
         if page.query_selector("#results") or page.query_selector("#try-it"):
