@@ -8,7 +8,8 @@ different one before anything is created) and the whole answer after (to store i
 spooled to a temporary file, so a large upload does not sit in memory. Only successful answers
 (2xx) are kept: an error frees the key, since nothing was created and a retry may succeed. The
 first request's row is written before it runs, so a repeat that arrives meanwhile gets a 409
-("still in progress") rather than creating a second time.
+("still in progress") rather than creating a second time; its answer is stored before it is
+sent, so a repeat sent after the first answer arrived is always a replay.
 """
 
 from __future__ import annotations
@@ -289,28 +290,41 @@ class Idempotency:
 
         status: int | None = None
         content_type = ""
+        start: Message | None = None
         parts: list[bytes] = []
+        answered = False
 
         async def capture(message: Message) -> None:
-            nonlocal status, content_type
+            # The answer is held back until it is stored: a client that repeats the request the
+            # moment it has the first answer must get the replay, not "still being processed".
+            nonlocal status, content_type, start, answered
             if message["type"] == "http.response.start":
+                start = message
                 status = message["status"]
                 for name, value in message.get("headers", []):
                     if name.lower() == b"content-type":
                         content_type = value.decode("latin-1")
-            elif message["type"] == "http.response.body":
-                parts.append(message.get("body", b""))
-            await send(message)
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            parts.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            whole = b"".join(parts)
+            await run_in_threadpool(
+                store_answer, self.settings, tenant=tenant, key=key, status=status,
+                body=_without(whole, CREATING_ROUTES[scope["path"]]), content_type=content_type,
+            )
+            answered = True
+            await send(start)
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
 
         try:
             await self.app(scope, replay_receive, capture)
-        except BaseException:
-            status = None
-            raise
         finally:
-            answer = _without(b"".join(parts), CREATING_ROUTES[scope["path"]])
-            await run_in_threadpool(
-                store_answer, self.settings, tenant=tenant, key=key, status=status,
-                body=answer, content_type=content_type,
-            )
-
+            if not answered:  # it failed before a whole answer: nothing to keep, free the key
+                await run_in_threadpool(
+                    store_answer, self.settings, tenant=tenant, key=key, status=None, body=b"",
+                    content_type="",
+                )

@@ -103,3 +103,45 @@ def test_expired_keys_are_forgotten(make_settings: Any) -> None:
                 created_at=utcnow() - timedelta(seconds=settings.idempotency_ttl_s + 1)))
         second = client.post("/v1/datasets", headers=key, **post).json()["id"]
         assert second != first
+
+
+def test_the_answer_is_stored_before_it_is_sent(client: Any, user: dict, monkeypatch: Any) -> None:
+    """A client that repeats a request the moment the first answer arrives must get the replay.
+    CI once got "still being processed" there: the answer went out before it was stored."""
+    import asyncio
+
+    from app import idempotency
+
+    events: list[str] = []
+    store = idempotency.store_answer
+
+    def recording_store(*args: Any, **kwargs: Any) -> None:
+        store(*args, **kwargs)
+        events.append(f"stored {kwargs['status']}")
+
+    monkeypatch.setattr(idempotency, "store_answer", recording_store)
+    ds = client.post("/v1/datasets", headers=user, data={"name": "s"},
+                     files={"archive": ("s.zip", small_zip())}).json()["id"]
+    body = f'{{"name": "c", "dataset_id": "{ds}", "params": {{"steps": 3}}}}'.encode()
+    headers = [(k.lower().encode(), v.encode()) for k, v in user.items()]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/classifiers", "raw_path": b"/v1/classifiers",
+        "query_string": b"", "root_path": "", "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1234),
+        "headers": [*headers, (b"content-type", b"application/json"),
+                    (b"idempotency-key", b"race-1"), (b"host", b"testserver")],
+    }
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            events.append(f"sent {message['status']}")
+
+    asyncio.run(client.app(scope, receive, send))
+    assert events == ["stored 202", "sent 202"]
+    repeat = client.post("/v1/classifiers", content=body, headers={
+        **user, "Idempotency-Key": "race-1", "Content-Type": "application/json"})
+    assert repeat.status_code == 202 and repeat.headers["Idempotent-Replayed"] == "true"
