@@ -362,6 +362,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not upgrade the database first (default: migrate SQLite, never PostgreSQL)",
     )
+    p.add_argument(
+        "--api-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="API processes sharing the port (default: MTL_API_PROCESSES, 1); each has its own "
+        "caches and interpreter lock, so predict throughput scales with cores",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -375,7 +383,13 @@ def _serve(args: argparse.Namespace) -> int:
     from app.embedded import EmbeddedWorker
     from app.main import create_app
 
+    if args.api_processes is not None:
+        if not 1 <= args.api_processes <= 64:
+            raise UsageError(f"--api-processes must be 1 to 64, got {args.api_processes}")
+        # The API processes are spawned and read their settings from the environment.
+        os.environ["MTL_API_PROCESSES"] = str(args.api_processes)
     settings = _service_settings()
+    processes = settings.api_processes
     # Embedded SQLite is migrated here; a shared PostgreSQL is migrated by a one-shot `mtl migrate`.
     if not args.no_migrate and settings.resolved_database_url.startswith("sqlite"):
         migrate(settings)
@@ -384,6 +398,10 @@ def _serve(args: argparse.Namespace) -> int:
         # A worker that keeps dying stops the whole service (non-zero exit), as SIGTERM would.
         worker = EmbeddedWorker(settings, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM))
         worker.start()
+        if processes > 1:
+            os.environ["MTL_EMBEDDED_WORKER_READY_FILE"] = str(worker.ready_file)
+    if processes > 1:
+        os.environ["MTL_SERVE_PARENT_PID"] = str(os.getpid())
 
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(0)
@@ -395,12 +413,24 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # A console following a job holds an event stream open: without a limit, shutting
         # down would wait for every browser to go away.
-        uvicorn.run(
-            create_app(settings, embedded_worker=worker),
-            host=args.host,
-            port=args.port,
-            timeout_graceful_shutdown=5,
-        )
+        if processes == 1:
+            uvicorn.run(
+                create_app(settings, embedded_worker=worker),
+                host=args.host,
+                port=args.port,
+                timeout_graceful_shutdown=5,
+            )
+        else:
+            # uvicorn's supervisor binds the port once and restarts an API process that dies;
+            # this process keeps supervising the worker (the API processes only read its ready
+            # file) and stops it when uvicorn returns.
+            uvicorn.run(
+                "app.main:app",
+                host=args.host,
+                port=args.port,
+                workers=processes,
+                timeout_graceful_shutdown=5,
+            )
     except SystemExit:
         pass
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -125,18 +126,47 @@ class EmbeddedWorker:
             proc.wait(timeout=10)
 
 
+class WorkerProbe:
+    """The embedded worker as seen from an API process that did not start it: with
+    `mtl serve --api-processes N` (N > 1) the worker is the supervisor's child, and each API
+    process reads the file the worker writes, with its pid, once it is ready."""
+
+    def __init__(self, ready_file: Path) -> None:
+        self.ready_file = ready_file
+
+    def problem(self) -> str | None:
+        try:
+            pid = int(self.ready_file.read_text())
+        except (OSError, ValueError):
+            return "the embedded worker is starting"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "the embedded worker is not running (it is being restarted)"
+        except PermissionError:  # alive, under another user
+            pass
+        return None
+
+
 def ready_file(settings: Settings) -> Path:
     return settings.resolved_data_dir / "embedded-worker.ready"
 
 
-def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
-    """In the worker: exit at once when the process that started it is gone (it was killed,
-    and this process was handed to init). Jobs it was running are recovered like a crash."""
+def exit_with_parent(
+    parent_pid: int, interval_s: float = 0.5, *, graceful: bool = False, who: str = "the embedded worker"
+) -> None:
+    """Exit when the process that started this one is gone (it was killed, and this process was
+    handed to init): at once (the worker: jobs it was running are recovered like a crash), or
+    `graceful`ly by SIGTERM to itself (an API process of `mtl serve --api-processes N`, which
+    would otherwise keep answering on the port with nobody supervising it)."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(interval_s)
-        log.error("mtl serve (pid %d) is gone; the embedded worker exits", parent_pid)
-        os._exit(1)
+        log.error("mtl serve (pid %d) is gone; %s exits", parent_pid, who)
+        if graceful:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="mtl-parent-watch").start()

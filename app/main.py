@@ -17,7 +17,7 @@ from app import metrics
 from app.api.docs import install_docs
 from app.api.main import api_router
 from app.console import install_console
-from app.embedded import EmbeddedWorker
+from app.embedded import EmbeddedWorker, WorkerProbe, exit_with_parent
 from app.errors import ServiceError, http_status
 from app.idempotency import Idempotency
 from app.logs import configure_logging
@@ -45,8 +45,12 @@ def create_app(
     settings: Settings | None = None, *, embedded_worker: EmbeddedWorker | None = None
 ) -> FastAPI:
     """The API for `settings` (default: from the environment). The database must be migrated.
-    With `embedded_worker` (`mtl serve`), /readyz also needs that worker running."""
+    With `embedded_worker` (`mtl serve`), /readyz also needs that worker running; so it does in
+    the API processes of `mtl serve --api-processes N`, which learn of it from their settings."""
     settings = settings or get_settings()
+    worker: EmbeddedWorker | WorkerProbe | None = embedded_worker
+    if worker is None and settings.embedded_worker_ready_file is not None:
+        worker = WorkerProbe(settings.embedded_worker_ready_file)
     metrics.setup(settings)
 
     @asynccontextmanager
@@ -60,6 +64,8 @@ def create_app(
         configure_logging(settings.log_format)
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         limit_threads(settings.resolved_torch_threads)
+        if settings.serve_parent_pid is not None:
+            exit_with_parent(settings.serve_parent_pid, graceful=True, who="this API process")
         keep_freed_memory()  # forward passes in threads, without a page fault per activation
         initialize(settings)
         yield
@@ -73,7 +79,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.embedded_worker = embedded_worker
+    app.state.embedded_worker = worker
     app.state.verified_keys = VerifiedKeyCache(settings.api_key_cache_s)
     app.state.predict_service = PredictService(
         cache_size=settings.predict_cache_size,

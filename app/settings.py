@@ -89,8 +89,22 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="torch (OpenMP, MKL) threads in each process: the API, each worker and the "
-        "training CLI commands; default: half the cores (mtl serve runs an API and a worker)",
+        "training CLI commands; default: the cores divided between the processes mtl serve "
+        "starts (its API processes and one worker)",
     )
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes `mtl serve` runs on its one port (uvicorn workers): each has "
+        "its own interpreter lock, caches and torch threads, so predict scales with cores",
+    )
+    # Set by `mtl serve` for the API processes it starts when there are several (they are
+    # spawned, so the environment is their only channel): its pid (they exit when it is gone)
+    # and the file its embedded worker writes when ready (their /readyz reads it). Not user
+    # settings.
+    serve_parent_pid: int | None = None
+    embedded_worker_ready_file: Path | None = None
     api_key_cache_s: float = Field(
         default=5.0,
         ge=0,
@@ -135,7 +149,7 @@ class Settings(BaseSettings):
     def resolved_torch_threads(self) -> int:
         from app.threads import default_torch_threads
 
-        return self.torch_threads or default_torch_threads()
+        return self.torch_threads or default_torch_threads(processes=self.api_processes + 1)
 
     @property
     def resolved_data_dir(self) -> Path:

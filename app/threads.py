@@ -20,9 +20,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_torch_threads(cores: int | None = None) -> int:
-    """The cores divided between the two processes `mtl serve` starts: its API and its worker."""
-    return max(1, (available_cores() if cores is None else cores) // 2)
+def default_torch_threads(cores: int | None = None, processes: int = 2) -> int:
+    """The cores divided between the processes `mtl serve` starts: its API processes (one by
+    default) and its worker."""
+    return max(1, (available_cores() if cores is None else cores) // processes)
 
 
 def limit_threads(threads: int) -> None:

@@ -138,3 +138,64 @@ def test_serve_supervises_its_worker(tmp_path: Path, builtin_dir: Path) -> None:
         leftover = int(ready.read_text())
         if alive(leftover):  # only on failure: never leave a worker behind
             os.kill(leftover, signal.SIGKILL)
+
+
+def api_processes(pid: int) -> list[int]:
+    """The API processes uvicorn spawned for `mtl serve` (pid): its running children started as
+    multiprocessing workers (not its worker, nor multiprocessing's resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"--multiprocessing-fork" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_serve_with_several_api_processes(tmp_path: Path, builtin_dir: Path) -> None:
+    """`--api-processes 2`: two API processes on one port beside one worker; their /readyz
+    follows that worker (killed: 503, restarted: 200); a request with a key works whichever
+    process answers; `mtl serve` killed outright takes all of them with it."""
+    from app.embedded import ready_file
+    from app.settings import Settings
+
+    env = embedded_env(tmp_path, builtin_dir)
+    r = mtl("serve", "--api-processes", "0", env=env)
+    assert r.returncode == 2 and "--api-processes must be 1 to 64" in r.stderr
+    ready = ready_file(Settings(data_dir=tmp_path / "data"))
+    log = tmp_path / "serve.log"
+    proc, url = start_serve(env, log, "--api-processes", "2")
+    spawned: list[int] = []
+    try:
+        worker = int(ready.read_text())
+        spawned = api_processes(proc.pid)
+        assert len(spawned) == 2, log.read_text()[-3000:]
+        key = mtl("keys", "create", "--tenant", "acme", env=env).stdout.strip()
+        for _ in range(8):  # the kernel spreads connections over both processes
+            got = httpx.get(f"{url}/v1/base-models", headers={"Authorization": f"Bearer {key}"})
+            assert got.status_code == 200
+
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            assert time.monotonic() < deadline, "/readyz still 200 with the worker dead"
+            time.sleep(0.05)
+        wait_ready(proc, url, log)
+        assert int(ready.read_text()) != worker
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        survivors = [*spawned, int(ready.read_text())]
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in survivors):
+            assert time.monotonic() < deadline, "an API process or the worker outlived mtl serve"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in [*spawned, int(ready.read_text())]:
+            if alive(pid):  # only on failure: never leave a process behind
+                os.kill(pid, signal.SIGKILL)

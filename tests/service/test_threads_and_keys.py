@@ -27,6 +27,9 @@ def test_default_divides_the_cores_between_the_api_and_its_worker() -> None:
     assert [default_torch_threads(c) for c in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 8]
     assert Settings(torch_threads=None).resolved_torch_threads == max(1, available_cores() // 2)
     assert Settings(torch_threads=3).resolved_torch_threads == 3
+    # With several API processes, the cores are divided among them and the worker.
+    assert [default_torch_threads(c, processes=4) for c in (2, 4, 16)] == [1, 1, 4]
+    assert Settings(api_processes=3).resolved_torch_threads == max(1, available_cores() // 4)
     with pytest.raises(ValueError):
         Settings(torch_threads=0)
 
