@@ -250,24 +250,31 @@ def _other_process(
     rank = index + 1
     torch.set_num_threads(threads)
     _join_group(store_path, rank, len(devices), devices[rank], timeout_s)
-    completed = False
-    try:
+    # Every process stops at the same iteration; the first one reports a cancel.
+    with group_run(cancel_is_done=True):
         pretrain_in_group(config, data, device=devices[rank], out_dir=out_dir, resume=resume)
-        completed = True
-    except TrainingCancelled:
-        completed = True  # every process stops at the same iteration; the first one reports it
-    finally:
-        leave_group(completed)
     end_spawned_process()
 
 
-def leave_group(completed: bool) -> None:
-    """Leave the process group; after a run every process finished, all leave together (a
-    barrier first): a gloo process whose peers had already torn down their connections
-    sometimes aborted at exit ("terminate called without an active exception")."""
-    if completed:
-        dist.barrier()
-    dist.destroy_process_group()
+@contextmanager
+def group_run(*, cancel_is_done: bool = False) -> Iterator[None]:
+    """Run one process's part, then leave the process group. After a run every process
+    finished (or, with `cancel_is_done`, a cancel, swallowed), all leave together, a barrier
+    first: a gloo process whose peers had already torn down their connections sometimes aborted
+    at exit ("terminate called without an active exception"). After a failure it leaves at
+    once."""
+    completed = False
+    try:
+        yield
+        completed = True
+    except TrainingCancelled:
+        if not cancel_is_done:
+            raise
+        completed = True
+    finally:
+        if completed:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def end_spawned_process() -> None:
@@ -284,17 +291,11 @@ def launch(
     *,
     processes: int | None = None,
     device: str | torch.device = "auto",
-    out_dir: Path | str | None = None,
-    resume: bool = False,
-    checkpoint_every_s: float = 300.0,
-    progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    extra_card: dict[str, Any] | None = None,
-    validate: Callable[[MetaNet], dict[str, float]] | None = None,
-    validate_every: int = 0,
     timeout_s: float = 1800.0,
+    **options: Any,
 ) -> PretrainResult:
-    """`models.training.pretrain` on `processes` processes (default `config.processes`): this
+    """`models.training.pretrain` (its keyword `options` too: out_dir, resume, progress,
+    should_stop, validate...) on `processes` processes (default `config.processes`): this
     process is the first (it calls `progress`, `should_stop` and `validate`, and writes
     `out_dir`); the others are spawned, receive `data` through shared memory, and end with it.
 
@@ -306,11 +307,9 @@ def launch(
     if processes < 1:
         raise ConfigError(f"processes must be at least 1, got {processes}")
     config = replace(config, processes=processes)
-    common: dict[str, Any] = dict(out_dir=out_dir, resume=resume, checkpoint_every_s=checkpoint_every_s,
-                                  progress=progress, should_stop=should_stop, extra_card=extra_card,
-                                  validate=validate, validate_every=validate_every)
     if processes == 1:
-        return pretrain(config, data, device=device, **common)
+        return pretrain(config, data, device=device, **options)
+    out_dir, resume = options.get("out_dir"), options.get("resume", False)
     devices = process_devices(device, processes)
     before = torch.get_num_threads()
     threads = max(1, before // processes) if devices[0].type == "cpu" else before
@@ -323,12 +322,8 @@ def launch(
         try:
             _wait_for_start(children, store, processes, timeout_s)
             _join_group(store, 0, processes, devices[0], timeout_s)
-            completed = False
-            try:
-                result = pretrain_in_group(config, data, device=devices[0], **common)
-                completed = True
-            finally:
-                leave_group(completed)
+            with group_run():
+                result = pretrain_in_group(config, data, device=devices[0], **options)
             while not children.join():
                 pass
         except MTLError:
@@ -404,14 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"iteration {pr.iteration}/{pr.total} loss {pr.loss:.4f} {pr.seconds:.0f} s",
                       file=sys.stderr, flush=True)
 
-        completed = False
-        try:
+        with group_run():
             result = pretrain_in_group(config, data, device=device, out_dir=args.out,
                                        resume=args.resume, checkpoint_every_s=args.checkpoint_every,
                                        progress=report)
-            completed = True
-        finally:
-            leave_group(completed)
     except MTLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

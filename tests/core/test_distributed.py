@@ -25,8 +25,8 @@ from models.data import ImageSet
 from models.distributed import (
     _join_group,
     end_spawned_process,
+    group_run,
     launch,
-    leave_group,
     pretrain_in_group,
 )
 from models.errors import ConfigError, TrainingCancelled
@@ -78,14 +78,10 @@ def _second_process(index: int, store: str, data: ImageSet, folder: Path) -> Non
     torch.set_num_threads(1)
     float64_training(setattr)
     _join_group(store, 1, 2, CPU, 120)
-    completed = False
-    try:
+    with group_run():
         for name in CONFIGS:
             result = pretrain_in_group(config_of(name), data, device=CPU)
             torch.save(result.net.state_dict(), folder / f"{name}.second.pt")
-        completed = True
-    finally:
-        leave_group(completed)
     end_spawned_process()
 
 
@@ -103,13 +99,9 @@ def runs(small_omniglot: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> 
         with pytest.MonkeyPatch.context() as mp64:
             float64_training(mp64.setattr)
             _join_group(store, 0, 2, CPU, 120)
-            completed = False
-            try:
+            with group_run():
                 spread = {name: pretrain_in_group(config_of(name), small_omniglot, device=CPU,
                                                   out_dir=folder / name) for name in CONFIGS}
-                completed = True
-            finally:
-                leave_group(completed)
             single = {name: pretrain(config_of(name), small_omniglot, device=CPU) for name in CONFIGS}
         while not child.join(60):
             pass
