@@ -4,19 +4,13 @@ record; `XPublic.from_record(record)` shapes what callers see."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from app.jobs import ArtifactStatus, JobKind, JobPhase, JobStatus, phase_of
 from app.params import ADAPT_FIELDS, classifier_defaults
-from app.tables import (
-    ApiKeyRecord,
-    BaseModelRecord,
-    ClassifierRecord,
-    DatasetRecord,
-    JobRecord,
-)
+from app.tables import JobRecord
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -24,6 +18,21 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+class FromRecord(BaseModel):
+    """An answer read from a table row by attribute name (`from_record`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return as_utc(value) if isinstance(value, datetime) else value
+
+    @classmethod
+    def from_record(cls, record: Any) -> Self:
+        return cls.model_validate(record)
 
 
 class Strict(BaseModel):
@@ -62,26 +71,13 @@ class RejectedFile(BaseModel):
     reason: str
 
 
-class DatasetPublic(BaseModel):
+class DatasetPublic(FromRecord):
     id: str
     name: str
     num_images: int
     classes: list[ClassCount]
     rejected: list[RejectedFile]
     created_at: datetime
-
-    @classmethod
-    def from_record(cls, ds: DatasetRecord) -> DatasetPublic:
-        return cls.model_validate(
-            {
-                "id": ds.id,
-                "name": ds.name,
-                "num_images": ds.num_images,
-                "classes": ds.classes,
-                "rejected": ds.rejected,
-                "created_at": as_utc(ds.created_at),
-            }
-        )
 
 
 class ClassifierParams(Strict):
@@ -154,7 +150,7 @@ class ClassifierMetrics(BaseModel):
     confusion_matrix: list[list[int]]
 
 
-class ClassifierPublic(BaseModel):
+class ClassifierPublic(FromRecord):
     id: str
     name: str
     status: ArtifactStatus
@@ -165,23 +161,6 @@ class ClassifierPublic(BaseModel):
     params: dict[str, Any]
     metrics: ClassifierMetrics | None
     created_at: datetime
-
-    @classmethod
-    def from_record(cls, clf: ClassifierRecord) -> ClassifierPublic:
-        return cls.model_validate(
-            {
-                "id": clf.id,
-                "name": clf.name,
-                "status": clf.status,
-                "labels": clf.labels,
-                "base_model_id": clf.base_model_id,
-                "dataset_id": clf.dataset_id,
-                "job_id": clf.job_id,
-                "params": clf.params,
-                "metrics": clf.metrics,
-                "created_at": as_utc(clf.created_at),
-            }
-        )
 
 
 class JobProgress(BaseModel):
@@ -281,7 +260,7 @@ class PredictResponse(BaseModel):
     results: list[PredictResult]
 
 
-class BaseModelPublic(BaseModel):
+class BaseModelPublic(FromRecord):
     id: str
     name: str
     algorithm: str
@@ -291,20 +270,10 @@ class BaseModelPublic(BaseModel):
     status: ArtifactStatus
     metrics: dict[str, Any]
 
+    @field_validator("metrics", mode="before")
     @classmethod
-    def from_record(cls, row: BaseModelRecord) -> BaseModelPublic:
-        return cls.model_validate(
-            {
-                "id": row.id,
-                "name": row.name,
-                "algorithm": row.algorithm,
-                "image_size": row.image_size,
-                "channels": row.channels,
-                "is_default": row.is_default,
-                "status": row.status,
-                "metrics": row.metrics or {},
-            }
-        )
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
 
 
 class PretrainingJobCreate(Strict):
@@ -389,15 +358,8 @@ class BaseModelCard(BaseModel):
     )
 
 
-class ApiKeyPublic(BaseModel):
+class ApiKeyPublic(FromRecord):
     prefix: str
     tenant: str
     scope: str
     created_at: datetime
-
-    @classmethod
-    def from_record(cls, row: ApiKeyRecord) -> ApiKeyPublic:
-        return cls.model_validate(
-            {"prefix": row.prefix, "tenant": row.tenant, "scope": row.scope,
-             "created_at": as_utc(row.created_at)}
-        )
