@@ -76,6 +76,17 @@ _JOB_EXAMPLE: dict[str, Any] = {
     "attempts": 1,
 }
 
+# What a base model's summary and its card share.
+_BASE_MODEL: dict[str, Any] = {
+    "id": "handwriting",
+    "name": "handwriting",
+    "algorithm": "protonet",
+    "image_size": 28,
+    "channels": 1,
+    "is_default": False,
+    "status": "ready",
+}
+
 # Schema name in app.schemas -> an example of it.
 EXAMPLES: dict[str, Any] = {
     "DatasetPublic": {
@@ -131,31 +142,19 @@ EXAMPLES: dict[str, Any] = {
         ]
     },
     "BaseModelPublic": {
-        "id": "handwriting",
-        "name": "handwriting",
-        "algorithm": "mtl-reptile",
-        "image_size": 28,
-        "channels": 1,
-        "is_default": False,
-        "status": "ready",
-        "metrics": {"unseen_classes_1shot": {"results": [{"ways": 5, "shots": 1, "accuracy": 0.91}]}},
+        **_BASE_MODEL,
+        "metrics": {"unseen_classes": {"results": [{"ways": 5, "shots": 1, "accuracy": 0.936}]}},
     },
     "BaseModelCard": {
-        "id": "handwriting",
-        "name": "handwriting",
-        "algorithm": "mtl-reptile",
-        "image_size": 28,
-        "channels": 1,
-        "is_default": False,
-        "status": "ready",
-        "suits": "handwritten characters, glyphs, symbols and other dark-on-light line drawings",
-        "pretrained_on": "964 classes, 19280 images (omniglot/images_background.npz)",
-        "training_seconds": 817.4,
+        **_BASE_MODEL,
+        "suits": "handwritten characters and symbols, glyphs and simple line drawings",
+        "pretrained_on": "804 classes, 16080 images (omniglot/images_background.npz)",
+        "training_seconds": 1512.3,
         "accuracy": [
-            {"ways": 5, "shots": 1, "episodes": 300, "accuracy": 0.9102, "ci95": 0.0077},
-            {"ways": 5, "shots": 5, "episodes": 100, "accuracy": 0.9839, "ci95": 0.0036},
+            {"ways": 5, "shots": 1, "episodes": 100, "accuracy": 0.9361, "ci95": 0.0124},
+            {"ways": 20, "shots": 1, "episodes": 100, "accuracy": 0.8317, "ci95": 0.0104},
         ],
-        "adaptation": {"steps": 30, "lr": 0.1, "batch_size": 0, "head_init": "zeros"},
+        "adaptation": {"steps": 30, "lr": 0.1, "batch_size": 64, "head_init": "prototype"},
     },
     "PretrainingJobCreate": {
         "name": "my-base",
