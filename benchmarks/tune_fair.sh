@@ -2,7 +2,7 @@
 # Equal tuning effort for every Table 1 method (issue "Give MTL a fair fight"), on VALIDATION
 # classes only: 6 held-out Omniglot background alphabets (benchmarks/tune.py's split), 200,000
 # image passes per spec, Conv-4 with 32 filters, one torch thread per process.
-#   benchmarks/tune_fair.sh transfer|heads|meta|maml|mtl|mtl2|ways|stoploss [...]
+#   benchmarks/tune_fair.sh transfer|heads|meta|maml|mtl|mtl2|mtl3|mtl-maml|ways|stoploss [...]
 #   (parts; run two side by side)
 # Each spec is trained once (runs/tune/<hash>, resumable) and scored on 5-way 1-shot (100
 # episodes; CELLS="5x1 20x1" adds 20-way 1-shot, 50 episodes), with fine-tuning (the harness's
@@ -57,6 +57,19 @@ part_specs() {
       done
       echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
       echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
+    mtl3)
+      # The other MTL variants, each with the beta sweep MTL-ProtoNet had (their meta halves as
+      # their baselines won in `meta` and `maml`).
+      for beta in 0.25 0.5 0.75; do
+        echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      done
+      for beta in 0.25 0.5 0.75; do
+        echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      done ;;
+    mtl-maml)
+      for beta in 0.5 0.75; do
+        echo "{\"algorithm\": \"mtl-maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      done ;;
     mtl2)
       # ProtoNet itself did better at protonet_lr 0.003 (20-way 1-shot 78.8 vs 75.0): the same for
       # MTL-ProtoNet at the beta that won at 0.001.
@@ -64,7 +77,7 @@ part_specs() {
     ways)
       echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
       echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}" ;;
-    *) echo "unknown part $1 (transfer, heads, meta, maml, mtl, mtl2, ways, stoploss)" >&2; exit 2 ;;
+    *) echo "unknown part $1 (transfer, heads, meta, maml, mtl, mtl2, mtl3, mtl-maml, ways, stoploss)" >&2; exit 2 ;;
   esac
 }
 
