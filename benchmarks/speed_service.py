@@ -496,6 +496,9 @@ def measure_http(svc: Service, clf_id: str, image: bytes, levels: list[int],
                                           svc.headers, image), predict_requests)]
     rows = []
     for route, request, n in routes:
+        # Unmeasured warm-up on several connections, so that every API process has imported
+        # torch and loaded the classifier (one process's first predict takes about a second).
+        _run_loop(RawLoad(svc.port, request).run(8, 64))
         for c in levels:
             latencies, wall = _run_loop(RawLoad(svc.port, request).run(c, n))
             ms = [1000 * v for v in latencies]
