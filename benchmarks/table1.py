@@ -504,6 +504,22 @@ def add_paired_comparison(report: dict[str, Any]) -> None:
                        "verdict": verdict(difference, ci95)})
     report["paired"] = paired
     report["summary"] = {v: sum(p["verdict"] == v for p in paired) for v in ("won", "tied", "lost")}
+    # The paper's own claim, per variant: MTL-X against the better of Transfer and X itself.
+    per_variant: list[dict[str, Any]] = []
+    for (ways, shots), cells in sorted(rows.items()):
+        by_method = {c["method"]: c for c in cells}
+        for variant in (m for m in METHODS if is_mtl(m) and m in by_method):
+            base = best([by_method[m] for m in ("transfer", variant.removeprefix("mtl-"))
+                         if m in by_method])
+            a = by_method[variant].get("per_episode")
+            b = base.get("per_episode") if base is not None else None
+            if base is None or not a or not b or len(a) != len(b) or len(a) < 2:
+                continue
+            difference, ci95 = paired_difference(a, b)
+            per_variant.append({"ways": ways, "shots": shots, "best_mtl": variant,
+                                "best_baseline": base["method"], "difference": difference,
+                                "ci95": ci95, "verdict": verdict(difference, ci95)})
+    report["per_variant"] = per_variant
 
 
 def _paired_text(p: dict[str, Any]) -> str:
@@ -610,6 +626,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines += ["", f"Best MTL vs best baseline: {s['won']} won, {s['tied']} tied, {s['lost']} lost "
                   f"of {len(paired)} cells (paired over the same episodes; won or lost when the "
                   "95% interval of the difference excludes 0)."]
+    if report.get("per_variant"):
+        lines += ["", "Each MTL variant against the better of Transfer and its own meta-learner "
+                  "(the paper's claim), paired over the same episodes:", ""]
+        for p in report["per_variant"]:
+            lines.append(f"- {p['ways']}-way {p['shots']}-shot: {_paired_text(p)}")
     lines += ["", f"Machine: {report['machine']}. Commit: {report['commit']}. "
               f"Wall clock: {report.get('wall_clock_seconds', 0) / 60:.0f} min. "
               f"Command: `{report['command']}`.", ""]

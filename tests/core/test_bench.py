@@ -160,10 +160,20 @@ def test_paired_comparison_of_best_mtl_and_best_baseline(tmp_path: Path) -> None
     assert tied["ci95"] == pytest.approx(1.96 * math.sqrt(0.0475 / 3) / 2)
     assert report["summary"] == {"won": 1, "tied": 1, "lost": 1}
 
+    # The paper's claim, per variant: against the better of Transfer and its own meta-learner
+    # only (ProtoNet is neither for MTL-Reptile); a variant without either is left out.
+    variants = {(p["ways"], p["shots"], p["best_mtl"]): p for p in report["per_variant"]}
+    assert list(variants) == [(5, 1, "mtl-reptile"), (20, 1, "mtl-maml")]
+    own = variants[(5, 1, "mtl-reptile")]  # against Transfer: differences 0.4, 0.5, 0.3, 0.4
+    assert (own["best_baseline"], own["verdict"]) == ("transfer", "won")
+    assert own["difference"] == pytest.approx(0.4)
+    assert variants[(20, 1, "mtl-maml")]["verdict"] == "tied"
+
     # The same comparison whatever order the cells come in (a merge concatenates parts).
     shuffled = {"cells": report["cells"][::-1]}
     add_paired_comparison(shuffled)
     assert shuffled["paired"] == report["paired"]
+    assert shuffled["per_variant"] == report["per_variant"]
 
     methods = {m: {"iterations": 10, "train_seconds": 1.0, "adaptation": {}}
                for m in ("transfer", "protonet", "mtl-reptile", "mtl-maml", "mtl-fomaml")}
@@ -177,6 +187,7 @@ def test_paired_comparison_of_best_mtl_and_best_baseline(tmp_path: Path) -> None
     assert rows["| 20-way 1-shot"].endswith("| MTL-MAML − Transfer: +2.50 ± 12.33 (tied) |")
     assert rows["| 20-way 5-shot"].endswith("| – |") and rows["| 5-way 15-shot"].endswith("| – |")
     assert "Best MTL vs best baseline: 1 won, 1 tied, 1 lost of 3 cells" in (tmp_path / "table1.md").read_text()
+    assert "- 5-way 1-shot: MTL-Reptile − Transfer: +40.00" in (tmp_path / "table1.md").read_text()
 
 
 def test_omniglot_vinyals_splits_for_table1(shared_data: Path) -> None:
