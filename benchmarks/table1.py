@@ -181,7 +181,9 @@ FAIR_METHODS: dict[str, dict[str, Any]] = {
     "maml": {"meta_batch": 4, "outer_lr": 0.1, "inner_steps": 1},
     "mtl-maml": {**SUPERVISED, "meta_batch": 4, "outer_lr": 0.1, "inner_steps": 1, "beta": 0.5},
     "fomaml": {"meta_batch": 4, "outer_lr": 0.1},
-    "mtl-fomaml": {**SUPERVISED, "meta_batch": 4, "outer_lr": 0.1, "beta": 0.5},
+    # beta swept 0.25 / 0.5 / 0.75 on the validation alphabets (2026-12-05): 77.8 / 79.5 / 83.4
+    # for MTL-FOMAML (0.75 won), 88.2 / 88.7 / 83.8 for MTL-Reptile (0.5 kept).
+    "mtl-fomaml": {**SUPERVISED, "meta_batch": 4, "outer_lr": 0.1, "beta": 0.75},
 }
 # Which adaptation suits a base model depends on how it was trained (on validation alphabets,
 # Reptile: 82.0% fine-tuning a zero head vs 78.2% from the prototype head; Transfer and ProtoNet
