@@ -22,6 +22,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+
+def _choice_rule(candidates: list[dict[str, Any]]) -> str:
+    """How the report chose the adaptation: reports before the two-cell rule scored 5-way 1-shot."""
+    cells = candidates[0].get("cells") if candidates else None
+    if not cells:
+        return "5-way 1-shot, 100 episodes"
+    return "best mean over " + ", ".join(f"{c['ways']}-way {c['shots']}-shot" for c in cells)
+
 def best_on_validation(report: dict[str, Any]) -> str:
     """The method whose adaptation scored highest on the validation classes."""
     scored = {m: max(c["accuracy"] for c in info["adaptation_choice"])
@@ -46,7 +54,8 @@ def ship(report_dir: Path, dataset: str, profile: str, method: str, name: str, s
              for c in report["cells"] if c["method"] == method]
     card.update({
         "adaptation": info["adaptation"],
-        "adaptation_choice": {"on": report.get("validation_classes"), "cell": "5-way 1-shot, 100 episodes",
+        "adaptation_choice": {"on": report.get("validation_classes"),
+                              "cell": _choice_rule(info["adaptation_choice"]),
                               "candidates": info["adaptation_choice"]},
         "description": suits,  # what the console shows as "suits"
         "trained_on": report.get("base_classes", card["data"]["source"]),

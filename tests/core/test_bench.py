@@ -16,6 +16,8 @@ from benchmarks.table1 import (
     FAIR_METHODS,
     PROFILES,
     add_paired_comparison,
+    choice_cells,
+    choose_adaptation,
     load_splits,
     write_markdown,
 )
@@ -263,3 +265,35 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
     winner = max(means, key=lambda c: means[c])
     assert card["adaptation"] == next(r["adaptation"] for r in scored if r["candidate"] == winner)
     assert choose(args) == 0 and len(rows.read_text().splitlines()) == 4  # resumed, not recomputed
+
+
+def test_adaptation_is_chosen_on_the_smallest_and_largest_cells(omniglot_evaluation: Any) -> None:
+    """On the Vinyals split one cell (5-way 1-shot) chose an adaptation that was 4-5 points worse
+    at 20-way 5-shot: the choice now scores the profile's smallest and largest tasks, at most as
+    many ways as there are validation classes, and keeps the best mean."""
+    import torch
+
+    from models.config import AdaptConfig
+    from models.network import build_metanet
+
+    class Val:
+        num_classes = 688
+
+    assert choice_cells(Val(), PROFILES[("omniglot-vinyals", "fair-long")]) == [(5, 1), (20, 5)]
+    Val.num_classes = 16  # miniImageNet-lite's held-out train classes: no 20-way task
+    assert choice_cells(Val(), PROFILES[("miniimagenet-lite", "fair")]) == [(5, 1), (5, 5)]
+    assert choice_cells(Val(), PROFILES[("omniglot", "fair-smoke")]) == [(5, 1)]
+
+    torch.manual_seed(0)
+    net = build_metanet(backbone="conv4", filters=8, channels=1, image_size=28, meta_ways=5,
+                        num_base_classes=10, mean=[0.9], std=[0.3])
+    val = omniglot_evaluation.subset(list(range(0, 600, 20)))  # 30 classes of unseen characters
+    candidates = [AdaptConfig(steps=0, lr=0.0, head_init="prototype", bn_stats="frozen"),
+                  AdaptConfig(steps=0, lr=0.0, head_init="zeros", bn_stats="frozen")]
+    rows = choose_adaptation(net, val, candidates, PROFILES[("omniglot-vinyals", "fair-long")])
+    assert [[(c["ways"], c["shots"]) for c in r["cells"]] for r in rows] == [[(5, 1), (20, 5)]] * 2
+    for row in rows:
+        assert row["accuracy"] == pytest.approx(sum(c["accuracy"] for c in row["cells"]) / 2, abs=1e-5)
+    # A zero head with no steps answers one class for everything: chance, far below prototypes.
+    assert rows[1]["cells"][1]["accuracy"] == pytest.approx(1 / 20, abs=0.01)
+    assert rows[0]["accuracy"] > rows[1]["accuracy"] + 0.2
