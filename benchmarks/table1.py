@@ -187,8 +187,9 @@ FAIR_METHODS: dict[str, dict[str, Any]] = {
 }
 # Which adaptation suits a base model depends on how it was trained (on validation alphabets,
 # Reptile: 82.0% fine-tuning a zero head vs 78.2% from the prototype head; Transfer and ProtoNet
-# the other way round), so each base model gets the best of these three on 5-way 1-shot of the
-# validation alphabets, chosen after its pretraining and recorded in the report.
+# the other way round), so each base model gets the best of these three on its validation classes
+# (mean over `choice_cells`: the profile's smallest and largest tasks), chosen after its
+# pretraining and recorded in the report.
 FINE_TUNE: dict[str, Any] = {"steps": 30, "lr": 0.1, "min_epochs": 20, "bn_stats": "support"}
 FAIR_CANDIDATES: list[dict[str, Any]] = [
     {**FINE_TUNE, "head_init": "zeros"},
