@@ -78,11 +78,7 @@ class EmbeddedWorker:
             return "the embedded worker keeps dying; mtl serve is stopping"
         if proc is None or proc.poll() is not None:
             return "the embedded worker is not running (it is being restarted)"
-        try:
-            ready_pid = int(self.ready_file.read_text())
-        except (OSError, ValueError):
-            ready_pid = None
-        if ready_pid != proc.pid:
+        if read_ready_pid(self.ready_file) != proc.pid:
             return "the embedded worker is starting"
         return None
 
@@ -135,9 +131,8 @@ class WorkerProbe:
         self.ready_file = ready_file
 
     def problem(self) -> str | None:
-        try:
-            pid = int(self.ready_file.read_text())
-        except (OSError, ValueError):
+        pid = read_ready_pid(self.ready_file)
+        if pid is None:
             return "the embedded worker is starting"
         try:
             os.kill(pid, 0)
@@ -145,6 +140,14 @@ class WorkerProbe:
             return "the embedded worker is not running (it is being restarted)"
         except PermissionError:  # alive, under another user
             pass
+        return None
+
+
+def read_ready_pid(path: Path) -> int | None:
+    """The pid the worker wrote into its ready file, or None while there is none."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
         return None
 
 

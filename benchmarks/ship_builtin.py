@@ -22,13 +22,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def _choice_rule(candidates: list[dict[str, Any]]) -> str:
     """How the report chose the adaptation: reports before the two-cell rule scored 5-way 1-shot."""
     cells = candidates[0].get("cells") if candidates else None
     if not cells:
         return "5-way 1-shot, 100 episodes"
     return "best mean over " + ", ".join(f"{c['ways']}-way {c['shots']}-shot" for c in cells)
+
 
 def best_on_validation(report: dict[str, Any]) -> str:
     """The method whose adaptation scored highest on the validation classes."""

@@ -511,36 +511,31 @@ def add_paired_comparison(report: dict[str, Any]) -> None:
     rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for c in report.get("cells", []):
         rows.setdefault((c["ways"], c["shots"]), []).append(c)
-    paired: list[dict[str, Any]] = []
-    for (ways, shots), cells in sorted(rows.items()):
-        mtl = best([c for c in cells if is_mtl(c["method"])])
-        base = best([c for c in cells if not is_mtl(c["method"])])
+    def pair(ways: int, shots: int, mtl: dict[str, Any] | None,
+             base: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """`mtl` minus `base` over their shared episodes, or nothing when they cannot pair."""
         if mtl is None or base is None:
-            continue
+            return []
         a, b = mtl.get("per_episode"), base.get("per_episode")
         if not a or not b or len(a) != len(b) or len(a) < 2:
-            continue
+            return []
         difference, ci95 = paired_difference(a, b)
-        paired.append({"ways": ways, "shots": shots, "best_mtl": mtl["method"],
-                       "best_baseline": base["method"], "difference": difference, "ci95": ci95,
-                       "verdict": verdict(difference, ci95)})
-    report["paired"] = paired
-    report["summary"] = {v: sum(p["verdict"] == v for p in paired) for v in ("won", "tied", "lost")}
+        return [{"ways": ways, "shots": shots, "best_mtl": mtl["method"],
+                 "best_baseline": base["method"], "difference": difference, "ci95": ci95,
+                 "verdict": verdict(difference, ci95)}]
+
+    paired: list[dict[str, Any]] = []
     # The paper's own claim, per variant: MTL-X against the better of Transfer and X itself.
     per_variant: list[dict[str, Any]] = []
     for (ways, shots), cells in sorted(rows.items()):
+        paired += pair(ways, shots, best([c for c in cells if is_mtl(c["method"])]),
+                       best([c for c in cells if not is_mtl(c["method"])]))
         by_method = {c["method"]: c for c in cells}
         for variant in (m for m in METHODS if is_mtl(m) and m in by_method):
-            base = best([by_method[m] for m in ("transfer", variant.removeprefix("mtl-"))
-                         if m in by_method])
-            a = by_method[variant].get("per_episode")
-            b = base.get("per_episode") if base is not None else None
-            if base is None or not a or not b or len(a) != len(b) or len(a) < 2:
-                continue
-            difference, ci95 = paired_difference(a, b)
-            per_variant.append({"ways": ways, "shots": shots, "best_mtl": variant,
-                                "best_baseline": base["method"], "difference": difference,
-                                "ci95": ci95, "verdict": verdict(difference, ci95)})
+            own = [by_method[m] for m in ("transfer", variant.removeprefix("mtl-")) if m in by_method]
+            per_variant += pair(ways, shots, by_method[variant], best(own))
+    report["paired"] = paired
+    report["summary"] = {v: sum(p["verdict"] == v for p in paired) for v in ("won", "tied", "lost")}
     report["per_variant"] = per_variant
 
 
