@@ -112,6 +112,20 @@ def hold_out_groups(data: ImageSet, count: int, seed: int = 0) -> tuple[ImageSet
     return data.subset(base), data.subset(val)
 
 
+def with_rotations(data: ImageSet) -> ImageSet:
+    """Every class four times, turned by 0, 90, 180 and 270 degrees, each turn a class of its own
+    (`name/rot090`...): the Omniglot practice of Vinyals et al. and Snell et al. A turned
+    character is usually a different symbol, so it is a new class, not a new image of the old one.
+    """
+    images, labels, names = [], [], []
+    for quarters in range(4):
+        images.append(torch.rot90(data.images, k=quarters, dims=(-2, -1)))
+        labels.append(data.labels + quarters * data.num_classes)
+        names.extend(f"{n}/rot{quarters * 90:03d}" for n in data.class_names)
+    return ImageSet(images=torch.cat(images).contiguous(), labels=torch.cat(labels), class_names=names,
+                    source=f"{data.source} (x4 rotations)")
+
+
 def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random horizontal flip and a random translation of up to 4 pixels (edges replicated),
     drawn for each image of a float (N, C, H, W) batch; returns a new tensor."""

@@ -15,6 +15,7 @@ from models.data import (
     load_dataset,
     load_image_folder,
     load_omniglot_vinyals,
+    with_rotations,
 )
 from models.errors import ConfigError, DatasetError
 
@@ -85,6 +86,24 @@ def test_omniglot_vinyals_split_has_every_listed_rotation(
     assert np.array_equal(turned[0, 0].numpy(), pil)
     assert torch.equal(images(vinyals_test, "Gurmukhi/character42/rot180"), torch.rot90(upright, 2, (-2, -1)))
     assert torch.equal(images(vinyals_test, "Gurmukhi/character42/rot270"), torch.rot90(upright, 3, (-2, -1)))
+
+
+def test_rotated_classes_match_the_vinyals_loaders_rotations(
+    vinyals_test: ImageSet, omniglot_evaluation: ImageSet
+) -> None:
+    # Two characters, each turned four times: 8 classes of 20 drawings, the same names and pixels
+    # as the Vinyals test split's lines for them (a loader of its own, checked against PIL above).
+    chars = ["Gurmukhi/character42", "Kannada/character01"]
+    data = omniglot_evaluation.subset([omniglot_evaluation.class_names.index(c) for c in chars])
+    turned = with_rotations(data)
+    assert turned.num_classes == 8
+    assert turned.class_counts() == [20] * 8
+    assert turned.class_names[:2] == ["Gurmukhi/character42/rot000", "Kannada/character01/rot000"]
+    for name in turned.class_names:
+        mine = turned.images[turned.labels == turned.class_names.index(name)]
+        theirs = vinyals_test.images[vinyals_test.labels == vinyals_test.class_names.index(name)]
+        assert torch.equal(mine, theirs), name
+    assert not torch.equal(turned.images[turned.labels == 0], turned.images[turned.labels == 2])
 
 
 def test_omniglot_vinyals_trainval_mixes_both_files_and_misses_no_test_character(
