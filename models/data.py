@@ -117,7 +117,9 @@ def with_rotations(data: ImageSet) -> ImageSet:
     (`name/rot090`...): the Omniglot practice of Vinyals et al. and Snell et al. A turned
     character is usually a different symbol, so it is a new class, not a new image of the old one.
     """
-    images, labels, names = [], [], []
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    names: list[str] = []
     for quarters in range(4):
         images.append(torch.rot90(data.images, k=quarters, dims=(-2, -1)))
         labels.append(data.labels + quarters * data.num_classes)
