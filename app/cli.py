@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,6 +56,30 @@ def _one_of(what: str, values: Sequence[str]) -> Callable[[str], str]:
         return text
 
     check.__name__ = what
+    return check
+
+
+def _setting_int(field: str) -> Callable[[str], int]:
+    """An argument type for an integer Settings field, bounded as the field is (one source for
+    the bounds, so the flag and the environment variable refuse the same values)."""
+    from annotated_types import Ge, Le
+
+    from app.settings import Settings
+
+    metadata = Settings.model_fields[field].metadata
+    low = next((cast(int, m.ge) for m in metadata if isinstance(m, Ge)), None)
+    high = next((cast(int, m.le) for m in metadata if isinstance(m, Le)), None)
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
+        return value
+
+    check.__name__ = field
     return check
 
 
@@ -364,7 +388,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--api-processes",
-        type=int,
+        type=_setting_int("api_processes"),
         default=None,
         metavar="N",
         help="API processes sharing the port (default: MTL_API_PROCESSES, 1); each has its own "
@@ -384,8 +408,6 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     if args.api_processes is not None:
-        if not 1 <= args.api_processes <= 64:
-            raise UsageError(f"--api-processes must be 1 to 64, got {args.api_processes}")
         # The API processes are spawned and read their settings from the environment.
         os.environ["MTL_API_PROCESSES"] = str(args.api_processes)
     settings = _service_settings()

@@ -164,7 +164,7 @@ def test_serve_with_several_api_processes(tmp_path: Path, builtin_dir: Path) -> 
 
     env = embedded_env(tmp_path, builtin_dir)
     r = mtl("serve", "--api-processes", "0", env=env)
-    assert r.returncode == 2 and "--api-processes must be 1 to 64" in r.stderr
+    assert r.returncode == 2 and "--api-processes: must be 1 to 64, got 0" in r.stderr
     ready = ready_file(Settings(data_dir=tmp_path / "data"))
     log = tmp_path / "serve.log"
     proc, url = start_serve(env, log, "--api-processes", "2")
