@@ -11,7 +11,7 @@ accuracy over the cells; with `--apply` it becomes the card's `adaptation`, and 
         --dataset omniglot --episodes 40 --apply
 
 Rows go to benchmarks/results/adaptation-<model>.jsonl (one per candidate and cell, resumable:
-rows already there are not recomputed).
+rows already there for the same weights are not recomputed).
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ def run(model: Path, dataset: str, episodes: int, ways: list[int], shots: list[i
     from models.adaptation import evaluate
     from models.checkpoint import load_base_model
 
-    net, _ = load_base_model(model, device="cpu")
+    net, card = load_base_model(model, device="cpu")
+    weights = card.get("weights_sha256")
     val, val_text = validation_classes(dataset)
     smallest = min(val.class_counts())
     done = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    rows = [r for r in done if r["episodes"] == episodes]
+    # Rows are reused only for these very weights: a retrained model in the same folder (the
+    # built-in models are replaced in place) must not inherit its predecessor's scores.
+    rows = [r for r in done if r["episodes"] == episodes and r.get("weights_sha256") == weights]
     for name in names:
         config = CANDIDATES[name]
         for w in ways:
@@ -76,7 +79,7 @@ def run(model: Path, dataset: str, episodes: int, ways: list[int], shots: list[i
                 row = {"candidate": name, "adaptation": asdict(config), "ways": w, "shots": s,
                        "queries": queries, "episodes": episodes, "accuracy": round(cell.accuracy, 5),
                        "ci95": round(cell.ci95, 5), "seconds": round(time.perf_counter() - t0, 1),
-                       "validation_classes": val_text, "model": str(model)}
+                       "validation_classes": val_text, "model": str(model), "weights_sha256": weights}
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
                 with rows_path.open("a") as f:

@@ -265,6 +265,12 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
     winner = max(means, key=lambda c: means[c])
     assert card["adaptation"] == next(r["adaptation"] for r in scored if r["candidate"] == winner)
     assert choose(args) == 0 and len(rows.read_text().splitlines()) == 4  # resumed, not recomputed
+    # A retrained model in the same folder is scored afresh, never given its predecessor's rows.
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    tensors, card = load_checkpoint(shipped)
+    save_checkpoint(shipped, {k: v * 0.5 if v.is_floating_point() else v for k, v in tensors.items()}, card)
+    assert choose(args) == 0 and len(rows.read_text().splitlines()) == 8
 
 
 def test_adaptation_is_chosen_on_the_smallest_and_largest_cells(omniglot_evaluation: Any) -> None:
