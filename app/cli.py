@@ -201,7 +201,7 @@ def _pretrain_defaults() -> dict[str, Any]:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from models.data import load_dataset
-    from models.distributed import launch
+    from models.distributed import launch, spread_warnings
     from models.training import PretrainConfig, Progress
 
     fields = _pretrain_defaults().keys()
@@ -210,6 +210,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, image_size=config.image_size, channels=config.channels)
     for file, reason in data.rejected:
         print(f"warning: skipped {file}: {reason}", file=sys.stderr)
+    for text in spread_warnings(config, config.processes, args.device):
+        print(f"warning: {text}", file=sys.stderr)
     command = "mtl " + " ".join(args.argv)
     bar = _progress_bar(config.iterations, f"pretrain {config.algorithm}")
 

@@ -212,6 +212,29 @@ def process_devices(device: str | torch.device, processes: int) -> list[torch.de
     return [torch.device("cuda", i) for i in range(processes)]
 
 
+def spread_warnings(config: PretrainConfig, processes: int, device: str | torch.device = "cpu") -> list[str]:
+    """What a user should know before spreading `config` over `processes` (nothing wrong with
+    the result, which is the single-process one either way, but time or cores wasted)."""
+    if processes <= 1:
+        return []
+    warnings = []
+    meta = config.meta_batch if config.meta_weight > 0 else 0
+    authors_parts = config.combine == "authors" and config.transfer_batch == 0
+    transfer = (config.meta_batch if authors_parts else config.transfer_ghost_batches) \
+        if config.transfer_weight > 0 else 0
+    work = max(meta, transfer)
+    if processes > work:
+        warnings.append(f"{processes} processes share {meta} task(s) and {transfer} transfer part(s) "
+                        f"an iteration: {processes - work} will wait idle (raise --meta-batch or "
+                        "--transfer-ghost-batches, or use fewer processes)")
+    resolved = resolve_device(device) if isinstance(device, str) else device
+    cores = os.cpu_count() or 1
+    if resolved.type == "cpu" and processes > cores:
+        warnings.append(f"{processes} processes on {cores} CPU core(s): they take turns, slower "
+                        "than one process with the same result")
+    return warnings
+
+
 def _join_group(store_path: str, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
     """Join the group of `launch`'s processes, all on this machine."""
     if device.type == "cuda":

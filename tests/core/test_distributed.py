@@ -52,6 +52,7 @@ CONFIGS = {
     "transfer": dict(algorithm="transfer", meta_batch=1, transfer_ghost_batches=2, **RECIPE),
     "mtl-reptile": dict(algorithm="mtl-reptile", meta_batch=3, transfer_lr=0.5),
     "mtl-protonet": dict(algorithm="mtl-protonet", meta_batch=2, transfer_ghost_batches=4, **RECIPE),
+    "maml": dict(algorithm="maml", meta_batch=2),
     "mtl-maml": dict(algorithm="mtl-maml", meta_batch=2, transfer_ghost_batches=2),
     "mtl-fomaml": dict(algorithm="mtl-fomaml", meta_batch=3, combine="authors", beta=0.3,
                        vectorise_tasks=True),
@@ -135,7 +136,10 @@ def test_two_processes_give_the_single_process_run(runs: dict[str, Any], name: s
     assert torch.equal(tensors["backbone.0.0.weight"], spread.net.state_dict()["backbone.0.0.weight"])
 
 
-def test_a_run_stopped_on_two_processes_resumes_on_one(small_omniglot: ImageSet, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_stopped_run_resumes_on_another_process_count(
+    small_omniglot: ImageSet, tmp_path: Path, before: int, after: int
+) -> None:
     # float32 here, through `launch` (spawned processes, the stop agreed by all). No Adam: see
     # the module's docstring.
     config = PretrainConfig(**{**TINY, **CONFIGS["mtl-reptile"], **RECIPE, "iterations": 5,
@@ -149,12 +153,15 @@ def test_a_run_stopped_on_two_processes_resumes_on_one(small_omniglot: ImageSet,
 
     out = tmp_path / "run"
     with pytest.raises(TrainingCancelled, match="iteration 2"):
-        launch(config, small_omniglot, processes=2, device="cpu", out_dir=out, should_stop=stop_after_two)
+        launch(config, small_omniglot, processes=before, device="cpu", out_dir=out,
+               should_stop=stop_after_two)
     _, card = load_checkpoint(out)
-    assert card["training"]["iteration"] == 2 and card["hyperparameters"]["processes"] == 2
-    # Adam's moments, momentum buffers and every random stream continue on one process.
-    resumed = pretrain(config, small_omniglot, device="cpu", out_dir=out, resume=True)
+    assert card["training"]["iteration"] == 2 and card["hyperparameters"]["processes"] == before
+    # Momentum buffers and every random stream continue on the other count.
+    resumed = launch(config, small_omniglot, processes=after, device="cpu", out_dir=out, resume=True)
     assert_same_state(straight.net.state_dict(), resumed.net.state_dict(), 1e-5)
+    _, card = load_checkpoint(out)
+    assert card["hyperparameters"]["processes"] == after and card["training"]["completed"]
 
 
 def test_ghost_batches_and_processes_in_the_config() -> None:
