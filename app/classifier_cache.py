@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import metrics
+
 
 def classifier_bytes(clf: Any) -> int:
     """What a loaded classifier holds: the bytes of its tensors (weights and buffers)."""
@@ -70,6 +72,7 @@ class ClassifierCache:
             self.misses += 1
         clf, card = load_classifier(directory, device=self.device)
         entry = _Entry(stamp, clf, card, classifier_bytes(clf))
+        evicted = 0
         with self._lock:
             self._drop(classifier_id)  # an older version, or a concurrent load of this one
             self._loaded[classifier_id] = entry
@@ -79,7 +82,10 @@ class ClassifierCache:
                 or (self.max_bytes is not None and self.bytes > self.max_bytes)
             ):
                 self._drop(next(iter(self._loaded)))
-                self.evictions += 1
+                evicted += 1
+            self.evictions += evicted
+            nbytes, count = self.bytes, len(self._loaded)
+        metrics.observe_predict_cache(nbytes, count, evicted)
         return clf, card
 
     def _drop(self, classifier_id: str) -> None:
@@ -90,6 +96,8 @@ class ClassifierCache:
     def evict(self, classifier_id: str) -> None:
         with self._lock:
             self._drop(classifier_id)
+            nbytes, count = self.bytes, len(self._loaded)
+        metrics.observe_predict_cache(nbytes, count, 0)
 
     def ids(self) -> list[str]:
         """The loaded classifiers' ids, least recently used first."""

@@ -407,6 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app.bootstrap import migrate
     from app.embedded import EmbeddedWorker
+    from app.logs import configure_logging
     from app.main import create_app
 
     if args.api_processes is not None:
@@ -434,6 +435,9 @@ def _serve(args: argparse.Namespace) -> int:
     # handlers that ends in the `finally` below, so the worker is stopped instead of orphaned.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Ours from the first line: uvicorn's own logging config (log_config=None: none) would
+    # print its start-up lines as plain text before the app configures logging.
+    configure_logging(settings.log_format)
     try:
         # A console following a job holds an event stream open: without a limit, shutting
         # down would wait for every browser to go away.
@@ -443,6 +447,7 @@ def _serve(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 timeout_graceful_shutdown=5,
+                log_config=None,
             )
         else:
             # uvicorn's supervisor binds the port once and restarts an API process that dies;
@@ -454,6 +459,7 @@ def _serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 workers=processes,
                 timeout_graceful_shutdown=5,
+                log_config=None,
             )
     except SystemExit:
         pass

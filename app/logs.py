@@ -26,7 +26,8 @@ job_id_var: ContextVar[str | None] = ContextVar("mtl_job_id", default=None)
 # What an incoming X-Request-ID may be; anything else is replaced by a new id.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # LogRecord's own attributes: everything else on a record came through `extra=` and is logged.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn's `color_message` (the message with terminal colours) is left out too.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
 
 def request_id_from(header: str | None) -> str:
@@ -85,9 +86,9 @@ class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
-    """Log to stderr in `fmt` ('json' or 'text') through the root logger, uvicorn's loggers
-    included (their own handlers removed; the API logs each request itself, so uvicorn's access
-    log is off). Other handlers on the root logger (pytest's) are left alone."""
+    """Log to stderr in `fmt` ('json' or 'text') through the root logger, uvicorn's loggers and
+    Python's warnings included (their own handlers removed; the API logs each request itself,
+    so uvicorn's access log is off). Other handlers on the root logger (pytest's) are left alone."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:
         root.removeHandler(handler)
@@ -103,6 +104,8 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Library warnings (e.g. Celery's about running as root) as log lines, not raw stderr text.
+    logging.captureWarnings(True)
 
 
 @contextmanager

@@ -32,7 +32,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 class _Metrics:
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.request_seconds = Histogram(
             "mtl_http_request_duration_seconds",
@@ -49,6 +49,23 @@ class _Metrics:
             "mtl_predict_cache_requests",
             "predict requests whose classifier was already loaded (hit) or had to be (miss)",
             ["result"],
+        )
+        # Each API process has its own cache: the gauges add up the live processes' caches.
+        self.cache_bytes = Gauge(
+            "mtl_predict_cache_bytes",
+            "bytes of classifier tensors loaded in the predict caches (MTL_PREDICT_CACHE_BYTES "
+            "bounds each API process's)",
+            multiprocess_mode="livesum",
+        )
+        self.cache_classifiers = Gauge(
+            "mtl_predict_cache_classifiers",
+            "classifiers loaded in the predict caches (MTL_PREDICT_CACHE_SIZE bounds each API "
+            "process's)",
+            multiprocess_mode="livesum",
+        )
+        self.cache_evictions = Counter(
+            "mtl_predict_cache_evictions",
+            "classifiers dropped from a predict cache to keep it within its bounds",
         )
         self.jobs_created = Counter(
             "mtl_jobs_created", "jobs created, by kind", ["kind"]
@@ -110,6 +127,17 @@ def observe_predict_batch(images: int) -> None:
 
 def count_predict_cache(hit: bool) -> None:
     _record(lambda m: m.predict_cache.labels("hit" if hit else "miss").inc())
+
+
+def observe_predict_cache(nbytes: int, classifiers: int, evicted: int) -> None:
+    """A predict cache's size after a load or an eviction, and how many it just evicted."""
+    def record(m: _Metrics) -> None:
+        m.cache_bytes.set(nbytes)
+        m.cache_classifiers.set(classifiers)
+        if evicted:
+            m.cache_evictions.inc(evicted)
+
+    _record(record)
 
 
 def count_job_created(kind: str) -> None:

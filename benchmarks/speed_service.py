@@ -641,6 +641,22 @@ def register_copies(data_dir: Path, source_id: str, count: int) -> list[str]:
     return ids
 
 
+def cache_metrics(client: httpx.Client) -> dict[str, float] | None:
+    """The API's predict-cache series from /metrics (None unless MTL_METRICS_ENABLED=true)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = client.get("/metrics")
+    if r.status_code != 200:
+        return None
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name.startswith("mtl_predict_cache_") and not sample.name.endswith("_created"):
+                key = sample.name + "".join(f"_{v}" for v in sample.labels.values())
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
 def bench_many(args: argparse.Namespace) -> dict[str, Any]:
     with service(args.builtin_dir, args.torch_threads) as (svc, data_dir):
         rss_start = svc.rss_mib()
@@ -681,6 +697,7 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
             for i, j in enumerate(never[args.cold : args.cold + args.more]):
                 predict(ids[int(j)], i)
             rss_after_more = svc.rss_mib()
+            cache = cache_metrics(client)
     cache_size, cache_bytes = svc_setting("predict_cache_size"), svc_setting("predict_cache_bytes")
     summary = {"classifiers_registered": listed, "register_s": round(register_s, 1),
                "list_all_pages_s": round(list_s, 2), "cold_requests": len(cold),
@@ -692,7 +709,7 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
                "cache_bound_classifiers": cache_size, "cache_bound_bytes": cache_bytes,
                "checkpoint_bytes_per_classifier": folder_bytes,
                "rss_mib_at_start": rss_start, "rss_mib_before": rss_before, "rss_mib_after_cold": rss_after,
-               f"rss_mib_after_{args.more}_more_cold": rss_after_more}
+               f"rss_mib_after_{args.more}_more_cold": rss_after_more, "cache_metrics": cache}
     print(f"{'classifiers':>11} {'cold p50/p99 ms':>16} {'warm p50/p99 ms':>16} "
           f"{'cache':>5} {'RSS MiB before/after/+more':>27}")
     cold_ms = f"{summary['cold_p50_ms']} / {summary['cold_p99_ms']}"

@@ -121,8 +121,14 @@ def run_worker(
             tmp.write_text(str(os.getpid()))
             tmp.replace(ready_file)
 
+    # Celery prints its shutdown line with print-like `safe_say`, past logging: logged instead,
+    # so that every line of the worker's output is a log record (JSON by default).
+    import celery.apps.worker as celery_worker
+
+    celery_worker.safe_say = lambda msg, f=None: log.info(msg)  # type: ignore[assignment]
     app.worker_main(
         [
+            "--quiet",  # no start-up banner: the line above says where the worker works
             "worker",
             "--pool",
             "solo",

@@ -105,6 +105,9 @@ def test_metrics_and_json_logs_of_a_real_server(tmp_path: Path, builtin_dir: Pat
     assert _value(samples, "mtl_predict_cache_requests_total", result="miss") == 1
     assert _value(samples, "mtl_predict_cache_requests_total", result="hit") == 1
     assert _value(samples, "mtl_predict_batch_images_count") == 2
+    # The one classifier loaded, its tensors' bytes (a Conv-4/32 and a 2-way head: tens of KiB).
+    assert _value(samples, "mtl_predict_cache_classifiers") == 1
+    assert 10_000 < _value(samples, "mtl_predict_cache_bytes") < 10_000_000
     assert _value(samples, "mtl_jobs_created_total", kind="training") == 1
     assert _value(samples, "mtl_jobs", kind="training", status="succeeded") == 1
     # Written by the worker process, read by the API's /metrics.
@@ -112,7 +115,10 @@ def test_metrics_and_json_logs_of_a_real_server(tmp_path: Path, builtin_dir: Pat
     assert _value(samples, "mtl_job_run_seconds_count", kind="training", status="succeeded") == 1
     assert _value(samples, "mtl_jobs_finished_total", kind="training", status="succeeded") == 1
 
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    # Every line is one JSON record: uvicorn's start-up lines, Celery's warnings and its
+    # shutdown line included (they were plain text once).
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert any(x["logger"] == "uvicorn.error" and "Started server process" in x["message"] for x in lines)
     requests = [x for x in lines if x.get("event") == "request"]
     assert any(x["route"] == route and x["tenant"] == "acme" for x in requests)
     finished = [x for x in lines if x.get("event") == "job.finished"]
