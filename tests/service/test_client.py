@@ -297,3 +297,20 @@ def test_demo_script_refuses_a_missing_data_root(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr == (f"error: no sample data in {tmp_path}: set MTL_DATA_ROOT to the folder "
                            "holding omniglot/ and miniimagenet-lite/\n")
+
+
+@pytest.mark.slow  # `make demo` itself: a real mtl serve, two classifiers and a pretraining job
+def test_make_demo_runs_end_to_end() -> None:
+    import os
+    import sys
+
+    from tests.utils.images import data_root
+
+    env = {**os.environ, "MTL_DATA_ROOT": str(data_root()), "MTL_TORCH_THREADS": "1"}
+    done = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert out.rstrip().endswith("demo done: every step of the README's walk-through worked")
+    # Both classifiers predicted their held-out images, and the pretraining example ran.
+    assert "golden_retriever" in out and "pretrain" in out.lower()

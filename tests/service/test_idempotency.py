@@ -61,6 +61,17 @@ def test_repeats_create_nothing_and_other_bodies_conflict(client: Any, settings:
     keys = client.get("/v1/admin/api-keys", headers=admin).json()["data"]
     assert [k["tenant"] for k in keys].count("y") == 1
 
+    # An admin's pretraining job: the repeat answers the first job and queues no other.
+    before = _count(client, admin, "/v1/jobs")
+    pbody = {"name": "b", "dataset_id": ds, "algorithm": "protonet",
+             "params": {"ways": 3, "shots": 1, "queries": 2, "iterations": 5}}
+    pkey = {"Idempotency-Key": "pre-1"}
+    queued = client.post("/v1/admin/pretraining-jobs", headers={**admin, **pkey}, json=pbody)
+    again = client.post("/v1/admin/pretraining-jobs", headers={**admin, **pkey}, json=pbody)
+    assert queued.status_code == again.status_code == 202, queued.text
+    assert again.json() == queued.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert _count(client, admin, "/v1/jobs") == before + 1
+
 
 def test_errors_free_the_key_and_bad_keys_are_refused(client: Any, user: dict) -> None:
     key = {"Idempotency-Key": "retry-me"}

@@ -28,12 +28,14 @@ class Receiver:
     def __init__(self, fail_first: int) -> None:
         self.fail_first = fail_first
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.times: list[float] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body))
+                receiver.times.append(time.monotonic())
                 failing = len(receiver.received) <= receiver.fail_first
                 self.send_response(500 if failing else 204)
                 self.end_headers()
@@ -74,7 +76,7 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
 
     from app.main import create_app
 
-    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.05,
+    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.2,
                              webhook_max_attempts=3)
     with TestClient(create_app(settings)) as client:
         user = {**new_key(settings, "acme"), "X-Request-ID": "hook-1"}
@@ -93,6 +95,10 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
         assert job["webhook"]["status"] == "delivered"
         assert [a["status_code"] for a in job["webhook"]["attempts"]] == [500, 500, 204]
         assert "500" in job["webhook"]["attempts"][0]["error"]
+        # Exponential backoff: the second try waits at least the base, the third twice that,
+        # although deliver_due is called every 20 ms.
+        first, second, third = receiver.times
+        assert second - first >= 0.2 and third - second >= 0.4
         for n, (headers, body) in enumerate(receiver.received, start=1):
             expected = hmac.new(SECRET.encode(), headers["X-MTL-Timestamp"].encode() + b"." + body,
                                 hashlib.sha256).hexdigest()
@@ -114,6 +120,34 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
         hook = client.get(f"/v1/jobs/{other['job_id']}", headers=user).json()["webhook"]
         assert len(hook["attempts"]) == 3
         assert json.loads(receiver.received[-1][1])["status"] == "cancelled"
+
+
+def test_pretraining_jobs_call_back_too(make_settings: Any, receiver: Receiver) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.01)
+    receiver.fail_first = 0
+    with TestClient(create_app(settings)) as client:
+        admin = new_key(settings, "ops", admin=True)
+        ds = client.post("/v1/datasets", headers=admin, data={"name": "s"},
+                         files={"archive": ("s.zip", small_zip())}).json()["id"]
+        r = client.post("/v1/admin/pretraining-jobs", headers=admin, json={
+            "name": "b", "dataset_id": ds, "algorithm": "protonet", "callback_url": receiver.url,
+            "params": {"ways": 3, "shots": 1, "queries": 2, "iterations": 5}})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=admin)
+        _deliver_until(settings, lambda: len(receiver.received) == 1)
+        headers, body = receiver.received[0]
+        expected = hmac.new(SECRET.encode(), headers["X-MTL-Timestamp"].encode() + b"." + body,
+                            hashlib.sha256).hexdigest()
+        assert headers["X-MTL-Signature"] == f"sha256={expected}"
+        sent = json.loads(body)
+        assert sent["id"] == job_id and sent["kind"] == "pretraining" and sent["status"] == "cancelled"
+        hook = client.get(f"/v1/jobs/{job_id}", headers=admin).json()["webhook"]
+        assert hook["status"] == "delivered" and [a["status_code"] for a in hook["attempts"]] == [204]
 
 
 def test_callback_url_needs_the_secret_and_a_url(client: Any, user: dict) -> None:
