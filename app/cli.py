@@ -241,8 +241,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by mtl pretrain")
     p.add_argument("--dataset", required=True, type=Path, action="append",
                    help="unseen classes (.npz or folder); repeat to combine, e.g. val and test")
-    p.add_argument("--ways", type=_int_list, default=[5], help="classes per episode, e.g. 5,20,35")
-    p.add_argument("--shots", type=_int_list, default=[1, 5],
+    p.add_argument("--ways", type=_int_list, default="5", help="classes per episode, e.g. 5,20,35")
+    p.add_argument("--shots", type=_int_list, default="1,5",
                    help="labelled images per class, e.g. 1,5")
     p.add_argument("--episodes", type=int, default=600, help="episodes for each ways x shots cell")
     p.add_argument("--queries", type=int, default=None,
