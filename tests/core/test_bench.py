@@ -239,7 +239,7 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
     from benchmarks.ship_builtin import best_on_validation, ship
     from models.checkpoint import load_base_model
 
-    shipped = ship(out, "omniglot", "fair-smoke", "best", "glyphs", "handwritten characters",
+    shipped = ship(out, "omniglot", "best", "glyphs", "handwritten characters",
                    out_root=tmp_path / "builtin")
     _, card = load_base_model(shipped)
     best = best_on_validation(report)
@@ -271,6 +271,36 @@ def test_fair_profile_holds_out_validation_alphabets_and_draws_training_curves(
     tensors, card = load_checkpoint(shipped)
     save_checkpoint(shipped, {k: v * 0.5 if v.is_floating_point() else v for k, v in tensors.items()}, card)
     assert choose(args) == 0 and len(rows.read_text().splitlines()) == 8
+
+
+def test_a_builtin_model_is_picked_on_validation_across_reports() -> None:
+    """Two candidate runs (e.g. two backbone widths, each its own profile and report): the best
+    validation score over both wins, never an unseen-class number; reports validated on other
+    classes do not compare."""
+    from benchmarks.ship_builtin import pick, selection
+
+    def report(profile: str, scores: dict[str, float], unseen: float, val: str = "6 alphabets") -> dict:
+        return {"profile": profile, "validation_classes": val,
+                "methods": {m: {"adaptation_choice": [{"accuracy": a - 0.01}, {"accuracy": a}]}
+                            for m, a in scores.items()},
+                "cells": [{"method": m, "accuracy": unseen} for m in scores]}
+
+    narrow = report("builtin", {"protonet": 0.94, "transfer": 0.90}, unseen=0.99)
+    wide = report("builtin-wide", {"protonet": 0.95}, unseen=0.50)
+    chosen, method = pick([narrow, wide], "best")
+    assert chosen is wide and method == "protonet"
+    assert "protonet (builtin-wide profile)" in selection([narrow, wide], chosen, method)
+    assert pick([narrow, wide], "transfer") == (narrow, "transfer")
+    with pytest.raises(SystemExit, match="different classes"):
+        pick([narrow, report("other", {"protonet": 0.99}, 0.9, val="16 classes")], "best")
+    with pytest.raises(SystemExit, match="no report has the method 'maml'"):
+        pick([narrow], "maml")
+    # Nor do scores over other cells (a report from before the two-cell rule: 5-way 1-shot).
+    two_cells = report("builtin", {"protonet": 0.9}, 0.9)
+    for c in two_cells["methods"]["protonet"]["adaptation_choice"]:
+        c["cells"] = [{"ways": 5, "shots": 1}, {"ways": 20, "shots": 5}]
+    with pytest.raises(SystemExit, match="different cells"):
+        pick([narrow, two_cells], "best")
 
 
 def test_adaptation_is_chosen_on_the_smallest_and_largest_cells(omniglot_evaluation: Any) -> None:
