@@ -27,7 +27,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,16 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, li
     "legacy": (LEGACY_BASE, LEGACY_METHODS, {m: [a] for m, a in LEGACY_ADAPTATION.items()}),
     "fair": (FAIR_BASE, FAIR_METHODS, FAIR_ADAPTATION),
 }
+
+
+def _with_defaults(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A report's profile settings with the Profile fields added since it ran at their defaults
+    (a new field's default keeps the behaviour from before it existed), so that adding a field
+    does not make every earlier report unmergeable."""
+    if recorded is None:
+        return None
+    defaults = {f.name: f.default for f in fields(Profile) if f.default is not MISSING}
+    return {**defaults, **recorded}
 
 
 def git_commit() -> str:
@@ -607,7 +617,7 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
         if (rep.get("dataset"), rep.get("profile")) != (dataset, profile_name):
             raise MergeError(f"{part} holds {rep.get('dataset')}/{rep.get('profile')}, "
                              f"not {dataset}/{profile_name}")
-        if rep.get("profile_settings") != settings:
+        if _with_defaults(rep.get("profile_settings")) != settings:
             raise MergeError(f"{part} ran with other {profile_name} profile settings than this "
                              "code's; rerun it")
         if not merged:

@@ -69,6 +69,11 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
 
     smoke("transfer,protonet", tmp_path / "a")
     smoke("mtl-reptile", tmp_path / "b")
+    # A report from before a Profile field existed (here `rotations`) still merges: the field
+    # counts at its default, which is what the code did before it.
+    older = json.loads((tmp_path / "b" / "results.json").read_text())
+    del older["profile_settings"]["rotations"]
+    (tmp_path / "b" / "results.json").write_text(json.dumps(older))
     merge = ["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "ab"),
              "--merge", str(tmp_path / "a"), str(tmp_path / "b")]
     assert main(merge) == 0
