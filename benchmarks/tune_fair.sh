@@ -2,7 +2,7 @@
 # Equal tuning effort for every Table 1 method (issue "Give MTL a fair fight"), on VALIDATION
 # classes only: 6 held-out Omniglot background alphabets (benchmarks/tune.py's split), 200,000
 # image passes per spec, Conv-4 with 32 filters, one torch thread per process.
-#   benchmarks/tune_fair.sh transfer|heads|meta|maml|mtl|mtl2|mtl3|mtl-maml|ways|stoploss [...]
+#   benchmarks/tune_fair.sh transfer|heads|meta|maml|maml-lr|mtl|mtl2|mtl3|mtl-maml|ways|stoploss [...]
 #   (parts; run two side by side)
 # Each spec is trained once (runs/tune/<hash>, resumable) and scored on 5-way 1-shot (100
 # episodes; CELLS="5x1 20x1" adds 20-way 1-shot, 50 episodes), with fine-tuning (the harness's
@@ -66,6 +66,12 @@ part_specs() {
       for beta in 0.25 0.5 0.75; do
         echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
       done ;;
+    maml-lr)
+      # Second-order MAML's own outer-lr sweep (its single spec of the maml part was stopped
+      # once; MTL-MAML was swept at the 0.1 it uses).
+      for lr in 0.1 0.3; do
+        echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": $lr, \"meta_schedule\": \"linear\"}"
+      done ;;
     mtl-maml)
       for beta in 0.5 0.75; do
         echo "{\"algorithm\": \"mtl-maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
@@ -77,7 +83,7 @@ part_specs() {
     ways)
       echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
       echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}" ;;
-    *) echo "unknown part $1 (transfer, heads, meta, maml, mtl, mtl2, mtl3, mtl-maml, ways, stoploss)" >&2; exit 2 ;;
+    *) echo "unknown part $1 (transfer, heads, meta, maml, maml-lr, mtl, mtl2, mtl3, mtl-maml, ways, stoploss)" >&2; exit 2 ;;
   esac
 }
 
