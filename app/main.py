@@ -60,7 +60,8 @@ def create_app(
         from app.bootstrap import initialize
         from app.threads import limit_threads
 
-        # Here, not earlier: uvicorn configures its loggers after the app is built.
+        # Here as well as in `mtl serve`: an API process that uvicorn spawns (--api-processes)
+        # or a plain `uvicorn app.main:app` with uvicorn's own log config has not run it.
         configure_logging(settings.log_format)
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         limit_threads(settings.resolved_torch_threads)

@@ -40,10 +40,7 @@ def validation_scores(report: dict[str, Any]) -> dict[str, float]:
 
 def best_on_validation(report: dict[str, Any]) -> str:
     """The method whose adaptation scored highest on the validation classes."""
-    scored = validation_scores(report)
-    if not scored:
-        raise SystemExit("error: the report has no validation scores (run a profile with holdout_validation)")
-    return max(scored, key=lambda m: scored[m])
+    return pick([report], "best")[1]
 
 
 def pick(reports: list[dict[str, Any]], method: str) -> tuple[dict[str, Any], str]:
