@@ -29,7 +29,8 @@ class ClassifierCache:
     """At most `size` classifiers and `max_bytes` of their tensors loaded at once (None: no byte
     bound), the least recently used dropped first; the one just loaded always stays, even alone
     over the bound. A classifier is reloaded when its card (`model.json`, written last by the
-    worker) changes. `hits`, `misses` and `evictions` count since start (`stats()`)."""
+    worker) changes. `hits`, `misses` and `evictions` count since start (`stats()`), and the
+    same counts go to the process's metrics: this class is the one place they are counted."""
 
     def __init__(self, *, size: int, max_bytes: int | None = None, device: str = "cpu") -> None:
         self.size = size
@@ -55,21 +56,30 @@ class ClassifierCache:
                 return None
             self._loaded.move_to_end(classifier_id)
             self.hits += 1
-            return hit.classifier, hit.card
+        metrics.count_predict_cache(True)
+        return hit.classifier, hit.card
 
-    def get(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]]:
+    def get(
+        self, classifier_id: str, directory: Path, *, count: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
         """The classifier saved in `directory` and its card, loaded once (torch is imported here,
-        in a worker thread, never at start-up)."""
+        in a worker thread, never at start-up). `count=False` for a second look within one
+        request, which must not count as another hit."""
         from models.checkpoint import load_classifier
 
         stamp = (directory / "model.json").stat().st_mtime
         with self._lock:
             hit = self._loaded.get(classifier_id)
-            if hit is not None and hit.stamp == stamp:
+            current = hit is not None and hit.stamp == stamp
+            if current:
                 self._loaded.move_to_end(classifier_id)
-                self.hits += 1
-                return hit.classifier, hit.card
-            self.misses += 1
+            if count:
+                self.hits += current
+                self.misses += not current
+        if count:
+            metrics.count_predict_cache(current)
+        if current and hit is not None:
+            return hit.classifier, hit.card
         clf, card = load_classifier(directory, device=self.device)
         entry = _Entry(stamp, clf, card, classifier_bytes(clf))
         evicted = 0
@@ -84,8 +94,8 @@ class ClassifierCache:
                 self._drop(next(iter(self._loaded)))
                 evicted += 1
             self.evictions += evicted
-            nbytes, count = self.bytes, len(self._loaded)
-        metrics.observe_predict_cache(nbytes, count, evicted)
+            nbytes, loaded = self.bytes, len(self._loaded)
+        metrics.observe_predict_cache(nbytes, loaded, evicted)
         return clf, card
 
     def _drop(self, classifier_id: str) -> None:

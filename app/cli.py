@@ -620,6 +620,41 @@ def _add_classifiers(sub: argparse._SubParsersAction) -> None:
                    help="with --wait: stop waiting after this many seconds (default: until the "
                         "job finishes)")
     c.set_defaults(handler=_through_client(_classifiers_create))
+    ls = _command(classifiers, "list", "this key's classifiers, oldest first, as a table")
+    ls.set_defaults(handler=_through_client(_classifiers_list))
+    _on_one(classifiers, "show", "one classifier as JSON: status, labels, parameters and "
+            "holdout metrics", "classifier", _classifiers_show)
+    _on_one(classifiers, "delete", "delete a classifier (its training job is cancelled if still "
+            "running)", "classifier", _classifiers_delete)
+
+
+def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
+            run: ClientCommand) -> None:
+    """A client command on one resource given by its id (`args.<what>`)."""
+    p = _command(sub, name, help)
+    p.add_argument(what, help=f"the {what}'s id")
+    p.set_defaults(handler=_through_client(run))
+
+
+def _classifiers_list(mtl: Any, args: argparse.Namespace) -> int:
+    rows = []
+    for c in mtl.classifiers():
+        accuracy = "" if c.metrics is None else f"{100 * c.metrics.holdout_accuracy:.1f}%"
+        rows.append([c.id, c.name, c.status, c.base_model_id, str(len(c.labels)), accuracy,
+                     c.created_at.strftime("%Y-%m-%d %H:%M:%S")])
+    _table(["classifier", "name", "status", "base model", "classes", "holdout", "created"], rows)
+    return 0
+
+
+def _classifiers_show(mtl: Any, args: argparse.Namespace) -> int:
+    print(mtl.classifier(args.classifier).model_dump_json(indent=2))
+    return 0
+
+
+def _classifiers_delete(mtl: Any, args: argparse.Namespace) -> int:
+    mtl.delete_classifier(args.classifier)
+    _note(f"classifier {args.classifier} deleted")
+    return 0
 
 
 def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
@@ -702,13 +737,9 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
                     help="admin keys: only this tenant's jobs (default: every tenant's)")
     ls.add_argument("--limit", type=int, default=20, help="at most this many jobs (1-500)")
     ls.set_defaults(handler=_through_client(_jobs_list))
-    show = _command(jobs, "show", "one job as JSON: status, phase, progress and outcome")
-    show.add_argument("job", help="the job's id")
-    show.set_defaults(handler=_through_client(_jobs_show))
-    cancel = _command(jobs, "cancel", "cancel a job: a queued one at once, a running one at its "
-                      "next step")
-    cancel.add_argument("job", help="the job's id")
-    cancel.set_defaults(handler=_through_client(_jobs_cancel))
+    _on_one(jobs, "show", "one job as JSON: status, phase, progress and outcome", "job", _jobs_show)
+    _on_one(jobs, "cancel", "cancel a job: a queued one at once, a running one at its next step",
+            "job", _jobs_cancel)
 
 
 def _jobs_list(mtl: Any, args: argparse.Namespace) -> int:

@@ -179,6 +179,14 @@ class Client:
     def classifier(self, classifier_id: str) -> ClassifierPublic:
         return self._get(ClassifierPublic, f"/v1/classifiers/{classifier_id}")
 
+    def classifiers(self) -> list[ClassifierPublic]:
+        """Every classifier of this key's tenant, oldest first (all pages)."""
+        return list(self._pages(ClassifierPublic, "/v1/classifiers"))
+
+    def delete_classifier(self, classifier_id: str) -> None:
+        """Delete a classifier and its files; its training job is cancelled if still running."""
+        self._request("DELETE", f"/v1/classifiers/{classifier_id}")
+
     def predict(
         self, classifier_id: str, images: Sequence[PathLike], *, top_k: int = 5
     ) -> PredictResponse:

@@ -135,7 +135,6 @@ class PredictService:
         self, classifier_id: str, directory: Path, images: list[bytes]
     ) -> tuple[Any, list[str | None], list[str]]:
         """uint8 (n, C, H, W) of the decodable images, the reason per image that is not, labels."""
-        metrics.count_predict_cache(classifier_id in self.cache.ids())
         return self._decode(self.cache.get(classifier_id, directory), images, checked=False)
 
     def _decode(
@@ -177,10 +176,7 @@ class PredictService:
             pixels = _declared_pixels(data)
             if pixels is None or not 0 < pixels <= min(INLINE_PIXELS, self.max_pixels):
                 return None
-        loaded = self.cache.peek(classifier_id, directory)
-        if loaded is not None:
-            metrics.count_predict_cache(True)
-        return loaded
+        return self.cache.peek(classifier_id, directory)
 
     def inference(self, classifier_id: str, directory: Path, batch: Any) -> Any:
         """Class probabilities of a uint8 batch, one forward pass (in a thread)."""
@@ -188,7 +184,7 @@ class PredictService:
 
         from models.data import to_float
 
-        clf, _ = self.cache.get(classifier_id, directory)
+        clf, _ = self.cache.get(classifier_id, directory, count=False)  # counted in preprocess
         self.forward_passes += 1
         metrics.observe_predict_batch(len(batch))
         with torch.inference_mode():

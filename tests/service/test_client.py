@@ -126,6 +126,21 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     assert status == 0
     assert json.loads(out)["results"][0]["predictions"][0]["label"] == "ch0"
 
+    status, out, err = mtl("classifiers", "list")
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["classifier", "name", "status"]
+    row = next(r.split() for r in rows if r.startswith(classifier_id))
+    assert row[1:5] == ["glyphs", "ready", "handwriting", "3"]
+    assert clf.metrics is not None and row[5] == f"{100 * clf.metrics.holdout_accuracy:.1f}%"
+    status, out, _ = mtl("classifiers", "show", classifier_id)
+    assert status == 0 and json.loads(out)["labels"] == ["ch0", "ch40", "ch80"]
+    status, _, err = mtl("classifiers", "delete", classifier_id)
+    assert (status, err) == (0, f"classifier {classifier_id} deleted\n")
+    assert mtl("classifiers", "show", classifier_id)[::2] == (
+        1, f"error: classifier {classifier_id} not found (HTTP 404)\n")
+    assert classifier_id not in mtl("classifiers", "list")[1]
+
 
 def test_python_client(service: Service, tmp_path: Path) -> None:
     """The typed API: a zip upload, training followed by a progress callback, predict on several
