@@ -50,7 +50,14 @@ from models.config import PretrainConfig
 from models.data import ImageSet, load_dataset
 from models.errors import ConfigError, MTLError, TrainingCancelled
 from models.network import MetaNet
-from models.training import PretrainResult, Progress, Sync, pretrain, resolve_device
+from models.training import (
+    PretrainResult,
+    Progress,
+    Sync,
+    pretrain,
+    resolve_device,
+    transfer_part_count,
+)
 
 T = TypeVar("T")
 
@@ -219,9 +226,7 @@ def spread_warnings(config: PretrainConfig, processes: int, device: str | torch.
         return []
     warnings = []
     meta = config.meta_batch if config.meta_weight > 0 else 0
-    authors_parts = config.combine == "authors" and config.transfer_batch == 0
-    transfer = (config.meta_batch if authors_parts else config.transfer_ghost_batches) \
-        if config.transfer_weight > 0 else 0
+    transfer = transfer_part_count(config)
     work = max(meta, transfer)
     if processes > work:
         warnings.append(f"{processes} processes share {meta} task(s) and {transfer} transfer part(s) "

@@ -221,6 +221,16 @@ def _meta_direction(
         inner_batch=config.inner_batch, first_order=learner == "fomaml", rng=rng)
 
 
+def transfer_part_count(config: PretrainConfig) -> int:
+    """How many parts `transfer_parts` gives an iteration under `config` (0: no transfer step);
+    with a mixed-class batch whenever `config.transfer_batch` > 0, as `pretrain` draws it."""
+    if config.transfer_weight == 0:
+        return 0
+    if config.combine == "authors" and config.transfer_batch == 0:
+        return config.meta_batch
+    return config.transfer_ghost_batches
+
+
 def transfer_parts(
     tasks: list[alg.Task], config: PretrainConfig,
     transfer_batch: tuple[torch.Tensor, torch.Tensor] | None = None,

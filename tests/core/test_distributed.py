@@ -28,6 +28,7 @@ from models.distributed import (
     group_run,
     launch,
     pretrain_in_group,
+    spread_warnings,
 )
 from models.errors import ConfigError, TrainingCancelled
 from models.training import pretrain
@@ -171,3 +172,34 @@ def test_ghost_batches_and_processes_in_the_config() -> None:
         PretrainConfig(combine="authors", transfer_ghost_batches=2)
     # The process count is how a run is spread, not what it computes.
     assert PretrainConfig(processes=4) == PretrainConfig(processes=1)
+
+
+@pytest.mark.parametrize("config", [
+    PretrainConfig(algorithm="mtl-reptile", meta_batch=3, combine="authors"),
+    PretrainConfig(algorithm="mtl-reptile", meta_batch=3, transfer_ghost_batches=2),
+    PretrainConfig(algorithm="mtl-fomaml", meta_batch=2, transfer_batch=16, transfer_ghost_batches=4),
+    PretrainConfig(algorithm="transfer", meta_batch=2),
+    PretrainConfig(algorithm="fomaml", meta_batch=2),
+])
+def test_the_idle_warning_counts_the_parts_train_step_spreads(
+    small_omniglot: ImageSet, config: PretrainConfig
+) -> None:
+    """`spread_warnings` counts an iteration's work as `train_step` splits it: its tasks and the
+    parts `transfer_parts` makes (a mixed-class batch when `transfer_batch` > 0)."""
+    import numpy as np
+
+    from models.data import EpisodeSampler
+
+    sampler = EpisodeSampler(small_omniglot.labels, ways=config.ways, shots=config.shots,
+                             queries=config.queries)
+    tasks = training.sample_tasks(small_omniglot, sampler, config, torch.device("cpu"),
+                                  torch.Generator().manual_seed(0))
+    mixed = (training.sample_transfer_batch(small_omniglot, config, torch.device("cpu"),
+                                            np.random.default_rng(0), torch.Generator())
+             if config.transfer_batch > 0 else None)
+    parts = len(training.transfer_parts(tasks, config, mixed)) if config.transfer_weight > 0 else 0
+    assert training.transfer_part_count(config) == parts
+    work = max(config.meta_batch if config.meta_weight > 0 else 0, parts)
+    idle = [w for w in spread_warnings(config, work + 1) if "idle" in w]
+    assert len(idle) == 1 and idle[0].startswith(f"{work + 1} processes") and "1 will wait" in idle[0]
+    assert not [w for w in spread_warnings(config, work) if "idle" in w]
