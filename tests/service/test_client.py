@@ -19,7 +19,7 @@ from app.client import ApiError, Client, ClientError
 from app.settings import Settings
 from tests.service.conftest import REPO, new_key
 from tests.service.test_cli import embedded_env, start_serve
-from tests.utils.images import omniglot_png, omniglot_zip
+from tests.utils.images import data_root, omniglot_png, omniglot_zip
 from tests.utils.processes import free_port
 
 # Real server and worker processes: outside the fast loop (`pytest -m "not slow"`).
@@ -213,8 +213,6 @@ def test_readme_pretraining_example_and_jobs(service: Service, tmp_path: Path,
         return run(capsys, monkeypatch, service.url, service.admin_key, *argv)
 
     demo = load_demo()
-    from tests.utils.images import data_root
-
     data = demo.build_datasets(data_root(), tmp_path)
     example = demo.PRETRAIN_EXAMPLE
     readme = (REPO / "README.md").read_text()
@@ -302,13 +300,18 @@ def test_cli_mistakes_are_one_line(service: Service, tmp_path: Path,
     assert len(err.splitlines()) == 1
 
 
-def test_demo_script_refuses_a_missing_data_root(tmp_path: Path) -> None:
+def run_demo(data: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`make demo`'s script as a new user runs it, on the sample data in `data`."""
     import os
     import sys
 
-    env = {**os.environ, "MTL_DATA_ROOT": str(tmp_path)}
-    done = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "MTL_DATA_ROOT": str(data), "MTL_TORCH_THREADS": "1"}
+    return subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_script_refuses_a_missing_data_root(tmp_path: Path) -> None:
+    done = run_demo(tmp_path, timeout=60)
     assert done.returncode == 2
     assert done.stderr == (f"error: no sample data in {tmp_path}: set MTL_DATA_ROOT to the folder "
                            "holding omniglot/ and miniimagenet-lite/\n")
@@ -316,14 +319,7 @@ def test_demo_script_refuses_a_missing_data_root(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # `make demo` itself: a real mtl serve, two classifiers and a pretraining job
 def test_make_demo_runs_end_to_end() -> None:
-    import os
-    import sys
-
-    from tests.utils.images import data_root
-
-    env = {**os.environ, "MTL_DATA_ROOT": str(data_root()), "MTL_TORCH_THREADS": "1"}
-    done = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_demo(data_root(), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert out.rstrip().endswith("demo done: every step of the README's walk-through worked")
