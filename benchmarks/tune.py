@@ -5,6 +5,8 @@ classes Table 1 evaluates on:
 - Omniglot: the background alphabets are split by alphabet; `--val-alphabets` of them (seeded
   choice, seed 0) are held out as validation classes and the rest are the base classes. Past
   tuning files were made with this split: keep it as it is.
+- Omniglot, Vinyals split (`omniglot-vinyals`): its `train` split is the base classes and its
+  `val` split the validation classes (Table 1's unseen classes are its `test` split).
 - miniImageNet-lite: `--val-classes` of the 64 `train/` classes (seeded choice, seed 0) are held
   out as validation classes and the other train classes are the base classes. `val/` is never
   used: Table 1's unseen classes are val + test, as in the paper.
@@ -31,7 +33,7 @@ import torch
 from models.adaptation import evaluate
 from models.checkpoint import load_base_model
 from models.config import AdaptConfig, PretrainConfig
-from models.data import ImageSet, data_root, hold_out_groups, load_dataset
+from models.data import ImageSet, data_root, hold_out_groups, load_dataset, load_omniglot_vinyals
 from models.errors import ConfigError
 from models.training import pretrain
 
@@ -61,7 +63,8 @@ def mini_split(val_classes: int = 16, seed: int = 0) -> tuple[ImageSet, ImageSet
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["omniglot", "miniimagenet-lite"], default="omniglot")
+    p.add_argument("--dataset", choices=["omniglot", "omniglot-vinyals", "miniimagenet-lite"],
+                   default="omniglot")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--val-alphabets", type=int, default=6,
                    help="omniglot: background alphabets held out as validation classes")
@@ -80,6 +83,9 @@ def main() -> None:
     if args.dataset == "omniglot":
         base, val = omniglot_split(args.val_alphabets, 0)
         split = f"{args.val_alphabets} background alphabets held out (seed 0)"
+    elif args.dataset == "omniglot-vinyals":
+        base, val = (load_omniglot_vinyals(data_root() / "omniglot", name) for name in ("train", "val"))
+        split = "Vinyals train split as base classes, its val split as validation classes"
     else:
         try:
             base, val = mini_split(args.val_classes, 0)
@@ -101,7 +107,9 @@ def main() -> None:
                 spec["iterations"] = max(1, args.budget_passes
                                          // PretrainConfig(**spec).passes_per_iteration())
             config = PretrainConfig(**spec)
-            key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+            # Omniglot's keys are the spec's alone, as the runs already made were keyed.
+            keyed = spec if args.dataset == "omniglot" else {"dataset": args.dataset, **spec}
+            key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
             ckpt = Path("runs/tune") / key
             # pretrain's resume skips a finished run (e.g. the same spec for another
             # --ways/--shots) and continues an unfinished one.

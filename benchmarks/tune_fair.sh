@@ -2,17 +2,22 @@
 # Equal tuning effort for every Table 1 method (issue "Give MTL a fair fight"), on VALIDATION
 # classes only: 6 held-out Omniglot background alphabets (benchmarks/tune.py's split), 200,000
 # image passes per spec, Conv-4 with 32 filters, one torch thread per process.
-#   benchmarks/tune_fair.sh transfer|heads|meta|maml|maml-lr|mtl|mtl2|mtl3|mtl-maml|ways|stoploss [...]
+#   benchmarks/tune_fair.sh transfer|heads|meta|maml|maml-lr|mtl|mtl2|mtl3|mtl-maml|mtl-beta|ways|stoploss [...]
 #   (parts; run two side by side)
 # Each spec is trained once (runs/tune/<hash>, resumable) and scored on 5-way 1-shot (100
 # episodes; CELLS="5x1 20x1" adds 20-way 1-shot, 50 episodes), with fine-tuning (the harness's
 # adaptation), with fine-tuning from the scaled prototype head, and with the prototype head alone
 # (0 steps). `ways` scores ProtoNet trained at 5 and at 20 ways on 20-way 1-shot.
-# Rows -> benchmarks/results/tuning-omniglot-fair.jsonl
+# Rows -> benchmarks/results/tuning-omniglot-fair.jsonl. DATASET=omniglot-vinyals tunes on the
+# Vinyals split instead (base: its train split, validation: its val split), rows ->
+# benchmarks/results/tuning-omniglot-vinyals-fair.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-OUT=${OUT:-benchmarks/results/tuning-omniglot-fair.jsonl}
+DATASET=${DATASET:-omniglot}
+DEFAULT_OUT=benchmarks/results/tuning-omniglot-fair.jsonl
+[ "$DATASET" = omniglot ] || DEFAULT_OUT=benchmarks/results/tuning-$DATASET-fair.jsonl
+OUT=${OUT:-$DEFAULT_OUT}
 BUDGET=${BUDGET:-200000}
 PY=${PY:-.venv/bin/python}
 ADAPT='[{"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support"},
@@ -72,6 +77,13 @@ part_specs() {
       for lr in 0.1 0.3; do
         echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": $lr, \"meta_schedule\": \"linear\"}"
       done ;;
+    mtl-beta)
+      # MTL-ProtoNet's beta alone (with Transfer at its chosen lr beside it): the sweep for a
+      # new split, e.g. DATASET=omniglot-vinyals, whose 4,112 base classes may want another beta.
+      echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"$TRANSFER_HEAD\"}"
+      for beta in 0.25 0.5 0.75; do
+        echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      done ;;
     mtl-maml)
       for beta in 0.5 0.75; do
         echo "{\"algorithm\": \"mtl-maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
@@ -83,7 +95,7 @@ part_specs() {
     ways)
       echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
       echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}" ;;
-    *) echo "unknown part $1 (transfer, heads, meta, maml, maml-lr, mtl, mtl2, mtl3, mtl-maml, ways, stoploss)" >&2; exit 2 ;;
+    *) echo "unknown part $1 (transfer, heads, meta, maml, maml-lr, mtl, mtl2, mtl3, mtl-maml, mtl-beta, ways, stoploss)" >&2; exit 2 ;;
   esac
 }
 
@@ -108,7 +120,7 @@ for part in "$@"; do
   for cell in $cells; do
     ways=${cell%x*}
     episodes=$([ "$ways" = 5 ] && echo 100 || echo 50)
-    $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+    $PY -m benchmarks.tune --dataset "$DATASET" --out "$OUT" --budget-passes "$BUDGET" \
         --ways "$ways" --shots "${cell#*x}" --queries 15 --episodes "$episodes" --adapt "$ADAPT" "${SPECS[@]}"
   done
 done
