@@ -19,6 +19,7 @@ from benchmarks.table1 import (
     choice_cells,
     choose_adaptation,
     load_splits,
+    method_config,
     write_markdown,
 )
 
@@ -321,6 +322,8 @@ def test_adaptation_is_chosen_on_the_smallest_and_largest_cells(omniglot_evaluat
         num_classes = 688
 
     assert choice_cells(Val(), PROFILES[("omniglot-vinyals", "fair-long")]) == [(5, 1), (20, 5)]
+    Val.num_classes = 160  # the 6 held-out background alphabets
+    assert choice_cells(Val(), PROFILES[("omniglot", "fair-grid")]) == [(5, 1), (35, 15)]
     Val.num_classes = 16  # miniImageNet-lite's held-out train classes: no 20-way task
     assert choice_cells(Val(), PROFILES[("miniimagenet-lite", "fair")]) == [(5, 1), (5, 5)]
     assert choice_cells(Val(), PROFILES[("omniglot", "fair-smoke")]) == [(5, 1)]
@@ -338,3 +341,12 @@ def test_adaptation_is_chosen_on_the_smallest_and_largest_cells(omniglot_evaluat
     # A zero head with no steps answers one class for everything: chance, far below prototypes.
     assert rows[1]["cells"][1]["accuracy"] == pytest.approx(1 / 20, abs=0.01)
     assert rows[0]["accuracy"] > rows[1]["accuracy"] + 0.2
+
+
+def test_the_nine_cell_grid_scores_the_fair_profiles_pretraining() -> None:
+    """`fair-grid` differs from `fair` in the cells scored only: every method is pretrained the
+    same way, so the two reports measure the same recipe."""
+    fair, grid = PROFILES[("omniglot", "fair")], PROFILES[("omniglot", "fair-grid")]
+    assert (grid.ways, grid.shots) == ([5, 20, 35], [1, 5, 15])
+    for method in FAIR_METHODS:
+        assert method_config(method, fair) == method_config(method, grid)
