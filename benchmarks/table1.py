@@ -274,51 +274,34 @@ class Splits:
 
 def load_splits(dataset: str, profile: Profile) -> Splits:
     """Base, unseen and (with `holdout_validation`) validation classes: Omniglot
-    background/evaluation, Omniglot Vinyals trainval/test, or miniImageNet train/val+test."""
-    from models.data import (
-        concat,
-        data_root,
-        hold_out_groups,
-        load_dataset,
-        load_omniglot_vinyals,
-        with_rotations,
-    )
+    background/evaluation, Omniglot Vinyals trainval/test, or miniImageNet train/val+test; the
+    validation classes are benchmarks.splits', the ones tuning chose settings on."""
+    from benchmarks.splits import base_and_validation
+    from models.data import concat, data_root, load_dataset, load_omniglot_vinyals, with_rotations
 
     root = data_root()
     size, channels = profile.image_size, profile.channels
     if dataset == "omniglot-vinyals":
-        names = ("train", "test", "val") if profile.holdout_validation else ("trainval", "test")
-        sets = [load_omniglot_vinyals(root / "omniglot", split, image_size=size) for split in names]
-        if channels == 3:
-            for s in sets:
-                s.images = s.images.expand(-1, 3, -1, -1).contiguous()
-        if profile.holdout_validation:
-            return Splits(sets[0], sets[1], sets[2], f"Vinyals train split ({sets[0].num_classes} classes)",
-                          f"Vinyals val split ({sets[2].num_classes} classes)")
-        return Splits(sets[0], sets[1])
-    if dataset == "omniglot":
-        background = load_dataset(root / "omniglot" / "images_background.npz", image_size=size,
-                                  channels=channels)
+        unseen = load_omniglot_vinyals(root / "omniglot", "test", image_size=size, channels=channels)
+    elif dataset == "omniglot":
         unseen = load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=size, channels=channels)
-        if profile.holdout_validation:
-            # The split of benchmarks/tune.py, so that the tuning and Table 1 validate alike.
-            base, val = hold_out_groups(background, 6, 0)
-            counted = f"{base.num_classes} characters"
-            if profile.rotations:
-                base = with_rotations(base)
-                counted += f" x 4 rotations = {base.num_classes} classes"
-            return Splits(base, unseen, val, "Omniglot background alphabets minus the 6 validation "
-                          f"alphabets ({counted})",
-                          f"the 6 held-out background alphabets ({val.num_classes} characters)")
-        return Splits(with_rotations(background) if profile.rotations else background, unseen)
-    mini = root / "miniimagenet-lite"
-    train = load_dataset(mini / "train", image_size=size, channels=channels)
-    unseen = concat([load_dataset(mini / s, image_size=size, channels=channels) for s in ("val", "test")])
+    else:
+        unseen = concat([load_dataset(root / "miniimagenet-lite" / s, image_size=size, channels=channels)
+                         for s in ("val", "test")])
     if profile.holdout_validation:
-        base, val = hold_out_groups(train, 16, 0)
-        return Splits(base, unseen, val, f"miniImageNet-lite train minus 16 held-out classes ({base.num_classes})",
-                      f"16 held-out train classes ({val.num_classes})")
-    return Splits(train, unseen)
+        held = base_and_validation(dataset, image_size=size, channels=channels)
+        base, base_text = held.base, held.base_text
+        if profile.rotations:
+            base = with_rotations(base)
+            base_text += f", each in 4 rotations: {base.num_classes} classes"
+        return Splits(base, unseen, held.validation, base_text, held.validation_text)
+    if dataset == "omniglot-vinyals":
+        base = load_omniglot_vinyals(root / "omniglot", "trainval", image_size=size, channels=channels)
+    elif dataset == "omniglot":
+        base = load_dataset(root / "omniglot" / "images_background.npz", image_size=size, channels=channels)
+    else:
+        base = load_dataset(root / "miniimagenet-lite" / "train", image_size=size, channels=channels)
+    return Splits(with_rotations(base) if profile.rotations else base, unseen)
 
 
 def method_config(method: str, profile: Profile) -> Any:
@@ -646,13 +629,18 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
             owner[method] = part
             merged["methods"][method] = info
         seen = {(c["method"], c["ways"], c["shots"]) for c in merged["cells"]}
+        # What this part finished, which can be less than its command asked for (a run stopped
+        # at a method boundary and the rest run elsewhere).
+        contributed: dict[str, list[str]] = {}
         for c in rep.get("cells", []):
             if (c["method"], c["ways"], c["shots"]) in seen:
                 raise MergeError(f"{c['method']} {c['ways']}-way {c['shots']}-shot is in more than "
                                  f"one part ({part} and another)")
             merged["cells"].append(c)
-        merged["merged_from"][str(part)] = {k: rep.get(k) for k in
-                                            ("command", "commit", "machine", "wall_clock_seconds")}
+            contributed.setdefault(c["method"], []).append(f"{c['ways']}x{c['shots']}")
+        merged["merged_from"][str(part)] = {
+            **{k: rep.get(k) for k in ("command", "commit", "machine", "wall_clock_seconds")},
+            "contributed": contributed}
     merged["wall_clock_seconds"] = max(r.get("wall_clock_seconds", 0) for _, r in reports)
     merged["commit"] = ", ".join(dict.fromkeys(r.get("commit", "unknown") for _, r in reports))
     merged["command"] = (f"mtl bench table1 --dataset {dataset} --profile {profile_name} --merge "
@@ -705,8 +693,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines.append("Merged from runs side by side:")
         for part, info in report["merged_from"].items():
             wall = info.get("wall_clock_seconds")
+            done = info.get("contributed")
             lines.append(f"- {part}: `{info.get('command')}` (commit {info.get('commit')}"
-                         + (f", {wall / 60:.0f} min" if wall else "") + ")")
+                         + (f", {wall / 60:.0f} min" if wall else "") + ")"
+                         + ("; contributed " + "; ".join(f"{m} {', '.join(c)}" for m, c in done.items())
+                            if done is not None else ""))
         lines.append("")
     lines.append("Pretraining per method (iterations at an equal pass budget, seconds):")
     for m in methods:

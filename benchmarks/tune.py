@@ -1,15 +1,8 @@
 """Hyperparameter selection on VALIDATION classes only (never the unseen test classes).
 
-Validation classes are always held out of the base (training) classes, never taken from the
-classes Table 1 evaluates on:
-- Omniglot: the background alphabets are split by alphabet; `--val-alphabets` of them (seeded
-  choice, seed 0) are held out as validation classes and the rest are the base classes. Past
-  tuning files were made with this split: keep it as it is.
-- Omniglot, Vinyals split (`omniglot-vinyals`): its `train` split is the base classes and its
-  `val` split the validation classes (Table 1's unseen classes are its `test` split).
-- miniImageNet-lite: `--val-classes` of the 64 `train/` classes (seeded choice, seed 0) are held
-  out as validation classes and the other train classes are the base classes. `val/` is never
-  used: Table 1's unseen classes are val + test, as in the paper.
+The validation classes are benchmarks.splits' (held out of the base classes; the same ones
+Table 1's validated profiles use): `--val-alphabets` Omniglot background alphabets, the Vinyals
+split's val split, or `--val-classes` of miniImageNet-lite's train classes (seed 0).
 
 Each spec is a JSON object of PretrainConfig fields; every spec is evaluated with every
 adaptation setting in --adapt (JSON list of AdaptConfig dicts) on the same seeded episodes.
@@ -30,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.splits import DATASETS, base_and_validation
 from models.adaptation import evaluate
 from models.checkpoint import load_base_model
 from models.config import AdaptConfig, PretrainConfig
-from models.data import ImageSet, data_root, hold_out_groups, load_dataset, load_omniglot_vinyals
 from models.errors import ConfigError
 from models.training import pretrain
 
@@ -45,25 +38,9 @@ DEFAULT_ADAPT = [
 ]
 
 
-def omniglot_split(val_alphabets: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """(base, validation) from the background alphabets: `val_alphabets` whole alphabets held out."""
-    data = load_dataset(data_root() / "omniglot" / "images_background.npz", image_size=28, channels=1)
-    return hold_out_groups(data, val_alphabets, seed)
-
-
-def mini_split(val_classes: int = 16, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """(base, validation) from miniImageNet-lite's train classes: a seeded choice of `val_classes`
-    of them held out, the rest the base classes."""
-    data = load_dataset(data_root() / "miniimagenet-lite" / "train", image_size=84, channels=3)
-    if not 2 <= val_classes <= data.num_classes - 2:
-        raise ConfigError(f"--val-classes must be between 2 and {data.num_classes - 2} "
-                          f"(the train split has {data.num_classes} classes), got {val_classes}")
-    return hold_out_groups(data, val_classes, seed)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["omniglot", "omniglot-vinyals", "miniimagenet-lite"],
+    p.add_argument("--dataset", choices=DATASETS,
                    default="omniglot")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--val-alphabets", type=int, default=6,
@@ -80,18 +57,13 @@ def main() -> None:
                    help="specs without 'iterations' get this many image passes' worth of iterations")
     p.add_argument("specs", nargs="+", type=json.loads)
     args = p.parse_args()
-    if args.dataset == "omniglot":
-        base, val = omniglot_split(args.val_alphabets, 0)
-        split = f"{args.val_alphabets} background alphabets held out (seed 0)"
-    elif args.dataset == "omniglot-vinyals":
-        base, val = (load_omniglot_vinyals(data_root() / "omniglot", name) for name in ("train", "val"))
-        split = "Vinyals train split as base classes, its val split as validation classes"
-    else:
-        try:
-            base, val = mini_split(args.val_classes, 0)
-        except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        split = f"{args.val_classes} train classes held out (seed 0)"
+    held_out = {"omniglot": args.val_alphabets, "miniimagenet-lite": args.val_classes}.get(args.dataset)
+    try:
+        held = base_and_validation(args.dataset, held_out)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    base, val = held.base, held.validation
+    split = f"base: {held.base_text}; validation: {held.validation_text} (seed 0)"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for spec in args.specs:
         spec.setdefault("image_size", base.image_size)

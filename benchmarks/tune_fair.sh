@@ -31,16 +31,22 @@ TRANSFER_LR=${TRANSFER_LR:-0.1}
 TRANSFER_HEAD=${TRANSFER_HEAD:-standard}
 MTL_TRANSFER="$RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"$TRANSFER_HEAD\""
 
+# Transfer at learning rate $1 with head init $2.
+transfer_spec() {
+  echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $1, \"transfer_head\": \"$2\"}"
+}
+
+# MTL-ProtoNet at beta $1, ProtoNet learning rate ${2:-0.001}, the transfer half at TRANSFER_LR.
+mtl_protonet_spec() {
+  echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": ${2:-0.001}, \"beta\": $1, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+}
+
 part_specs() {
   case $1 in
     transfer)
-      for lr in 0.05 0.1; do
-        echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $lr, \"transfer_head\": \"standard\"}"
-      done ;;
+      for lr in 0.05 0.1; do transfer_spec $lr standard; done ;;
     heads)
-      for head in cosine zeros; do
-        echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": 0.1, \"transfer_head\": \"$head\"}"
-      done ;;
+      for head in cosine zeros; do transfer_spec 0.1 $head; done ;;
     meta)
       for lr in 0.001 0.003; do
         echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": $lr, \"meta_schedule\": \"linear\"}"
@@ -57,9 +63,7 @@ part_specs() {
       done
       echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"meta_schedule\": \"linear\"}" ;;
     mtl)
-      for beta in 0.5 0.25 0.75; do
-        echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
-      done
+      for beta in 0.5 0.25 0.75; do mtl_protonet_spec $beta; done
       echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
       echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
     mtl3)
@@ -80,10 +84,8 @@ part_specs() {
     mtl-beta)
       # MTL-ProtoNet's beta alone (with Transfer at its chosen lr beside it): the sweep for a
       # new split, e.g. DATASET=omniglot-vinyals, whose 4,112 base classes may want another beta.
-      echo "{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"$TRANSFER_HEAD\"}"
-      for beta in 0.25 0.5 0.75; do
-        echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
-      done ;;
+      transfer_spec "$TRANSFER_LR" "$TRANSFER_HEAD"
+      for beta in 0.25 0.5 0.75; do mtl_protonet_spec $beta; done ;;
     mtl-maml)
       for beta in 0.5 0.75; do
         echo "{\"algorithm\": \"mtl-maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
@@ -91,7 +93,7 @@ part_specs() {
     mtl2)
       # ProtoNet itself did better at protonet_lr 0.003 (20-way 1-shot 78.8 vs 75.0): the same for
       # MTL-ProtoNet at the beta that won at 0.001.
-      echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.003, \"beta\": 0.75, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
+      mtl_protonet_spec 0.75 0.003 ;;
     ways)
       echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
       echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}" ;;
@@ -102,13 +104,14 @@ part_specs() {
 # Evaluation cost: does ending the min_epochs steps once the support set is fitted (stop_loss)
 # lose accuracy? Transfer's model (lr TRANSFER_LR), 20-way 5-shot and 5-way 15-shot.
 stoploss() {
-  local spec="{\"algorithm\": \"transfer\", $COMMON, $RECIPE, \"transfer_lr\": $TRANSFER_LR, \"transfer_head\": \"standard\"}"
+  local spec
+  spec=$(transfer_spec "$TRANSFER_LR" standard)
   local adapt='[{"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support"},
                 {"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support", "stop_loss": 0.01},
                 {"steps": 30, "lr": 0.1, "batch_size": 64, "min_epochs": 20, "head_init": "zeros", "bn_stats": "support", "stop_loss": 0.05}]'
-  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+  $PY -m benchmarks.tune --dataset "$DATASET" --out "$OUT" --budget-passes "$BUDGET" \
       --ways 20 --shots 5 --queries 15 --episodes 40 --adapt "$adapt" "$spec"
-  $PY -m benchmarks.tune --dataset omniglot --out "$OUT" --budget-passes "$BUDGET" \
+  $PY -m benchmarks.tune --dataset "$DATASET" --out "$OUT" --budget-passes "$BUDGET" \
       --ways 5 --shots 15 --queries 5 --episodes 40 --adapt "$adapt" "$spec"
 }
 

@@ -307,15 +307,18 @@ def _parse_vinyals_line(line: str, where: str) -> tuple[str, int]:
     return f"{parts[0]}/{parts[1]}", degrees // 90
 
 
-def load_omniglot_vinyals(root: Path, split: str, *, image_size: int = 28) -> ImageSet:
+def load_omniglot_vinyals(root: Path, split: str, *, image_size: int = 28, channels: int = 1) -> ImageSet:
     """One split of Vinyals et al.'s Omniglot split (as Prototypical Networks use it): every line
     of `root/splits_vinyals/<split>.txt`, `Alphabet/characterNN/rotDDD`, is one class, named by the
     line, holding that character's 20 drawings rotated by DDD degrees.
 
     `root` is the Omniglot folder holding `images_background.npz`, `images_evaluation.npz`,
-    `alphabets.csv` and `splits_vinyals/`. The split mixes characters of both npz files.
+    `alphabets.csv` and `splits_vinyals/`. The split mixes characters of both npz files. With
+    `channels` 3 the grey drawings are repeated as RGB (for a backbone built for photos).
     """
     root = Path(root)
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if split not in VINYALS_SPLITS:
         raise DatasetError(f"unknown Omniglot Vinyals split {split!r}; known: {', '.join(VINYALS_SPLITS)}")
     split_path = root / "splits_vinyals" / f"{split}.txt"
@@ -351,7 +354,7 @@ def load_omniglot_vinyals(root: Path, split: str, *, image_size: int = 28) -> Im
     images = [torch.rot90(by_name[char], k=quarters, dims=(-2, -1)) for char, quarters in classes]
     counts = torch.tensor([len(x) for x in images])
     return ImageSet(
-        images=torch.cat(images).contiguous(),
+        images=torch.cat(images).expand(-1, channels, -1, -1).contiguous(),
         labels=torch.arange(len(images)).repeat_interleave(counts),
         class_names=names,
         source=f"{split_path} ({split})",

@@ -102,6 +102,13 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     split = json.loads((tmp_path / "ab" / "results.json").read_text())
     assert [(c["method"], c["shots"]) for c in split["cells"]] == [("transfer", 1), ("transfer", 15),
                                                                    ("mtl-reptile", 1), ("mtl-reptile", 15)]
+    # Each part says what it finished, not only the command it was started with.
+    assert {k: v["contributed"] for k, v in split["merged_from"].items()} == {
+        str(tmp_path / "c"): {"transfer": ["5x1"]}, str(tmp_path / "d"): {"transfer": ["5x15"]},
+        str(tmp_path / "b"): {"mtl-reptile": ["5x1", "5x15"]}}
+    assert f"- {tmp_path / 'c'}: `mtl bench table1 --dataset omniglot --profile smoke --methods transfer " \
+        "--cells 5x1`" in (tmp_path / "ab" / "table1.md").read_text()
+    assert "; contributed transfer 5x15\n" in (tmp_path / "ab" / "table1.md").read_text()
 
     # A cell in two parts, a missing folder, or another profile is refused with a clear error.
     for parts_args, message in (([tmp_path / "a", tmp_path / "a"], "transfer 5-way 1-shot is in more than one"),
