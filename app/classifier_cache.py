@@ -59,12 +59,9 @@ class ClassifierCache:
         metrics.count_predict_cache(True)
         return hit.classifier, hit.card
 
-    def get(
-        self, classifier_id: str, directory: Path, *, count: bool = True
-    ) -> tuple[Any, dict[str, Any]]:
+    def get(self, classifier_id: str, directory: Path) -> tuple[Any, dict[str, Any]]:
         """The classifier saved in `directory` and its card, loaded once (torch is imported here,
-        in a worker thread, never at start-up). `count=False` for a second look within one
-        request, which must not count as another hit."""
+        in a worker thread, never at start-up)."""
         from models.checkpoint import load_classifier
 
         stamp = (directory / "model.json").stat().st_mtime
@@ -73,11 +70,9 @@ class ClassifierCache:
             current = hit is not None and hit.stamp == stamp
             if current:
                 self._loaded.move_to_end(classifier_id)
-            if count:
-                self.hits += current
-                self.misses += not current
-        if count:
-            metrics.count_predict_cache(current)
+            self.hits += current
+            self.misses += not current
+        metrics.count_predict_cache(current)
         if current and hit is not None:
             return hit.classifier, hit.card
         clf, card = load_classifier(directory, device=self.device)

@@ -2,7 +2,9 @@
 micro-batched into one forward pass. Like a TorchServe handler, a request goes through three
 steps: `preprocess` (check and decode its images), `inference` (one forward pass over a batch),
 `postprocess` (top-k labels per image); the batcher between them is the rest of this class.
-Loaded classifiers come from `app.classifier_cache`.
+Loaded classifiers come from `app.classifier_cache`, looked up once per request, in `preprocess`:
+the request then carries its classifier to the forward pass, so that it is answered by the
+version whose labels it decoded against even if a retrain lands meanwhile.
 
 Each request decodes its own images in one of a few decoding threads, except a request of a few
 small images (by their declared size, read from the header) to a classifier already loaded: those
@@ -81,7 +83,7 @@ def _declared_pixels(data: bytes) -> int | None:
 
 @dataclass
 class _Pending:
-    directory: Path
+    classifier: Any  # the one loaded version every request of this batch was decoded for
     requests: list[tuple[Any, asyncio.Future[Any]]] = field(default_factory=list)
     size: int = 0
     flush: asyncio.TimerHandle | None = None
@@ -133,13 +135,14 @@ class PredictService:
 
     def preprocess(
         self, classifier_id: str, directory: Path, images: list[bytes]
-    ) -> tuple[Any, list[str | None], list[str]]:
-        """uint8 (n, C, H, W) of the decodable images, the reason per image that is not, labels."""
+    ) -> tuple[Any, list[str | None], Any]:
+        """uint8 (n, C, H, W) of the decodable images, the reason per image that is not, and the
+        classifier they were decoded for."""
         return self._decode(self.cache.get(classifier_id, directory), images, checked=False)
 
     def _decode(
         self, loaded: tuple[Any, dict[str, Any]], images: list[bytes], *, checked: bool
-    ) -> tuple[Any, list[str | None], list[str]]:
+    ) -> tuple[Any, list[str | None], Any]:
         """`preprocess` with the classifier at hand; `checked`: every image's header was read
         and its declared size is small (`_loaded_if_small`)."""
         import numpy as np
@@ -163,7 +166,7 @@ class PredictService:
                     reason = str(exc)
             errors.append(reason)
         batch = torch.from_numpy(np.stack(arrays)) if arrays else None
-        return batch, errors, list(clf.labels)
+        return batch, errors, clf
 
     def _loaded_if_small(
         self, classifier_id: str, directory: Path, images: list[bytes]
@@ -178,13 +181,12 @@ class PredictService:
                 return None
         return self.cache.peek(classifier_id, directory)
 
-    def inference(self, classifier_id: str, directory: Path, batch: Any) -> Any:
+    def inference(self, clf: Any, batch: Any) -> Any:
         """Class probabilities of a uint8 batch, one forward pass (in a thread)."""
         import torch
 
         from models.data import to_float
 
-        clf, _ = self.cache.get(classifier_id, directory, count=False)  # counted in preprocess
         self.forward_passes += 1
         metrics.observe_predict_batch(len(batch))
         with torch.inference_mode():
@@ -192,12 +194,16 @@ class PredictService:
 
     # ------------------------------------------------------------------ the batcher
 
-    async def _probabilities(self, classifier_id: str, directory: Path, batch: Any) -> Any:
+    async def _probabilities(self, classifier_id: str, clf: Any, batch: Any) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         pending = self._pending.get(classifier_id)
+        if pending is not None and pending.classifier is not clf:
+            # A retrained version: the batch of the old one runs now, this request starts the next.
+            self._start_flush(classifier_id)
+            pending = None
         if pending is None:
-            pending = self._pending[classifier_id] = _Pending(directory)
+            pending = self._pending[classifier_id] = _Pending(clf)
             pending.flush = loop.call_later(self.max_wait_s, self._start_flush, classifier_id)
         pending.requests.append((batch, future))
         pending.size += len(batch)
@@ -237,8 +243,7 @@ class PredictService:
         self._running[classifier_id] = self._running.get(classifier_id, 0) + 1
         try:
             probs = await asyncio.get_running_loop().run_in_executor(
-                self._forward, self.inference, classifier_id, pending.directory,
-                torch.cat(batches),
+                self._forward, self.inference, pending.classifier, torch.cat(batches),
             )
         except Exception as exc:  # every waiting request gets the error
             for _, future in pending.requests:
@@ -275,11 +280,11 @@ class PredictService:
         """Top-k (label, probability) per image, or the reason an image could not be decoded."""
         loaded = self._loaded_if_small(classifier_id, directory, images)
         if loaded is not None:
-            batch, errors, labels = self._decode(loaded, images, checked=True)
+            batch, errors, clf = self._decode(loaded, images, checked=True)
         else:
             self._decoding[classifier_id] = self._decoding.get(classifier_id, 0) + 1
             try:
-                batch, errors, labels = await asyncio.get_running_loop().run_in_executor(
+                batch, errors, clf = await asyncio.get_running_loop().run_in_executor(
                     self._decoder, self.preprocess, classifier_id, directory, images
                 )
             except BaseException:
@@ -288,8 +293,8 @@ class PredictService:
             self._decoded(classifier_id, joining=batch is not None)
         if batch is None:
             return [e or "" for e in errors]
-        probs = await self._probabilities(classifier_id, directory, batch)
-        return self.postprocess(probs, errors, labels, top_k)
+        probs = await self._probabilities(classifier_id, clf, batch)
+        return self.postprocess(probs, errors, list(clf.labels), top_k)
 
     @staticmethod
     def postprocess(

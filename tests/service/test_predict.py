@@ -65,6 +65,47 @@ def test_cache_is_bounded(classifier_dir: Path) -> None:
     assert service.cached_ids() == ["z"]
 
 
+def test_a_request_is_answered_by_the_version_it_was_decoded_for(
+        builtin_dir: Path, classifier_dir: Path, tmp_path: Path) -> None:
+    """A retrain landing between one request's decoding and its forward pass does not hand that
+    request the new version's outputs under the old version's labels: each version runs its own
+    forward pass, and each request is counted once in the cache's statistics."""
+    import os
+    import shutil
+
+    import torch
+
+    from models.adaptation import adapt
+    from models.checkpoint import load_base_model, save_classifier
+    from models.config import AdaptConfig
+
+    directory = tmp_path / "c"
+    shutil.copytree(classifier_dir, directory)  # labels a, b, c
+    net, card = load_base_model(builtin_dir / "handwriting")
+    x = torch.rand(4, card["channels"], card["image_size"], card["image_size"],
+                   generator=torch.Generator().manual_seed(1))
+    retrained = adapt(net, x, torch.tensor([0, 0, 1, 1]), class_names=["x", "y"], config=AdaptConfig(steps=0))
+
+    async def scenario() -> tuple[PredictService, Any, Any]:
+        service = PredictService(cache_size=2, max_wait_s=0.5)
+        service.cache.get("c", directory)
+        first = asyncio.ensure_future(service.predict("c", directory, [random_png(1)], 3))
+        await asyncio.sleep(0)  # decoded for the loaded version, now waiting for its batch
+        save_classifier(directory, retrained, {k: card[k] for k in ("backbone", "channels", "image_size")})
+        stamp = (directory / "model.json").stat().st_mtime
+        os.utime(directory / "model.json", (stamp + 5, stamp + 5))
+        second = await service.predict("c", directory, [random_png(2)], 3)
+        return service, await first, second
+
+    service, first, second = asyncio.run(scenario())
+    assert {label for label, _ in first[0]} == {"a", "b", "c"}
+    assert len(first[0]) == 3 and sum(p for _, p in first[0]) == pytest.approx(1, abs=1e-4)
+    assert len(second[0]) == 2 and {label for label, _ in second[0]} == {"x", "y"}
+    assert service.forward_passes == 2
+    # One load before, then one hit (the first request) and one miss (the reload).
+    assert (service.cache.hits, service.cache.misses) == (1, 2)
+
+
 @pytest.fixture(scope="module")
 def huge_png() -> bytes:
     """6000x6000 pixels in 120 KB: about half a second to decode, as the issue measured."""
