@@ -586,7 +586,8 @@ class MergeError(ValueError):
 
 def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict[str, Any]:
     """Combine runs of one dataset and profile into one report: disjoint method subsets, or one
-    method's disjoint cells (`--cells`) from runs of the same base model and adaptation.
+    method's disjoint cells (`--cells`) from runs of the same base model and adaptation. A part
+    may itself be a merged report (its parts are then listed in its place).
 
     The runs are taken to have run side by side, so the wall clock is the longest part's; each
     part's command, commit and wall clock are kept under `merged_from`.
@@ -638,9 +639,15 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
                                  f"one part ({part} and another)")
             merged["cells"].append(c)
             contributed.setdefault(c["method"], []).append(f"{c['ways']}x{c['shots']}")
-        merged["merged_from"][str(part)] = {
-            **{k: rep.get(k) for k in ("command", "commit", "machine", "wall_clock_seconds")},
-            "contributed": contributed}
+        if rep.get("merged_from"):
+            # A merged report merged again (e.g. a committed report and new methods' runs): its
+            # own parts are listed, so that every command stays on record.
+            for name, info in rep["merged_from"].items():
+                merged["merged_from"][name] = {**info, "via": str(part)}
+        else:
+            merged["merged_from"][str(part)] = {
+                **{k: rep.get(k) for k in ("command", "commit", "machine", "wall_clock_seconds")},
+                "contributed": contributed}
     merged["wall_clock_seconds"] = max(r.get("wall_clock_seconds", 0) for _, r in reports)
     merged["commit"] = ", ".join(dict.fromkeys(r.get("commit", "unknown") for _, r in reports))
     merged["command"] = (f"mtl bench table1 --dataset {dataset} --profile {profile_name} --merge "
@@ -697,7 +704,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             lines.append(f"- {part}: `{info.get('command')}` (commit {info.get('commit')}"
                          + (f", {wall / 60:.0f} min" if wall else "") + ")"
                          + ("; contributed " + "; ".join(f"{m} {', '.join(c)}" for m, c in done.items())
-                            if done is not None else ""))
+                            if done is not None else "")
+                         + (f"; merged earlier into {info['via']}" if info.get("via") else ""))
         lines.append("")
     lines.append("Pretraining per method (iterations at an equal pass budget, seconds):")
     for m in methods:

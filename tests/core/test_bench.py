@@ -109,6 +109,16 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     assert f"- {tmp_path / 'c'}: `mtl bench table1 --dataset omniglot --profile smoke --methods transfer " \
         "--cells 5x1`" in (tmp_path / "ab" / "table1.md").read_text()
     assert "; contributed transfer 5x15\n" in (tmp_path / "ab" / "table1.md").read_text()
+    # A merged report merges again with a new part; its own parts stay on record.
+    smoke("protonet", tmp_path / "e")
+    assert main([*merge[:-2], str(tmp_path / "ab"), str(tmp_path / "e")]) == 0
+    again = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert [(c["method"], c["shots"]) for c in again["cells"]] == [
+        *[(c["method"], c["shots"]) for c in split["cells"]], ("protonet", 1), ("protonet", 15)]
+    assert list(again["merged_from"]) == [str(tmp_path / p) for p in ("c", "d", "b", "e")]
+    assert again["merged_from"][str(tmp_path / "c")]["via"] == str(tmp_path / "ab")
+    assert again["merged_from"][str(tmp_path / "e")]["contributed"] == {"protonet": ["5x1", "5x15"]}
+    assert f"; merged earlier into {tmp_path / 'ab'}\n" in (tmp_path / "ab" / "table1.md").read_text()
 
     # A cell in two parts, a missing folder, or another profile is refused with a clear error.
     for parts_args, message in (([tmp_path / "a", tmp_path / "a"], "transfer 5-way 1-shot is in more than one"),
