@@ -486,6 +486,7 @@ def write_curves(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    classes = "validation alphabets" if report["dataset"] == "omniglot" else "validation classes"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in METHODS:
         curve = report["methods"].get(m, {}).get("validation")
@@ -498,7 +499,7 @@ def write_curves(report: dict[str, Any], path: Path) -> None:
                         linestyle="-" if is_mtl(m) else "--")
     for ax, title in zip(axes, ("fine-tuning a zero head", "prototype head, 0 steps (feature probe)"),
                          strict=True):
-        ax.set_title(f"validation alphabets, 5-way 1-shot: {title}", fontsize=9)
+        ax.set_title(f"{classes}, 5-way 1-shot: {title}", fontsize=9)
         ax.set_xlabel("image passes (forward + backward)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
@@ -589,8 +590,9 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
     method's disjoint cells (`--cells`) from runs of the same base model and adaptation. A part
     may itself be a merged report (its parts are then listed in its place).
 
-    The runs are taken to have run side by side, so the wall clock is the longest part's; each
-    part's command, commit and wall clock are kept under `merged_from`.
+    The wall clock is the longest part's (the parts of one session run side by side; parts of
+    other sessions are told apart by their commits); each part's command, commit and wall clock
+    are kept under `merged_from`.
     """
     reports: list[tuple[Path, dict[str, Any]]] = []
     for part in parts:
@@ -694,10 +696,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         for p in report["per_variant"]:
             lines.append(f"- {p['ways']}-way {p['shots']}-shot: {_paired_text(p)}")
     lines += ["", f"Machine: {report['machine']}. Commit: {report['commit']}. "
-              f"Wall clock: {report.get('wall_clock_seconds', 0) / 60:.0f} min. "
+              + ("Wall clock of the longest part: " if report.get("merged_from") else "Wall clock: ")
+              + f"{report.get('wall_clock_seconds', 0) / 60:.0f} min. "
               f"Command: `{report['command']}`.", ""]
     if report.get("merged_from"):
-        lines.append("Merged from runs side by side:")
+        lines.append("Merged from these runs:")
         for part, info in report["merged_from"].items():
             wall = info.get("wall_clock_seconds")
             done = info.get("contributed")

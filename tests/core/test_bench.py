@@ -89,7 +89,7 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     assert [(p["best_mtl"], p["shots"]) for p in report["paired"]] == [("mtl-reptile", 1), ("mtl-reptile", 15)]
     assert sum(report["summary"].values()) == 2
     table = (tmp_path / "ab" / "table1.md").read_text()
-    assert "| Transfer | ProtoNet | MTL-Reptile |" in table and "Merged from runs side by side" in table
+    assert "| Transfer | ProtoNet | MTL-Reptile |" in table and "Merged from these runs:" in table
     assert (tmp_path / "ab" / "table1.png").read_bytes()[:4] == b"\x89PNG"
 
     # One method's cells from two processes (--cells) on the same base model merge into one row.
