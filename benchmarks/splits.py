@@ -15,9 +15,12 @@ classes Table 1 scores on:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from models.data import ImageSet, data_root, hold_out_groups, load_dataset, load_omniglot_vinyals
 from models.errors import ConfigError
+
+if TYPE_CHECKING:
+    from models.data import ImageSet
 
 DATASETS = ("omniglot", "omniglot-vinyals", "miniimagenet-lite")
 # What each data set holds out unless told otherwise (the Vinyals val split is fixed).
@@ -39,6 +42,9 @@ def base_and_validation(dataset: str, held_out: int | None = None, *, seed: int 
                         image_size: int | None = None, channels: int | None = None) -> HeldOut:
     """The base and validation classes of `dataset` (see the module docstring), loaded at
     `image_size` x `image_size` with `channels` channels (each data set's own by default)."""
+    # torch is imported here, not when the module is: DATASETS serves argument parsers.
+    from models.data import data_root, hold_out_groups, load_dataset, load_omniglot_vinyals
+
     if dataset not in DATASETS:
         raise ConfigError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")
     size, chans = NATIVE[dataset]

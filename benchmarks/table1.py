@@ -31,13 +31,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from benchmarks.splits import DATASETS
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["transfer", "protonet", "mtl-protonet", "reptile", "mtl-reptile", "maml", "mtl-maml",
            "fomaml", "mtl-fomaml"]
 PAPER_COLUMNS = {"transfer": "Transfer", "protonet": "ProtoNet", "mtl-protonet": "MTL-ProtoNet",
                  "reptile": "Reptile", "mtl-reptile": "MTL-Reptile", "maml": "MAML", "mtl-maml": "MTL-MAML",
                  "fomaml": "FOMAML", "mtl-fomaml": "MTL-FOMAML"}
-DATASETS = ["omniglot", "omniglot-vinyals", "miniimagenet-lite"]
 UNSEEN_CLASSES = {
     "omniglot": "Omniglot evaluation alphabets (659 characters)",
     "omniglot-vinyals": "Omniglot Vinyals test split (423 characters x 4 rotations = 1692 classes)",

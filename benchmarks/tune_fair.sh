@@ -41,6 +41,23 @@ mtl_protonet_spec() {
   echo "{\"algorithm\": \"mtl-protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": ${2:-0.001}, \"beta\": $1, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
 }
 
+# ProtoNet with $1-way training episodes at learning rate $2.
+protonet_spec() {
+  echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": $1}, \"meta_batch\": 1, \"protonet_lr\": $2, \"meta_schedule\": \"linear\"}"
+}
+
+# Second-order MAML (one inner step) at outer learning rate $1.
+maml_spec() {
+  echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": $1, \"meta_schedule\": \"linear\"}"
+}
+
+# MTL-Reptile or MTL-FOMAML ($1) at beta $2, its meta half as its baseline won.
+mtl_meta_spec() {
+  local meta="\"meta_batch\": 1, \"outer_lr\": 1.0"
+  [ "$1" = mtl-fomaml ] && meta="\"meta_batch\": 4, \"outer_lr\": 0.1"
+  echo "{\"algorithm\": \"$1\", $COMMON, $meta, \"beta\": $2, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+}
+
 part_specs() {
   case $1 in
     transfer)
@@ -48,11 +65,9 @@ part_specs() {
     heads)
       for head in cosine zeros; do transfer_spec 0.1 $head; done ;;
     meta)
-      for lr in 0.001 0.003; do
-        echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": $lr, \"meta_schedule\": \"linear\"}"
-      done
+      for lr in 0.001 0.003; do protonet_spec 5 $lr; done
       # ProtoNet trained at 20 ways (Snell et al. train with more ways than they test).
-      echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
+      protonet_spec 20 0.001
       # Reptile as published: the outer step annealed linearly to 0.
       for mb in 1 5; do
         echo "{\"algorithm\": \"reptile\", $COMMON, \"meta_batch\": $mb, \"outer_lr\": 1.0, \"meta_schedule\": \"linear\"}"
@@ -61,26 +76,21 @@ part_specs() {
       for lr in 0.1 0.3; do
         echo "{\"algorithm\": \"fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": $lr, \"meta_schedule\": \"linear\"}"
       done
-      echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": 0.1, \"meta_schedule\": \"linear\"}" ;;
+      maml_spec 0.1 ;;
     mtl)
       for beta in 0.5 0.25 0.75; do mtl_protonet_spec $beta; done
-      echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
-      echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": 0.5, \"meta_schedule\": \"linear\", $MTL_TRANSFER}" ;;
+      mtl_meta_spec mtl-reptile 0.5
+      mtl_meta_spec mtl-fomaml 0.5 ;;
     mtl3)
       # The other MTL variants, each with the beta sweep MTL-ProtoNet had (their meta halves as
       # their baselines won in `meta` and `maml`).
-      for beta in 0.25 0.5 0.75; do
-        echo "{\"algorithm\": \"mtl-reptile\", $COMMON, \"meta_batch\": 1, \"outer_lr\": 1.0, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
-      done
-      for beta in 0.25 0.5 0.75; do
-        echo "{\"algorithm\": \"mtl-fomaml\", $COMMON, \"meta_batch\": 4, \"outer_lr\": 0.1, \"beta\": $beta, \"meta_schedule\": \"linear\", $MTL_TRANSFER}"
+      for variant in mtl-reptile mtl-fomaml; do
+        for beta in 0.25 0.5 0.75; do mtl_meta_spec $variant $beta; done
       done ;;
     maml-lr)
       # Second-order MAML's own outer-lr sweep (its single spec of the maml part was stopped
       # once; MTL-MAML was swept at the 0.1 it uses).
-      for lr in 0.1 0.3; do
-        echo "{\"algorithm\": \"maml\", ${COMMON/\"inner_steps\": 5/\"inner_steps\": 1}, \"meta_batch\": 4, \"outer_lr\": $lr, \"meta_schedule\": \"linear\"}"
-      done ;;
+      for lr in 0.1 0.3; do maml_spec $lr; done ;;
     mtl-beta)
       # MTL-ProtoNet's beta alone (with Transfer at its chosen lr beside it): the sweep for a
       # new split, e.g. DATASET=omniglot-vinyals, whose 4,112 base classes may want another beta.
@@ -95,8 +105,8 @@ part_specs() {
       # MTL-ProtoNet at the beta that won at 0.001.
       mtl_protonet_spec 0.75 0.003 ;;
     ways)
-      echo "{\"algorithm\": \"protonet\", $COMMON, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}"
-      echo "{\"algorithm\": \"protonet\", ${COMMON/\"ways\": 5/\"ways\": 20}, \"meta_batch\": 1, \"protonet_lr\": 0.001, \"meta_schedule\": \"linear\"}" ;;
+      protonet_spec 5 0.001
+      protonet_spec 20 0.001 ;;
     *) echo "unknown part $1 (transfer, heads, meta, maml, maml-lr, mtl, mtl2, mtl3, mtl-maml, mtl-beta, ways, stoploss)" >&2; exit 2 ;;
   esac
 }
