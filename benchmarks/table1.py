@@ -27,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -282,13 +283,23 @@ def load_splits(dataset: str, profile: Profile) -> Splits:
 
     root = data_root()
     size, channels = profile.image_size, profile.channels
-    if dataset == "omniglot-vinyals":
-        unseen = load_omniglot_vinyals(root / "omniglot", "test", image_size=size, channels=channels)
-    elif dataset == "omniglot":
-        unseen = load_dataset(root / "omniglot" / "images_evaluation.npz", image_size=size, channels=channels)
-    else:
-        unseen = concat([load_dataset(root / "miniimagenet-lite" / s, image_size=size, channels=channels)
-                         for s in ("val", "test")])
+
+    def npz_or_folder(*path: str) -> Any:
+        return load_dataset(root.joinpath(*path), image_size=size, channels=channels)
+
+    def vinyals(split: str) -> Any:
+        return load_omniglot_vinyals(root / "omniglot", split, image_size=size, channels=channels)
+
+    # dataset -> (all its training classes, the classes Table 1 scores on), loaded when needed.
+    parts: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+        "omniglot-vinyals": (lambda: vinyals("trainval"), lambda: vinyals("test")),
+        "omniglot": (lambda: npz_or_folder("omniglot", "images_background.npz"),
+                     lambda: npz_or_folder("omniglot", "images_evaluation.npz")),
+        "miniimagenet-lite": (lambda: npz_or_folder("miniimagenet-lite", "train"),
+                              lambda: concat([npz_or_folder("miniimagenet-lite", s) for s in ("val", "test")])),
+    }
+    whole_base, scored = parts[dataset]
+    unseen = scored()
     if profile.holdout_validation:
         held = base_and_validation(dataset, image_size=size, channels=channels)
         base, base_text = held.base, held.base_text
@@ -296,12 +307,7 @@ def load_splits(dataset: str, profile: Profile) -> Splits:
             base = with_rotations(base)
             base_text += f", each in 4 rotations: {base.num_classes} classes"
         return Splits(base, unseen, held.validation, base_text, held.validation_text)
-    if dataset == "omniglot-vinyals":
-        base = load_omniglot_vinyals(root / "omniglot", "trainval", image_size=size, channels=channels)
-    elif dataset == "omniglot":
-        base = load_dataset(root / "omniglot" / "images_background.npz", image_size=size, channels=channels)
-    else:
-        base = load_dataset(root / "miniimagenet-lite" / "train", image_size=size, channels=channels)
+    base = whole_base()
     return Splits(with_rotations(base) if profile.rotations else base, unseen)
 
 
@@ -633,21 +639,22 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
             owner[method] = part
             merged["methods"][method] = info
         seen = {(c["method"], c["ways"], c["shots"]) for c in merged["cells"]}
-        # What this part finished, which can be less than its command asked for (a run stopped
-        # at a method boundary and the rest run elsewhere).
-        contributed: dict[str, list[str]] = {}
         for c in rep.get("cells", []):
             if (c["method"], c["ways"], c["shots"]) in seen:
                 raise MergeError(f"{c['method']} {c['ways']}-way {c['shots']}-shot is in more than "
                                  f"one part ({part} and another)")
             merged["cells"].append(c)
-            contributed.setdefault(c["method"], []).append(f"{c['ways']}x{c['shots']}")
         if rep.get("merged_from"):
             # A merged report merged again (e.g. a committed report and new methods' runs): its
             # own parts are listed, so that every command stays on record.
             for name, info in rep["merged_from"].items():
                 merged["merged_from"][name] = {**info, "via": str(part)}
         else:
+            # What this part finished, which can be less than its command asked for (a run
+            # stopped at a method boundary and the rest run elsewhere).
+            contributed: dict[str, list[str]] = {}
+            for c in rep.get("cells", []):
+                contributed.setdefault(c["method"], []).append(f"{c['ways']}x{c['shots']}")
             merged["merged_from"][str(part)] = {
                 **{k: rep.get(k) for k in ("command", "commit", "machine", "wall_clock_seconds")},
                 "contributed": contributed}
