@@ -70,10 +70,19 @@ def check_image(source: bytes | Path, *, max_pixels: int, decode: bool = True) -
     return None
 
 
+# The width of the stored file name (`DatasetImageRecord.filename`, String(1000)).
+MAX_NAME = 1000
+
+
 def display_name(name: str) -> str:
     """A file name as stored and shown: a NUL byte (not storable in PostgreSQL text) becomes
-    U+FFFD. File names are only informational, so they are not refused for it."""
-    return name.replace("\x00", "\ufffd")
+    U+FFFD, and a name over MAX_NAME characters keeps its start and its end (the extension)
+    around an ellipsis. File names are only informational, so they are not refused for these."""
+    name = name.replace("\x00", "\ufffd")
+    if len(name) > MAX_NAME:
+        half = (MAX_NAME - 1) // 2
+        name = name[:half] + "\u2026" + name[-(MAX_NAME - 1 - half):]
+    return name
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:

@@ -97,6 +97,7 @@ class Reporter:
         self.claim = claim
         self.interval = interval
         self._last_write = 0.0
+        self._unwritten: dict[str, Any] = {}  # the latest progress the rate limit held back
         self._last_check = 0.0
         self._stop = False
         self._start = time.monotonic()
@@ -122,12 +123,13 @@ class Reporter:
         now = time.monotonic()
         if self._first_step is None:
             self._first_step, self._start = step - 1, now
+        clean_loss = loss if loss is not None and loss == loss else None  # NaN is not JSON
         if now - self._last_write < self.interval and step < total:
+            self._unwritten = {"step": step, "total_steps": total, "loss": clean_loss}
             return
-        self._last_write = now
+        self._last_write, self._unwritten = now, {}
         done = step - (self._first_step or 0)
         eta = (now - self._start) / done * (total - step) if done > 0 else None
-        clean_loss = loss if loss is not None and loss == loss else None  # NaN is not JSON
         with session_scope(self.url) as session:
             result = session.execute(
                 update(JobRecord)
@@ -174,7 +176,16 @@ class Reporter:
         on_owned: Callable[[Any], None] | None = None,
     ) -> bool:
         """Record the outcome, with `on_owned(session)` in the same transaction; False when this
-        attempt no longer owns the job (nothing is written then)."""
+        attempt no longer owns the job (nothing is written then).
+
+        A success is not recorded over a cancel that arrived after the last `should_stop` check
+        (a cancel, or the delete of the classifier, while the job saved): that raises
+        TrainingCancelled instead, for the caller to record the job as cancelled."""
+        from models.errors import TrainingCancelled
+
+        owned = self._owned()
+        if status == JobStatus.SUCCEEDED:
+            owned = and_(owned, JobRecord.cancel_requested.is_(False))
         with session_scope(self.url) as session:
             values: dict[str, Any] = {
                 "status": status,
@@ -188,9 +199,16 @@ class Reporter:
                 values["metrics"] = metrics
             if status == JobStatus.SUCCEEDED:
                 values["step"] = JobRecord.total_steps
-            result = session.execute(update(JobRecord).where(self._owned()).values(**values))
+            else:  # a stopped job shows how far it got
+                values.update(self._unwritten)
+            result = session.execute(update(JobRecord).where(owned).values(**values))
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 session.rollback()
+                if status == JobStatus.SUCCEEDED and session.scalar(
+                    select(JobRecord.cancel_requested).where(self._owned())
+                ):
+                    self._stop = True
+                    raise TrainingCancelled("the job was cancelled as it finished")
                 return False
             if on_owned is not None:
                 on_owned(session)

@@ -425,6 +425,78 @@ def test_nothing_half_stored_when_the_database_write_fails(
     assert stored(settings) == (0, 0, 0)
 
 
+def _labelled_copies(settings: Settings, seeds: list[int]) -> list[Any]:
+    """Files as an upload has them once checked: each in the upload folder, labelled."""
+    from app.uploads import LabelledFile
+
+    work = settings.uploads_dir / "test-upload"
+    work.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, seed in enumerate(seeds):
+        path = work / f"part-{i}"
+        path.write_bytes(random_png(seed))
+        files.append(LabelledFile(f"{seed}.png", "ab"[i % 2], path))
+    return files
+
+
+def _images_readable(client: Any, headers: dict[str, str], dataset_id: str) -> list[int]:
+    images = client.get(f"/v1/datasets/{dataset_id}/images", headers=headers).json()["data"]
+    return [client.get(f"/v1/datasets/{dataset_id}/images/{im['id']}/thumbnail",
+                       headers=headers).status_code for im in images]
+
+
+def test_a_dataset_deleted_while_another_stores_the_same_bytes_loses_nothing(
+        client: Any, settings: Settings, user: dict) -> None:
+    """Tenant B stores bytes that tenant A's dataset holds; A's dataset is deleted between B's
+    files and B's commit (A's "still used?" cannot see B's rows yet). B keeps every image."""
+    from app.api.routes.datasets import store_dataset
+    from app.storage import ImageStore
+
+    a = upload_zip(client, user, zip_bytes({"a/1.png": random_png(1), "b/2.png": random_png(2)}))
+    assert a.status_code == 201, a.text
+    other = new_key(settings, "globex")
+    with session_scope(settings.resolved_database_url) as session:
+        commit = session.commit
+
+        def commit_after_a_is_deleted() -> None:
+            assert client.delete(f"/v1/datasets/{a.json()['id']}", headers=user).status_code == 204
+            commit()
+
+        session.commit = commit_after_a_is_deleted  # type: ignore[method-assign]
+        b = store_dataset(session=session, store=ImageStore(settings.images_dir), tenant="globex",
+                          name="b", files=_labelled_copies(settings, [1, 2]), rejected=[]).id
+        session.commit = commit  # type: ignore[method-assign]
+    assert stored(settings) == (1, 2, 2)
+    assert _images_readable(client, other, b) == [200, 200]
+
+
+def test_a_failed_upload_keeps_the_files_another_upload_reused(
+        client: Any, settings: Settings, user: dict) -> None:
+    """Upload B creates a file; upload C reuses it and commits; B then fails. B removes only
+    what no committed dataset uses."""
+    from app.api.routes.datasets import store_dataset
+    from app.storage import ImageStore
+
+    c_id: list[str] = []
+
+    def other_upload_then_fail() -> None:
+        c = upload_zip(client, user, zip_bytes({"a/1.png": random_png(1), "b/2.png": random_png(2)}))
+        assert c.status_code == 201, c.text
+        c_id.append(c.json()["id"])
+        raise RuntimeError("database went away")
+
+    with session_scope(settings.resolved_database_url) as session:
+        session.commit = other_upload_then_fail  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="went away"):
+            store_dataset(session=session, store=ImageStore(settings.images_dir), tenant="acme",
+                          name="b", files=_labelled_copies(settings, [1, 3]), rejected=[])
+        session.rollback()
+        session.commit = lambda: None  # type: ignore[method-assign]
+    # B's own file (seed 3) is gone, the shared one (seed 1) stays for C.
+    assert stored(settings) == (1, 2, 2)
+    assert _images_readable(client, user, c_id[0]) == [200, 200]
+
+
 def test_migrations_are_in_sync(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config

@@ -13,7 +13,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from app.params import ADAPT_FIELDS, PRETRAIN_BOUNDS, Choice, Flag, Range, pretrain_bounds
 from app.schemas import ClassifierParams
 from app.settings import Settings
-from tests.utils.images import random_png, small_zip
+from tests.utils.images import random_png, small_zip, zip_bytes
 
 NAN, INF = float("nan"), float("inf")
 
@@ -163,6 +163,23 @@ def test_nul_bytes_anywhere_are_refused(client: Any, settings: Settings, user: d
     assert_422(client.delete("/v1/admin/api-keys/%00", headers=admin), "NUL")
     assert_422(client.post("/v1/classifiers/%00/predict", headers=user,
                            files={"files": ("a.png", b"x")}), "NUL")
+
+
+def test_overlong_file_names_are_stored_shortened(client: Any, user: dict) -> None:
+    """A name over the column's 1,000 characters (a 500 on PostgreSQL before) keeps its start
+    and extension."""
+    long = "x" * 1500 + ".png"
+    members = {f"a/{'y' * 1200}.png": random_png(1), "b/2.png": random_png(2)}
+    for r in (client.post("/v1/datasets", headers=user, data={"name": "n", "labels": ["a", "b"]},
+                          files=[("files", (long, random_png(1), "image/png")),
+                                 ("files", ("2.png", random_png(2), "image/png"))]),
+              client.post("/v1/datasets", headers=user, data={"name": "n"},
+                          files={"archive": ("set.zip", zip_bytes(members), "application/zip")})):
+        assert r.status_code == 201, r.text
+        images = client.get(f"/v1/datasets/{r.json()['id']}/images", headers=user).json()["data"]
+        name = next(im["filename"] for im in images if im["label"] == "a")
+        assert len(name) == 1000 and name.endswith("y.png" if "/" in name else "x.png")
+        assert "\u2026" in name and name.startswith(("xxx", "a/yyy"))
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])

@@ -1,6 +1,6 @@
 """Failure modes of the job pipeline: a broker that loses its queue, a broker down while recovery
-sends, a cancelled job whose worker dies, a job over its time limit, and two attempts racing to
-save one classifier."""
+sends, a cancelled job whose worker dies, a job over its time limit, two attempts racing to
+save one classifier, and a classifier deleted or cancelled while its job saves."""
 
 from __future__ import annotations
 
@@ -157,7 +157,8 @@ def test_a_job_over_its_time_limit_fails(client: Any, settings: Settings, admin:
                           "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
                                      "inner_steps": 1, "iterations": 5000}})
     assert r.status_code == 202, r.text
-    limited = settings.model_copy(update={"pretraining_time_limit_s": 1.0})
+    # 5,000 iterations take 20-60 s here; 3 s leave time for some even on a loaded machine.
+    limited = settings.model_copy(update={"pretraining_time_limit_s": 3.0})
     assert run_job(limited, r.json()["job_id"]) == "failed"
     job = client.get(f"/v1/jobs/{r.json()['job_id']}", headers=admin).json()
     assert job["status"] == "failed" and "MTL_PRETRAINING_TIME_LIMIT_S" in job["error"], job
@@ -194,6 +195,35 @@ def test_a_losing_attempt_never_overwrites_the_winners_classifier(
     with session_scope(settings.resolved_database_url) as session:
         clf = session.get(ClassifierRecord, created["id"])
         assert clf is not None and clf.status == "ready"
+
+
+@pytest.mark.parametrize("how", ["delete", "cancel"])
+def test_a_classifier_deleted_or_cancelled_as_its_job_saves_is_not_revived(
+        client: Any, settings: Settings, user: dict, monkeypatch: pytest.MonkeyPatch,
+        how: str) -> None:
+    """The user deletes the classifier (or cancels its job) after the job's last cancel check,
+    while it saves: the job ends cancelled and installs nothing."""
+    from app.jobs import JobPhase
+    from worker.lifecycle import Reporter
+    from worker.run import run_job
+
+    created = new_classifier(client, user, upload(client, user), steps=2)
+    set_phase = Reporter.set_phase
+
+    def user_acts_while_saving(self: Reporter, phase: JobPhase) -> None:
+        set_phase(self, phase)
+        if phase == JobPhase.SAVING:
+            r = (client.delete(f"/v1/classifiers/{created['id']}", headers=user) if how == "delete"
+                 else client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=user))
+            assert r.status_code in (200, 204), r.text
+
+    monkeypatch.setattr(Reporter, "set_phase", user_acts_while_saving)
+    assert run_job(settings, created["job_id"]) == "cancelled"
+    assert client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()["status"] == "cancelled"
+    clf = client.get(f"/v1/classifiers/{created['id']}", headers=user)
+    assert (clf.status_code, clf.json().get("status")) == ((404, None) if how == "delete"
+                                                           else (200, "cancelled"))
+    assert list(settings.classifiers_dir.iterdir()) == []
 
 
 def test_embedded_broker_keeps_to_the_data_dir(tmp_path: Path, monkeypatch: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections import Counter
@@ -32,6 +33,7 @@ from app.uploads import (
     read_archive,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 
 MAX_LABEL = 200
@@ -197,15 +199,18 @@ def store_dataset(
     rejected: list[tuple[str, str]],
 ) -> DatasetRecord:
     """Store the image files, then the rows in one transaction; on any failure the files this
-    call added are removed again, so nothing is half-stored."""
+    call added (and no dataset uses) are removed again, so nothing is half-stored."""
     counts = Counter(f.label for f in files)
-    created: list[str] = []
+    created: set[str] = set()
+    reused: dict[str, Path] = {}  # hash -> this upload's own copy (see app/storage.py)
     try:
         rows = []
         for f in files:
             digest, new = store.put_file(f.path)
             if new:
-                created.append(digest)
+                created.add(digest)
+            else:
+                reused.setdefault(digest, f.path)
             rows.append(DatasetImageRecord(sha256=digest, filename=f.filename, label=f.label))
         ds = DatasetRecord(
             tenant=tenant,
@@ -219,10 +224,24 @@ def store_dataset(
         session.commit()
     except BaseException:
         session.rollback()
-        for digest in created:
-            store.delete(digest)
+        # Another upload may have reused a file this one created and committed meanwhile.
+        try:
+            store.delete_unused(created, lambda digests: referenced(session, digests))
+        except Exception:
+            # Without the database we cannot tell which files are shared: orphans over losses.
+            log.exception("could not remove the files of a failed upload; they stay unreferenced")
         raise
+    store.restore(reused)
     return ds
+
+
+def referenced(session: Session, digests: set[str]) -> set[str]:
+    """The hashes among `digests` that committed dataset rows use."""
+    return set(
+        session.scalars(
+            select(DatasetImageRecord.sha256).where(DatasetImageRecord.sha256.in_(digests))
+        ).all()
+    )
 
 
 @router.get("", response_model=Page[DatasetPublic])
@@ -271,12 +290,7 @@ def delete_dataset(
     )
     session.delete(ds)
     session.commit()
-    still_used = set(
-        session.scalars(
-            select(DatasetImageRecord.sha256).where(DatasetImageRecord.sha256.in_(digests))
-        ).all()
+    ImageStore(settings.images_dir).delete_unused(
+        digests, lambda digests: referenced(session, digests)
     )
-    store = ImageStore(settings.images_dir)
-    for digest in digests - still_used:
-        store.delete(digest)
     return Response(status_code=204)
