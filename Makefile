@@ -53,7 +53,7 @@ demo: setup
 	$(BIN)/python scripts/demo.py
 
 # A short MTL pretraining on the Omniglot background alphabets, then evaluation on the unseen
-# evaluation alphabets (about 6 minutes on 2 CPU cores).
+# evaluation alphabets (a few minutes on 2 CPU cores).
 quick-pretrain: setup
 	$(BIN)/mtl pretrain --dataset $${MTL_DATA_ROOT:-../shared/data}/omniglot/images_background.npz \
 	    --algorithm mtl-reptile --filters 32 --iterations 1500 --out runs/omniglot-quick

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Table 1 on miniImageNet-lite with the `gpu` profile: one command, sized for about 10 minutes on
-# one H100 (not yet run: no GPU was available to the session that wrote it; see README).
+# one H100 (not yet run: no GPU was available to the session that wrote it; see docs/results.md).
 # The data must be reachable through MTL_DATA_ROOT on the GPU machine (copy miniimagenet-lite/
 # into an ignored folder of the checkout and point MTL_DATA_ROOT at it).
 set -euo pipefail

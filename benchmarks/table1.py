@@ -1,12 +1,13 @@
 """The paper's Table 1, reproduced: every method pretrained on the base classes with the same
 budget, then evaluated on the same seeded episodes of unseen classes.
 
-    mtl bench table1 --dataset omniglot|omniglot-vinyals|miniimagenet-lite \
-        --profile smoke|quick|cpu|full|gpu [--out DIR]
+    mtl bench table1 --dataset omniglot|omniglot-vinyals|miniimagenet-lite --profile P [--out DIR]
+
+(Each data set has profiles of its own: see `--profile`.)
 
 Budget: every method gets the same number of image forward+backward passes
 (`PretrainConfig.passes_per_iteration` x iterations), so a method whose iteration does more work
-runs fewer iterations. Hyperparameters come from `METHODS` below, chosen on validation classes only
+runs fewer iterations. Hyperparameters come from `RECIPES` below, chosen on validation classes only
 (`benchmarks/tune.py`, results in `benchmarks/results/tuning-*.jsonl`).
 
 The run is resumable: checkpoints live in `runs/bench/<dataset>-<profile>/<method>` and finished
@@ -757,8 +758,11 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--profile", choices=sorted({name for _, name in PROFILES}), default="quick")
+    p.add_argument("--dataset", choices=DATASETS, required=True,
+                   help="base classes to pretrain on and unseen classes to score on")
+    by_dataset = "; ".join(f"{d}: {', '.join(n for dd, n in PROFILES if dd == d)}" for d in DATASETS)
+    p.add_argument("--profile", choices=sorted({name for _, name in PROFILES}), default="quick",
+                   help=f"budget, grid and recipe (default: quick); each data set has its own: {by_dataset}")
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/table1-<dataset>-<profile>")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--queues", default="training,pretraining", help="comma-separated queues")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="log level")
     # Set by `mtl serve` for its embedded worker: exit when that process is gone, and say when
     # ready by writing this process's pid to a file.
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
