@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from app.errors import ServiceError
@@ -24,6 +24,24 @@ def base_model_dir(settings: Settings, storage: str) -> Path:
     if storage.startswith(BUILTIN_PREFIX):
         return settings.resolved_builtin_dir / storage[len(BUILTIN_PREFIX) :]
     return settings.resolved_data_dir / storage
+
+
+def visible_to(key: VerifiedKey) -> ColumnElement[bool]:
+    """The base models `key` may see and train from: the built-in ones, its tenant's own, and
+    the default (making a base model the default publishes it to every tenant, whose classifiers
+    then start from it); admins see all."""
+    if key.scope == "admin":
+        return true()
+    return or_(
+        BaseModelRecord.tenant.is_(None),
+        BaseModelRecord.tenant == key.tenant,
+        BaseModelRecord.is_default.is_(True),
+    )
+
+
+def can_see(base: BaseModelRecord, key: VerifiedKey) -> bool:
+    """`visible_to` for one loaded row."""
+    return key.scope == "admin" or base.tenant in (None, key.tenant) or bool(base.is_default)
 
 
 def read_card(directory: Path) -> dict[str, Any]:
@@ -94,9 +112,7 @@ def usable_base_model(
             raise ServiceError("there is no default base model; give 'base_model_id'", 409)
     else:
         base = session.get(BaseModelRecord, base_model_id)
-        if base is None or (
-            base.tenant is not None and base.tenant != key.tenant and key.scope != "admin"
-        ):
+        if base is None or not can_see(base, key):
             raise ServiceError(f"base model {base_model_id} not found", 404)
     if base.status != ArtifactStatus.READY:
         raise ServiceError(f"base model {base.id} is {base.status}, not ready", 409)

@@ -360,6 +360,37 @@ def test_base_models_and_default(client: Any, user: dict, admin: dict) -> None:
                  "admin")
 
 
+def test_the_default_base_model_is_visible_to_every_tenant(client: Any, settings: Settings,
+                                                           user: dict, admin: dict) -> None:
+    """An admin's pretrained base model made the default is what every tenant's classifiers start
+    from: every tenant lists it, reads its card and may name it. Others of that tenant stay
+    private."""
+    from app.tables import BaseModelRecord
+
+    with session_scope(settings.resolved_database_url) as session:
+        for name in ("published", "private"):
+            session.add(BaseModelRecord(id=name, name=name, tenant="ops", algorithm="protonet",
+                                        image_size=28, channels=1, status="ready",
+                                        storage="builtin/handwriting"))
+
+    def seen() -> set[str]:
+        return {m["id"] for m in client.get("/v1/base-models", headers=user).json()["data"]}
+
+    assert {"published", "private"} & seen() == set()
+    assert client.post("/v1/admin/base-models/published/default", headers=admin).status_code == 200
+    assert "published" in seen() and "private" not in seen()
+    assert client.get("/v1/base-models/published/card", headers=user).status_code == 200
+    assert_error(client.get("/v1/base-models/private/card", headers=user), 404, "not found")
+    ds = upload_zip(client, user, small_zip()).json()["id"]
+    for base, status in (("published", 202), (None, 202), ("private", 404)):
+        body = {"name": "c", "dataset_id": ds} | ({"base_model_id": base} if base else {})
+        r = client.post("/v1/classifiers", headers=user, json=body)
+        assert r.status_code == status, r.text
+        if status == 202:
+            clf = client.get(f"/v1/classifiers/{r.json()['id']}", headers=user).json()
+            assert clf["base_model_id"] == "published"
+
+
 def test_pretraining_job_validation(client: Any, user: dict, admin: dict) -> None:
     ds = upload_zip(client, user, small_zip(classes=3, per_class=4)).json()
     post = lambda body: client.post("/v1/admin/pretraining-jobs", headers=admin,  # noqa: E731

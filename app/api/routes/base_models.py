@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from app.api.responses import errors
-from app.base_models import base_model_dir, read_card
+from app.base_models import base_model_dir, can_see, read_card, visible_to
 from app.deps import CurrentKey, SessionDep, SettingsDep
 from app.model_cards import base_model_card
 from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
@@ -22,17 +22,12 @@ def list_base_models(
 ) -> Page[BaseModelPublic]:
     """List base models.
 
-    Built-in base models, and those pretrained by the caller's tenant (admins see all), oldest
-    first, one page at a time.
+    Built-in base models, those pretrained by the caller's tenant, and the default (admins see
+    all), oldest first, one page at a time.
     """
-    query = select(BaseModelRecord)
-    if key.scope != "admin":
-        query = query.where(
-            or_(BaseModelRecord.tenant.is_(None), BaseModelRecord.tenant == key.tenant)
-        )
     rows, next_cursor = paginate(
         session,
-        query,
+        select(BaseModelRecord).where(visible_to(key)),
         created_at=BaseModelRecord.created_at,
         id=BaseModelRecord.id,
         limit=limit,
@@ -51,7 +46,7 @@ def read_base_model_card(
     classes it never saw, as recorded in its checkpoint's card.
     """
     row = session.get(BaseModelRecord, base_model_id)
-    if row is None or (row.tenant not in (None, key.tenant) and key.scope != "admin"):
+    if row is None or not can_see(row, key):
         raise HTTPException(404, f"base model {base_model_id} not found")
     try:
         card = read_card(base_model_dir(settings, row.storage))
