@@ -1,7 +1,17 @@
-"""The pretraining job: train a base model, resuming from its checkpoint after a lost attempt."""
+"""The pretraining job: train a base model, resuming from its checkpoint after a lost attempt.
+
+Each attempt checkpoints into a folder of its own beside the base model's
+(`.<id>.attempt-<n>`), starting from the furthest checkpoint an earlier attempt left; only the
+attempt that still owns the job moves its files into the base model's folder, in the transaction
+that records the success. An attempt that went silent (a frozen process, a cut connection) and
+was replaced can therefore never overwrite the finished model, nor write beside its successor.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 from app.base_models import base_model_dir, read_card
@@ -11,6 +21,7 @@ from app.settings import Settings
 from app.tables import BaseModelRecord, JobRecord
 from worker.images import load_images
 from worker.lifecycle import Reporter
+from worker.train_classifier import install_checkpoint
 
 
 def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> str:
@@ -32,12 +43,17 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
         out_dir, name = base_model_dir(settings, base.storage), base.name
     config = PretrainConfig.from_dict(params)
     data = load_images(settings, dataset_id, channels=config.channels, image_size=config.image_size)
+    staged = out_dir.parent / f".{out_dir.name}.attempt-{reporter.claim.attempt}"
+    shutil.rmtree(staged, ignore_errors=True)
     resumed_from = 0
-    try:
-        _, previous = load_checkpoint(out_dir)
-        resumed_from = int(previous.get("training", {}).get("iteration", 0))
-    except CheckpointError:
-        pass
+    furthest = _furthest_checkpoint(out_dir)
+    if furthest is not None:
+        shutil.copytree(furthest, staged)
+        try:
+            _, previous = load_checkpoint(staged)
+            resumed_from = int(previous.get("training", {}).get("iteration", 0))
+        except CheckpointError:
+            shutil.rmtree(staged, ignore_errors=True)
 
     def on_progress(p: Progress) -> None:
         reporter.progress(p.iteration, p.total, p.loss)
@@ -48,14 +64,14 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
         config,
         data,
         device=settings.worker_device,
-        out_dir=out_dir,
+        out_dir=staged,
         resume=True,
         checkpoint_every_s=settings.checkpoint_every_s,
         progress=on_progress,
         should_stop=reporter.should_stop,
         extra_card={"name": name, "dataset_id": dataset_id},
     )
-    card = read_card(out_dir)
+    card = read_card(staged)
     metrics = {
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "training_seconds": card["training"]["seconds"],
@@ -65,6 +81,28 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
 
     def record(session: Any) -> None:
         set_artifact_status(session, job_id, ArtifactStatus.READY, metrics=metrics)
+        install_checkpoint(staged, out_dir)
 
     won = reporter.finish(JobStatus.SUCCEEDED, metrics=metrics, on_owned=record)
+    if won:  # every attempt's folder, this one's now empty
+        for leftover in _attempt_folders(out_dir):
+            shutil.rmtree(leftover, ignore_errors=True)
     return "succeeded" if won else "lost"
+
+
+def _attempt_folders(out_dir: Path) -> list[Path]:
+    return list(out_dir.parent.glob(f".{out_dir.name}.attempt-*"))
+
+
+def _furthest_checkpoint(out_dir: Path) -> Path | None:
+    """The folder, among the attempts' (and the base model's own, where an earlier version of
+    this job wrote), whose card has trained furthest; None when none has a card."""
+    best: tuple[int, Path] | None = None
+    for folder in [out_dir, *_attempt_folders(out_dir)]:
+        try:
+            iteration = int(json.loads((folder / "model.json").read_text())["training"]["iteration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if best is None or iteration > best[0]:
+            best = (iteration, folder)
+    return None if best is None else best[1]

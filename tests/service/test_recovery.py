@@ -197,6 +197,42 @@ def test_a_losing_attempt_never_overwrites_the_winners_classifier(
         assert clf is not None and clf.status == "ready"
 
 
+def test_a_losing_pretraining_attempt_never_overwrites_the_finished_base_model(
+        client: Any, settings: Settings, admin: dict) -> None:
+    """As above for a base model: attempt 1 went silent and was replaced; attempt 2 finished.
+    Attempt 1, running on, checkpoints only into its own folder and installs nothing."""
+    from worker.lifecycle import Reporter, claim_job
+    from worker.pretrain_base_model import pretrain_base_model
+
+    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
+                    json={"name": "tiny", "dataset_id": upload(client, admin),
+                          "algorithm": "mtl-reptile",
+                          "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
+                                     "inner_steps": 1, "iterations": 20}})
+    assert r.status_code == 202, r.text
+    job_id, base_id = r.json()["job_id"], r.json()["base_model_id"]
+    first = claim_job(settings, job_id)
+    assert first is not None
+    with session_scope(settings.resolved_database_url) as session:  # recovery re-queues it
+        session.execute(update(JobRecord).where(JobRecord.id == job_id).values(status="queued"))
+    second = claim_job(settings, job_id)
+    assert second is not None and second.attempt == 2
+    assert pretrain_base_model(settings, job_id, Reporter(settings, second)) == "succeeded"
+    weights = settings.base_models_dir / base_id / "model.safetensors"
+    written = weights.stat()
+
+    class LateReporter(Reporter):
+        def should_stop(self) -> bool:
+            return False  # the race: every check passed before attempt 2 took the job
+
+    assert pretrain_base_model(settings, job_id, LateReporter(settings, first)) == "lost"
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (written.st_ino,
+                                                                    written.st_mtime_ns)
+    with session_scope(settings.resolved_database_url) as session:
+        base = session.get(BaseModelRecord, base_id)
+        assert base is not None and base.status == "ready"
+
+
 @pytest.mark.parametrize("how", ["delete", "cancel"])
 def test_a_classifier_deleted_or_cancelled_as_its_job_saves_is_not_revived(
         client: Any, settings: Settings, user: dict, monkeypatch: pytest.MonkeyPatch,

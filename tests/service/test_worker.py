@@ -108,7 +108,8 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
                           "params": params})
     assert r.status_code == 202, r.text
     job_id, base_id = r.json()["job_id"], r.json()["base_model_id"]
-    card = settings.base_models_dir / base_id / "model.json"
+    # Each attempt checkpoints into its own folder; the winner's moves into place at the end.
+    card = settings.base_models_dir / f".{base_id}.attempt-1" / "model.json"
 
     first = start_worker(settings)
     deadline = time.monotonic() + 240
@@ -129,6 +130,9 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2
     assert job["metrics"]["resumed_from_iteration"] >= checkpointed["iteration"] > 0
+    final = json.loads((settings.base_models_dir / base_id / "model.json").read_text())
+    assert final["training"]["completed"] and final["training"]["iteration"] == 600
+    assert [p.name for p in settings.base_models_dir.iterdir()] == [base_id]
     base = next(m for m in client.get("/v1/base-models", headers=admin).json()["data"]
                 if m["id"] == base_id)
     assert base["status"] == "ready" and base["algorithm"] == "mtl-reptile"
