@@ -165,32 +165,40 @@ def test_a_job_over_its_time_limit_fails(client: Any, settings: Settings, admin:
     assert 0 < job["progress"]["step"] < 5000
 
 
-def test_a_losing_attempt_never_overwrites_the_winners_classifier(
-        client: Any, settings: Settings, user: dict) -> None:
-    """Attempt 1 went silent and was re-queued; attempt 2 finished. When attempt 1 then reaches
-    its end (its last ownership check passed just before it lost the job), it writes nothing."""
+def race_two_attempts(settings: Settings, job_id: str, run: Any, written: Any) -> None:
+    """Attempt 1 claims the job and goes silent; recovery re-queues it; attempt 2 claims and
+    finishes it (`run(settings, job_id, reporter)`); then attempt 1, whose last ownership check
+    passed just before it lost the job, runs to its end: it must lose and leave the file
+    `written()` names as attempt 2 wrote it."""
     from worker.lifecycle import Reporter, claim_job
-    from worker.train_classifier import train_classifier
 
-    created = new_classifier(client, user, upload(client, user), steps=2)
-    job_id = created["job_id"]
     first = claim_job(settings, job_id)
     assert first is not None
-    with session_scope(settings.resolved_database_url) as session:  # recovery re-queues it
+    with session_scope(settings.resolved_database_url) as session:
         session.execute(update(JobRecord).where(JobRecord.id == job_id).values(status="queued"))
     second = claim_job(settings, job_id)
     assert second is not None and second.attempt == 2
-    assert train_classifier(settings, job_id, Reporter(settings, second)) == "succeeded"
-    weights = settings.classifiers_dir / created["id"] / "model.safetensors"
-    written = weights.stat()
+    assert run(settings, job_id, Reporter(settings, second)) == "succeeded"
+    before = written().stat()
 
     class LateReporter(Reporter):
         def should_stop(self) -> bool:
-            return False  # the race: every check passed before attempt 2 took the job
+            return False
 
-    assert train_classifier(settings, job_id, LateReporter(settings, first)) == "lost"
-    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (written.st_ino,
-                                                                    written.st_mtime_ns)
+    assert run(settings, job_id, LateReporter(settings, first)) == "lost"
+    after = written().stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_losing_attempt_never_overwrites_the_winners_classifier(
+        client: Any, settings: Settings, user: dict) -> None:
+    """Attempt 1 went silent and was re-queued; attempt 2 finished. When attempt 1 then reaches
+    its end, it writes nothing."""
+    from worker.train_classifier import train_classifier
+
+    created = new_classifier(client, user, upload(client, user), steps=2)
+    race_two_attempts(settings, created["job_id"], train_classifier,
+                      lambda: settings.classifiers_dir / created["id"] / "model.safetensors")
     assert sorted(p.name for p in settings.classifiers_dir.iterdir()) == [created["id"]]
     with session_scope(settings.resolved_database_url) as session:
         clf = session.get(ClassifierRecord, created["id"])
@@ -199,9 +207,8 @@ def test_a_losing_attempt_never_overwrites_the_winners_classifier(
 
 def test_a_losing_pretraining_attempt_never_overwrites_the_finished_base_model(
         client: Any, settings: Settings, admin: dict) -> None:
-    """As above for a base model: attempt 1 went silent and was replaced; attempt 2 finished.
-    Attempt 1, running on, checkpoints only into its own folder and installs nothing."""
-    from worker.lifecycle import Reporter, claim_job
+    """As above for a base model: attempt 1, running on, checkpoints only into its own folder
+    and installs nothing."""
     from worker.pretrain_base_model import pretrain_base_model
 
     r = client.post("/v1/admin/pretraining-jobs", headers=admin,
@@ -210,24 +217,9 @@ def test_a_losing_pretraining_attempt_never_overwrites_the_finished_base_model(
                           "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
                                      "inner_steps": 1, "iterations": 20}})
     assert r.status_code == 202, r.text
-    job_id, base_id = r.json()["job_id"], r.json()["base_model_id"]
-    first = claim_job(settings, job_id)
-    assert first is not None
-    with session_scope(settings.resolved_database_url) as session:  # recovery re-queues it
-        session.execute(update(JobRecord).where(JobRecord.id == job_id).values(status="queued"))
-    second = claim_job(settings, job_id)
-    assert second is not None and second.attempt == 2
-    assert pretrain_base_model(settings, job_id, Reporter(settings, second)) == "succeeded"
-    weights = settings.base_models_dir / base_id / "model.safetensors"
-    written = weights.stat()
-
-    class LateReporter(Reporter):
-        def should_stop(self) -> bool:
-            return False  # the race: every check passed before attempt 2 took the job
-
-    assert pretrain_base_model(settings, job_id, LateReporter(settings, first)) == "lost"
-    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (written.st_ino,
-                                                                    written.st_mtime_ns)
+    base_id = r.json()["base_model_id"]
+    race_two_attempts(settings, r.json()["job_id"], pretrain_base_model,
+                      lambda: settings.base_models_dir / base_id / "model.safetensors")
     with session_scope(settings.resolved_database_url) as session:
         base = session.get(BaseModelRecord, base_id)
         assert base is not None and base.status == "ready"
