@@ -155,6 +155,23 @@ def claim_key(
                 "for a new request"
             )
         if row.status_code is None:
+            # The first request's process may have died before it could answer or free the key
+            # (killed, out of memory, a host restart): past the bound a repeat takes over,
+            # instead of the key answering 409 for the rest of its day.
+            abandoned = utcnow() - timedelta(seconds=settings.idempotency_claim_timeout_s)
+            taken = session.execute(
+                update(IdempotencyRecord)
+                .where(
+                    IdempotencyRecord.id == row.id,
+                    IdempotencyRecord.status_code.is_(None),
+                    IdempotencyRecord.created_at < abandoned,
+                )
+                .values(created_at=utcnow())
+                # Compared in SQL only: SQLite hands `row` back with a naive datetime.
+                .execution_options(synchronize_session=False)
+            )
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
+                return Claimed()
             return (
                 f"a request with {HEADER} {key!r} is still being processed; repeat it once "
                 "that one has answered"

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         gt=0,
         description="how long a POST's Idempotency-Key and first answer are kept",
     )
+    idempotency_claim_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="after this long without an answer, a request holding an Idempotency-Key "
+        "counts as abandoned (its process died) and a repeat runs in its place",
+    )
     webhook_secret: str | None = Field(
         default=None,
         description="HMAC-SHA256 key signing job webhooks; callback_url is refused without it",

@@ -116,6 +116,39 @@ def test_expired_keys_are_forgotten(make_settings: Any) -> None:
         assert second != first
 
 
+def test_a_key_whose_first_request_died_is_freed_after_the_claim_timeout(
+        client: Any, settings: Settings, user: dict, monkeypatch: Any) -> None:
+    """The first request's process dies before it answers (here: storing the answer fails), so
+    its key stays claimed: repeats are 409 until the claim timeout, then one runs in its place."""
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from app import idempotency
+    from app.db import session_scope
+    from app.tables import IdempotencyRecord, utcnow
+
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise SystemError("the process died here")
+
+    key = {**user, "Idempotency-Key": "crashed"}
+    post = {"data": {"name": "s"}, "files": {"archive": ("s.zip", small_zip())}}
+    monkeypatch.setattr(idempotency, "store_answer", dies)
+    TestClient(client.app, raise_server_exceptions=False).post("/v1/datasets", headers=key, **post)
+    monkeypatch.undo()
+    r = client.post("/v1/datasets", headers=key, **post)
+    assert r.status_code == 409 and "still being processed" in r.json()["detail"]
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(update(IdempotencyRecord).values(
+            created_at=utcnow() - timedelta(seconds=settings.idempotency_claim_timeout_s + 1)))
+    again = client.post("/v1/datasets", headers=key, **post)
+    assert again.status_code == 201, again.text
+    replay = client.post("/v1/datasets", headers=key, **post)
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json()["id"] == again.json()["id"]
+
+
 def test_the_answer_is_stored_before_it_is_sent(client: Any, user: dict, monkeypatch: Any) -> None:
     """A client that repeats a request the moment the first answer arrives must get the replay.
     CI once got "still being processed" there: the answer went out before it was stored."""
