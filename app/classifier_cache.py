@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app import metrics
+from app.errors import ServiceError
 
 
 def classifier_bytes(clf: Any) -> int:
@@ -64,7 +65,11 @@ class ClassifierCache:
         in a worker thread, never at start-up)."""
         from models.checkpoint import load_classifier
 
-        stamp = (directory / "model.json").stat().st_mtime
+        try:
+            stamp = (directory / "model.json").stat().st_mtime
+        except FileNotFoundError:
+            # Deleted since the request found it ready (the delete route removes the folder).
+            raise ServiceError(f"classifier {classifier_id} not found", 404) from None
         with self._lock:
             hit = self._loaded.get(classifier_id)
             current = hit is not None and hit.stamp == stamp

@@ -68,6 +68,11 @@ def paginate(
             last_time = datetime.fromisoformat(str(raw_time))
         except ValueError:
             raise InvalidInput(f"cursor {cursor!r} is not a cursor from this API") from None
+        # A crafted id of another type (or with a NUL) would reach the database as is, and
+        # PostgreSQL refuses comparing a varchar with an integer: a 500 instead of a 422.
+        kind = id.type.python_type
+        if type(last_id) is not kind or (isinstance(last_id, str) and "\x00" in last_id):
+            raise InvalidInput(f"cursor {cursor!r} is not a cursor from this API")
         if newest_first:
             after = or_(created_at < last_time, and_(created_at == last_time, id < last_id))
         else:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import session_scope
+from app.pagination import encode_cursor
 from app.settings import Settings
 from app.tables import DatasetImageRecord, DatasetRecord, JobRecord
 from tests.service.conftest import new_key
@@ -617,4 +618,9 @@ def test_list_routes_page_with_a_cursor(client: Any, settings: Settings, admin: 
     assert client.get("/v1/jobs", headers=user, params={"tenant": "t1"}).json()["data"] == []
     assert_error(client.get("/v1/jobs", headers=user, params={"cursor": "not-a-cursor"}), 422,
                  "cursor")
+    # Well-formed cursors with an id of the wrong type (a 500 on PostgreSQL before).
+    for bad_id in (7, None, ["x"], "a\u0000b"):
+        crafted = encode_cursor(["2026-01-01T00:00:00", bad_id])
+        for path in ("/v1/jobs", "/v1/datasets", "/v1/classifiers", "/v1/base-models"):
+            assert_error(client.get(path, headers=user, params={"cursor": crafted}), 422, "cursor")
     assert client.get("/v1/jobs", headers=user, params={"limit": 0}).status_code == 422

@@ -65,6 +65,16 @@ def test_cache_is_bounded(classifier_dir: Path) -> None:
     assert service.cached_ids() == ["z"]
 
 
+def test_a_classifier_deleted_before_its_files_are_read_is_a_404(tmp_path: Path) -> None:
+    """The route found it ready, then a delete removed its folder: not found, not a 500."""
+    from app.errors import ServiceError
+
+    with pytest.raises(ServiceError, match="classifier gone not found") as raised:
+        asyncio.run(PredictService(cache_size=1).predict("gone", tmp_path / "gone",
+                                                         [random_png(1)], 1))
+    assert raised.value.status == 404
+
+
 def test_a_request_is_answered_by_the_version_it_was_decoded_for(
         builtin_dir: Path, classifier_dir: Path, tmp_path: Path) -> None:
     """A retrain landing between one request's decoding and its forward pass does not hand that
