@@ -37,6 +37,8 @@ def make_celery(settings: Settings) -> Celery:
             # result (docs/speed.md). Listing one local folder ten times a second is cheap.
             polling_interval=0.1,
         )
+        # kombu's filesystem transport, with each message renamed into place once written.
+        app.conf.broker_transport = "app.fs_broker:Transport"
     app.conf.update(
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
