@@ -104,12 +104,14 @@ def deliver(settings: Settings, job_id: str) -> bool:
     status_code: int | None = None
     error: str | None = None
     try:
-        response = httpx.post(url, content=body, headers=headers,
-                              timeout=settings.webhook_timeout_s)
-        status_code = response.status_code
+        # Only the status matters: the answer's body is never read (a receiver that sent an
+        # endless or trickling one held this thread, and every later webhook, indefinitely).
+        with httpx.stream("POST", url, content=body, headers=headers,
+                          timeout=settings.webhook_timeout_s) as response:
+            status_code = response.status_code
         if not 200 <= status_code < 300:
             error = f"the receiver answered {status_code}"
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # any failure (a URL httpx cannot encode, say) is a failed try
         error = f"{type(exc).__name__}: {exc}"[:500]
     attempt = {"at": utcnow().isoformat(), "status_code": status_code, "error": error,
                "duration_ms": round((time.monotonic() - started) * 1000, 1)}

@@ -160,3 +160,63 @@ def test_callback_url_needs_the_secret_and_a_url(client: Any, user: dict) -> Non
         "name": "c", "dataset_id": ds, "callback_url": "http://127.0.0.1:9/hook"})
     assert r.status_code == 422 and "MTL_WEBHOOK_SECRET" in r.json()["detail"]
     assert client.get("/v1/jobs", headers=user).json()["data"] == []
+
+
+def test_a_receiver_that_never_ends_its_answer_holds_nothing_up(make_settings: Any) -> None:
+    """The receiver answers 200 and then trickles its body forever: the try is recorded as
+    delivered within the timeout (the worker's one webhook thread is not held)."""
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from worker.webhooks import deliver_due
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        while not stop.wait(0.2):
+            try:
+                conn.sendall(b"x")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    settings = make_settings(webhook_secret=SECRET, webhook_timeout_s=1.0)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        created = create_classifier(client, user,
+                                    callback_url=f"http://127.0.0.1:{listener.getsockname()[1]}/")
+        client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=user)
+        delivering = threading.Thread(target=deliver_due, args=(settings,), daemon=True)
+        delivering.start()
+        delivering.join(10)
+        stop.set()
+        assert not delivering.is_alive(), "the webhook thread is still reading the answer"
+        hook = client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()["webhook"]
+        assert hook["status"] == "delivered" and hook["attempts"][0]["status_code"] == 200
+    listener.close()
+
+
+def test_a_url_that_cannot_be_sent_ends_failed(make_settings: Any) -> None:
+    """A URL the API accepts but the HTTP client cannot encode (an IDN with an emoji) was an
+    exception outside the tries: retried every 40 s forever, never `failed`."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.01,
+                             webhook_max_attempts=2)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        created = create_classifier(client, user, callback_url="http://\N{GRINNING FACE}.com/")
+        client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=user)
+        job_url = f"/v1/jobs/{created['job_id']}"
+        _deliver_until(settings, lambda: client.get(job_url, headers=user).json()[
+            "webhook"]["status"] == "failed")
+        attempts = client.get(job_url, headers=user).json()["webhook"]["attempts"]
+        assert len(attempts) == 2 and all(a["status_code"] is None and a["error"] for a in attempts)
