@@ -73,11 +73,17 @@ class Client:
         self, url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0
     ) -> None:
         self.url = (url or os.environ.get("MTL_URL") or DEFAULT_URL).rstrip("/")
-        key = api_key if api_key is not None else os.environ.get("MTL_API_KEY")
+        key = (api_key if api_key is not None else os.environ.get("MTL_API_KEY") or "").strip()
         if not key:
             raise ClientError(
                 "no API key: set MTL_API_KEY (an admin creates one with "
                 "`mtl keys create --tenant NAME`)"
+            )
+        if not all("!" <= c <= "~" for c in key):
+            # Never echoed: the HTTP library's own error would print the whole key.
+            raise ClientError(
+                "the API key holds a space, line break or other character no key has; copy it "
+                "again (MTL_API_KEY)"
             )
         self._http = httpx.Client(
             base_url=self.url,

@@ -101,6 +101,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.__cause__, BodyTooLarge):
+            # A JSON body over the limit that arrived without a Content-Length (chunked):
+            # FastAPI wraps the limit's exception in its own 400 while reading the body.
+            return JSONResponse({"detail": str(exc.__cause__)}, 413)
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a JSON body that is not even text (invalid UTF-8): malformed
             # JSON, which this API answers with 422 like any other.

@@ -238,6 +238,11 @@ def test_bad_uploads(client: Any, settings: Settings, user: dict) -> None:
         assert_error(client.post("/v1/datasets", headers=user, files=many,
                                  data={"name": "x", "labels": ["a"] * count}), 413,
                      "MTL_MAX_FILES")
+    # A JSON body over the limit sent without a Content-Length (chunked) is a 413 too (it was
+    # FastAPI's 400, answered as "malformed JSON").
+    chunks = (b'{"name": "' if i == 0 else b"x" * 1_000_000 for i in range(6))
+    assert_error(client.post("/v1/classifiers", headers={**user, "Content-Type": "application/json"},
+                             content=chunks), 413, "MTL_MAX_UPLOAD_BYTES")
     broken = client.post("/v1/datasets", headers={
         **user, "Content-Type": "multipart/form-data; boundary=b"}, content=b"--b\r\n113444--b--\r\n")
     assert_error(broken, 422, "malformed multipart")

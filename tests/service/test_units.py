@@ -135,3 +135,16 @@ def test_the_embedded_broker_never_hands_out_a_half_written_message(tmp_path: Pa
         thread.join(60)
     assert errors == [] and sorted(got) == list(range(count))
     assert isinstance(transport, Transport)
+
+
+def test_a_mangled_api_key_is_refused_without_being_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key pasted with a trailing newline works; one with a space inside is refused without
+    echoing it (the HTTP library's error printed the whole header, key included)."""
+    from app.client import Client, ClientError
+
+    secret = "mtl_abcd1234_S3CRETS3CRETS3CRET"
+    monkeypatch.setenv("MTL_API_KEY", secret + "\r\n")
+    assert Client("http://127.0.0.1:9")._http.headers["Authorization"] == f"Bearer {secret}"
+    with pytest.raises(ClientError, match="copy it again") as refused:
+        Client("http://127.0.0.1:9", api_key=secret[:12] + " " + secret[12:])
+    assert "S3CRET" not in str(refused.value)
