@@ -98,6 +98,9 @@ class VerifiedKeyCache:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, VerifiedKey]] = OrderedDict()
+        # Prefixes revoked through this process in the last `ttl_s`: a request that read the key
+        # just before the revocation committed must not put it back after `forget`.
+        self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, digest: str) -> VerifiedKey | None:
@@ -114,14 +117,19 @@ class VerifiedKeyCache:
         if self.ttl_s <= 0:
             return
         with self._lock:
+            if self._revoked.get(key.prefix, 0.0) > time.monotonic():
+                return
             self._entries.pop(digest, None)
             self._entries[digest] = (time.monotonic() + self.ttl_s, key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
     def forget(self, prefix: str) -> None:
-        """Drop the key with this prefix (revoked through this process)."""
+        """Drop the key with this prefix (revoked through this process), and keep it out."""
         with self._lock:
+            now = time.monotonic()
+            self._revoked = {p: t for p, t in self._revoked.items() if t > now}
+            self._revoked[prefix] = now + self.ttl_s
             for digest in [d for d, (_, k) in self._entries.items() if k.prefix == prefix]:
                 del self._entries[digest]
 

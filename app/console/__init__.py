@@ -8,6 +8,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC = Path(__file__).parent / "static"
 # The page holds an API key: it runs only its own script and talks only to this server.
@@ -17,8 +19,18 @@ CONSOLE_CSP = (
 )
 
 
+class _ConsoleFiles(StaticFiles):
+    """The console's files with its policy on every answer: the page is also reachable as
+    /console/index.html, which must not be framed or run other scripts either."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
+        return response
+
+
 def install_console(app: FastAPI) -> None:
-    app.mount("/console", StaticFiles(directory=STATIC), name="console")
+    app.mount("/console", _ConsoleFiles(directory=STATIC), name="console")
 
     @app.get("/", include_in_schema=False)
     async def console() -> FileResponse:

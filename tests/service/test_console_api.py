@@ -149,6 +149,10 @@ def test_console_is_served_at_the_root(client: Any) -> None:
     # The key is kept in session storage and sent as a header, never put in a URL.
     assert "sessionStorage" in script and "localStorage" not in script
     assert "?key=" not in script and "api_key=" not in script
+    # The policy (no framing, only its own script) comes with the page wherever it is served.
+    for path in ("/", "/console/index.html", "/console/console.js"):
+        policy = client.get(path).headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, path
 
 
 def test_docs_and_redoc_load_only_local_assets(client: Any) -> None:

@@ -104,6 +104,12 @@ def test_cache_keeps_found_keys_for_a_bounded_time(monkeypatch: pytest.MonkeyPat
     assert cache.get("da") is None and cache.get("dc") == c  # bounded: the oldest went
     cache.forget("c")
     assert cache.get("dc") is None and cache.get("db") == b
+    # A request that read the key just before its revocation committed cannot put it back.
+    cache.put("dc", c)
+    assert cache.get("dc") is None
+    now[0] += 5.1  # (a key is never un-revoked; its prefix is only remembered for the TTL)
+    cache.put("dc", c)
+    assert cache.get("dc") == c
     off = VerifiedKeyCache(ttl_s=0)
     off.put("da", a)
     assert off.get("da") is None
