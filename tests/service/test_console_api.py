@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from typing import Any
 
 from PIL import Image
@@ -68,6 +69,20 @@ def test_job_events_need_the_key_and_the_tenant(client: Any, settings: Settings,
     assert bad.status_code == 401
     other = new_key(settings, "other")
     assert client.get(f"/v1/jobs/{job_id}/events", headers=other).status_code == 404
+    # A stream does not outlive its key: revoked while it is open, the stream ends (the job
+    # itself, queued with no worker, would never finish).
+    admin = new_key(settings, "ops", admin=True)
+    prefix = user["Authorization"].split("_")[1]
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=user) as res:
+        events = _events(res.iter_lines())
+        assert next(events)["status"] == "queued"
+        assert client.delete(f"/v1/admin/api-keys/{prefix}", headers=admin).status_code == 204
+        rest: list[Any] = []
+        reader = threading.Thread(target=lambda: rest.extend(events), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "the stream went on after its key was revoked"
+    assert rest == []
 
 
 def test_worker_phases_are_shown_while_running_and_cleared_when_finished(

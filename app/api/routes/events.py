@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.responses import WHY
@@ -18,7 +19,7 @@ from app.jobs import FINISHED
 from app.schemas import JobPublic
 from app.security import VerifiedKey
 from app.settings import Settings
-from app.tables import JobRecord
+from app.tables import ApiKeyRecord, JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -62,14 +63,20 @@ def _visible_job(settings: Settings, key: VerifiedKey, job_id: str) -> JobPublic
         return JobPublic.from_record(get_visible(session, key, job_id))
 
 
-def _read_job(settings: Settings, job_id: str) -> JobPublic | None:
+def _read_job(settings: Settings, job_id: str, key_prefix: str) -> JobPublic | None:
+    """The job now; None when it is gone or the stream's key was revoked since it opened (a
+    stream can last hours: it must not outlive its key)."""
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(JobRecord, job_id)
-        return None if job is None else JobPublic.from_record(job)
+        if job is None or session.scalar(
+            select(ApiKeyRecord.id).where(ApiKeyRecord.prefix == key_prefix)
+        ) is None:
+            return None
+        return JobPublic.from_record(job)
 
 
 async def job_events(
-    settings: Settings, first: JobPublic, *, poll_s: float = POLL_S
+    settings: Settings, first: JobPublic, key_prefix: str, *, poll_s: float = POLL_S
 ) -> AsyncIterator[str]:
     """One `job` event with the job's JSON whenever it changes, until it has finished."""
     yield "retry: 2000\n\n"
@@ -87,7 +94,7 @@ async def job_events(
         if job.status in FINISHED:
             return
         await asyncio.sleep(poll_s)
-        job = await run_in_threadpool(_read_job, settings, first.id)
+        job = await run_in_threadpool(_read_job, settings, first.id, key_prefix)
 
 
 @router.get(
@@ -115,6 +122,6 @@ async def stream_job_events(
     """
     first = await run_in_threadpool(_visible_job, settings, key, job_id)
     return EventStreamResponse(
-        job_events(settings, first),
+        job_events(settings, first, key.prefix),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
