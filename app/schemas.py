@@ -363,3 +363,8 @@ class ApiKeyPublic(FromRecord):
     tenant: str
     scope: str
     created_at: datetime
+
+
+class WebhookSigningSecret(BaseModel):
+    tenant: str
+    secret: str = Field(description="HMAC-SHA256 key of this tenant's webhook signatures")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -26,6 +27,13 @@ def hash_key(key: str) -> str:
 def key_prefix(key: str) -> str | None:
     parts = key.split("_")
     return parts[1] if len(parts) == 3 and parts[0] == "mtl" else None
+
+
+def tenant_webhook_secret(server_secret: str, tenant: str) -> str:
+    """The key that signs `tenant`'s webhooks (`GET /v1/webhooks/signing-secret`), derived from
+    MTL_WEBHOOK_SECRET: each tenant verifies its own deliveries and cannot sign another's."""
+    digest = hmac.new(server_secret.encode(), b"webhooks:" + tenant.encode(), hashlib.sha256)
+    return f"whsec_{digest.hexdigest()}"
 
 
 def create_api_key(*, session: Session, tenant: str, admin: bool) -> tuple[str, ApiKeyRecord]:

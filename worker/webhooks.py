@@ -3,8 +3,10 @@ cancelled while queued, failed by recovery), a worker POSTs the job's JSON there
 retries with exponential backoff until the receiver answers 2xx or `MTL_WEBHOOK_MAX_ATTEMPTS`
 tries have failed. Every try is recorded on the job (`webhook.attempts` in its JSON).
 
-Signature: `X-MTL-Signature: sha256=<hex>`, the HMAC-SHA256 with `MTL_WEBHOOK_SECRET` of
-`<X-MTL-Timestamp>.<body>` (the timestamp in Unix seconds, so a receiver can refuse old replays).
+Signature: `X-MTL-Signature: sha256=<hex>`, the HMAC-SHA256 of `<X-MTL-Timestamp>.<body>` (the
+timestamp in Unix seconds, so a receiver can refuse old replays) with the job's tenant's key,
+derived from `MTL_WEBHOOK_SECRET` (`app.security.tenant_webhook_secret`; a tenant reads its own
+from `GET /v1/webhooks/signing-secret`), so no tenant can sign another's deliveries.
 
 Each worker runs `webhook_loop` in a thread. A try is claimed with one conditional UPDATE that
 moves `webhook_next_at` past the try's timeout, so two workers never send the same try, and a
@@ -28,6 +30,7 @@ from app.db import session_scope
 from app.jobs import FINISHED
 from app.logs import job_context
 from app.schemas import JobPublic
+from app.security import tenant_webhook_secret
 from app.settings import Settings
 from app.tables import JobRecord, utcnow
 
@@ -86,7 +89,7 @@ def deliver(settings: Settings, job_id: str) -> bool:
             return False
         job = session.get(JobRecord, job_id)
         assert job is not None and job.callback_url
-        url, request_id = job.callback_url, job.request_id
+        url, request_id, tenant = job.callback_url, job.request_id, job.tenant
         body = json.dumps(JobPublic.from_record(job).model_dump(mode="json")).encode()
         tries = len(job.webhook_attempts or []) + 1
     timestamp = str(int(time.time()))
@@ -94,7 +97,9 @@ def deliver(settings: Settings, job_id: str) -> bool:
         "Content-Type": "application/json",
         "User-Agent": "mtl-service-webhook",
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: signature(settings.webhook_secret, timestamp, body),
+        SIGNATURE_HEADER: signature(
+            tenant_webhook_secret(settings.webhook_secret, tenant), timestamp, body
+        ),
         "X-MTL-Job-Id": job_id,
         "X-MTL-Delivery-Attempt": str(tries),
     }

@@ -171,6 +171,10 @@ EXAMPLES: dict[str, Any] = {
         "scope": "user",
     },
     "ApiKeyPublic": {"prefix": "1a2b3c4d", "tenant": "acme", "scope": "user", "created_at": _TIME},
+    "WebhookSigningSecret": {
+        "tenant": "acme",
+        "secret": "whsec_5b1d0c4f9e2a7b3c8d6e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e",
+    },
 }
 
 # Responses whose body has no named schema: keyed by (method, path).

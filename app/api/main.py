@@ -12,10 +12,12 @@ from app.api.routes import (
     health,
     jobs,
     metrics,
+    webhooks,
 )
 
 api_router = APIRouter()
 for module in (
-    health, metrics, datasets, dataset_images, classifiers, jobs, events, base_models, admin
+    health, metrics, datasets, dataset_images, classifiers, jobs, events, base_models, webhooks,
+    admin,
 ):
     api_router.include_router(module.router)

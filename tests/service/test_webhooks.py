@@ -99,8 +99,14 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
         # although deliver_due is called every 20 ms.
         first, second, third = receiver.times
         assert second - first >= 0.2 and third - second >= 0.4
+        # Each tenant verifies with its own key, which signs nobody else's deliveries.
+        signing = client.get("/v1/webhooks/signing-secret", headers=user).json()
+        assert signing["tenant"] == "acme"
+        other = client.get("/v1/webhooks/signing-secret", headers=new_key(settings, "globex")).json()
+        assert other["secret"] != signing["secret"] and SECRET not in signing["secret"]
         for n, (headers, body) in enumerate(receiver.received, start=1):
-            expected = hmac.new(SECRET.encode(), headers["X-MTL-Timestamp"].encode() + b"." + body,
+            expected = hmac.new(signing["secret"].encode(),
+                                headers["X-MTL-Timestamp"].encode() + b"." + body,
                                 hashlib.sha256).hexdigest()
             assert headers["X-MTL-Signature"] == f"sha256={expected}"
             assert abs(int(headers["X-MTL-Timestamp"]) - time.time()) < 60
@@ -141,7 +147,8 @@ def test_pretraining_jobs_call_back_too(make_settings: Any, receiver: Receiver) 
         client.post(f"/v1/jobs/{job_id}/cancel", headers=admin)
         _deliver_until(settings, lambda: len(receiver.received) == 1)
         headers, body = receiver.received[0]
-        expected = hmac.new(SECRET.encode(), headers["X-MTL-Timestamp"].encode() + b"." + body,
+        key = client.get("/v1/webhooks/signing-secret", headers=admin).json()["secret"]
+        expected = hmac.new(key.encode(), headers["X-MTL-Timestamp"].encode() + b"." + body,
                             hashlib.sha256).hexdigest()
         assert headers["X-MTL-Signature"] == f"sha256={expected}"
         sent = json.loads(body)
@@ -160,6 +167,9 @@ def test_callback_url_needs_the_secret_and_a_url(client: Any, user: dict) -> Non
         "name": "c", "dataset_id": ds, "callback_url": "http://127.0.0.1:9/hook"})
     assert r.status_code == 422 and "MTL_WEBHOOK_SECRET" in r.json()["detail"]
     assert client.get("/v1/jobs", headers=user).json()["data"] == []
+    r = client.get("/v1/webhooks/signing-secret", headers=user)
+    assert r.status_code == 409 and "MTL_WEBHOOK_SECRET" in r.json()["detail"]
+    assert client.get("/v1/webhooks/signing-secret").status_code == 401
 
 
 def test_a_receiver_that_never_ends_its_answer_holds_nothing_up(make_settings: Any) -> None:
