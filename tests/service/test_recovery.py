@@ -40,6 +40,17 @@ def new_classifier(client: Any, headers: dict[str, str], dataset_id: str,
     return dict(r.json())
 
 
+def tiny_pretraining(client: Any, admin: dict[str, str], iterations: int) -> dict[str, Any]:
+    """A queued MTL-Reptile pretraining job on a small dataset (the API's answer)."""
+    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
+                    json={"name": "tiny", "dataset_id": upload(client, admin),
+                          "algorithm": "mtl-reptile",
+                          "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
+                                     "inner_steps": 1, "iterations": iterations}})
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
 def as_lost_worker(settings: Settings, job_id: str, **values: Any) -> None:
     """Make a job look as if its worker died while running it (no heartbeat for an hour)."""
     long_ago = utcnow() - timedelta(hours=1)
@@ -151,16 +162,11 @@ def test_a_job_over_its_time_limit_fails(client: Any, settings: Settings, admin:
     the job with a message that names the limit."""
     from worker.run import run_job
 
-    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
-                    json={"name": "long", "dataset_id": upload(client, admin),
-                          "algorithm": "mtl-reptile",
-                          "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
-                                     "inner_steps": 1, "iterations": 5000}})
-    assert r.status_code == 202, r.text
+    job_id = tiny_pretraining(client, admin, 5000)["job_id"]
     # 5,000 iterations take 20-60 s here; 3 s leave time for some even on a loaded machine.
     limited = settings.model_copy(update={"pretraining_time_limit_s": 3.0})
-    assert run_job(limited, r.json()["job_id"]) == "failed"
-    job = client.get(f"/v1/jobs/{r.json()['job_id']}", headers=admin).json()
+    assert run_job(limited, job_id) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}", headers=admin).json()
     assert job["status"] == "failed" and "MTL_PRETRAINING_TIME_LIMIT_S" in job["error"], job
     assert 0 < job["progress"]["step"] < 5000
 
@@ -211,14 +217,9 @@ def test_a_losing_pretraining_attempt_never_overwrites_the_finished_base_model(
     and installs nothing."""
     from worker.pretrain_base_model import pretrain_base_model
 
-    r = client.post("/v1/admin/pretraining-jobs", headers=admin,
-                    json={"name": "tiny", "dataset_id": upload(client, admin),
-                          "algorithm": "mtl-reptile",
-                          "params": {"filters": 8, "ways": 3, "shots": 1, "queries": 1,
-                                     "inner_steps": 1, "iterations": 20}})
-    assert r.status_code == 202, r.text
-    base_id = r.json()["base_model_id"]
-    race_two_attempts(settings, r.json()["job_id"], pretrain_base_model,
+    created = tiny_pretraining(client, admin, 20)
+    base_id = created["base_model_id"]
+    race_two_attempts(settings, created["job_id"], pretrain_base_model,
                       lambda: settings.base_models_dir / base_id / "model.safetensors")
     with session_scope(settings.resolved_database_url) as session:
         base = session.get(BaseModelRecord, base_id)
