@@ -215,6 +215,51 @@ def test_paired_comparison_of_best_mtl_and_best_baseline(tmp_path: Path) -> None
     assert "- 5-way 1-shot: MTL-Reptile − Transfer: +40.00" in (tmp_path / "table1.md").read_text()
 
 
+def _curve(accuracy: float, probe: float) -> list[dict[str, Any]]:
+    return [{"iteration": 1, "passes": 10, "accuracy": 0.2, "probe_accuracy": 0.2},
+            {"iteration": 2, "passes": 20, "accuracy": accuracy, "probe_accuracy": probe}]
+
+
+def test_comparison_with_each_side_chosen_on_validation_classes(tmp_path: Path) -> None:
+    cells = [
+        # On these cells MTL-ProtoNet is the best MTL variant and ProtoNet the best baseline...
+        _cell("transfer", 5, 1, [0.6, 0.6, 0.6, 0.6], 0.6),
+        _cell("protonet", 5, 1, [0.7, 0.7, 0.7, 0.7], 0.7),
+        _cell("mtl-reptile", 5, 1, [0.65, 0.55, 0.65, 0.55], 0.6),
+        _cell("mtl-protonet", 5, 1, [0.9, 0.9, 0.9, 0.9], 0.9),
+        _cell("transfer", 5, 5, [0.8, 0.8, 0.8, 0.8], 0.8),
+        _cell("protonet", 5, 5, [0.9, 0.9, 0.9, 0.9], 0.9),
+        _cell("mtl-reptile", 5, 5, [0.81, 0.79, 0.81, 0.79], 0.8),
+        _cell("mtl-protonet", 5, 5, [0.95, 0.95, 0.95, 0.95], 0.95),
+    ]
+    # ...but on the validation classes MTL-Reptile and Transfer stood highest (Transfer by its probe,
+    # the better of its curve's two scores; earlier points do not count).
+    methods = {"transfer": {"validation": _curve(0.70, 0.85)}, "protonet": {"validation": _curve(0.80, 0.81)},
+               "mtl-reptile": {"validation": _curve(0.83, 0.50)}, "mtl-protonet": {"validation": _curve(0.82, 0.82)}}
+    for info in methods.values():
+        info.update(iterations=2, train_seconds=1.0, adaptation={})
+    report: dict[str, Any] = {"cells": cells, "methods": methods, "dataset": "omniglot", "profile": "fair",
+                              "unseen_classes": "u", "budget": "b", "evaluation": "e", "machine": "m",
+                              "commit": "c", "command": "mtl bench table1"}
+    add_paired_comparison(report)
+    assert {(p["best_mtl"], p["best_baseline"]) for p in report["paired"]} == {("mtl-protonet", "protonet")}
+    assert report["summary"] == {"won": 2, "tied": 0, "lost": 0}
+    by_validation = {(p["ways"], p["shots"]): p for p in report["paired_by_validation"]}
+    assert {(p["best_mtl"], p["best_baseline"]) for p in by_validation.values()} == {("mtl-reptile", "transfer")}
+    assert by_validation[(5, 1)]["difference"] == pytest.approx(0.0)
+    assert by_validation[(5, 1)]["verdict"] == "tied"
+    assert report["summary_by_validation"] == {"won": 0, "tied": 2, "lost": 0}
+    write_markdown(report, tmp_path / "table1.md")
+    table = (tmp_path / "table1.md").read_text()
+    assert "Chosen on validation classes instead of on these cells" in table
+    assert "MTL-Reptile − Transfer: +0.00" in table
+
+    # A scored method without a training curve: no choice on validation is made for its side.
+    del methods["protonet"]["validation"]
+    add_paired_comparison(report)
+    assert report["paired_by_validation"] == [] and report["summary_by_validation"]["tied"] == 0
+
+
 def test_omniglot_vinyals_splits_for_table1(shared_data: Path) -> None:
     splits = load_splits("omniglot-vinyals", PROFILES[("omniglot-vinyals", "smoke")])
     base, unseen = splits.base, splits.unseen
