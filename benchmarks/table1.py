@@ -384,6 +384,13 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                                                            // config.passes_per_iteration()))
         net, card = load_base_model(ckpt, device=dev)
         previous = report["methods"].get(method, {})
+        if previous.get("weights_sha256") and previous["weights_sha256"] != card.get("weights_sha256"):
+            # The checkpoint was trained again since these cells and this choice were made: they
+            # belong to another model and would be reported beside the new one's.
+            print(f"[{method}] its checkpoint changed since {results_path} was written: its cells "
+                  "and adaptation choice are made again", file=sys.stderr, flush=True)
+            previous = {}
+            report["cells"] = [c for c in report["cells"] if c["method"] != method]
         choice = previous.get("adaptation_choice")
         if len(candidates) > 1 and val is not None and not choice:
             choice = choose_adaptation(net, val, candidates, profile)
@@ -436,9 +443,12 @@ def validation_curve(val: Any, adapt: Any, profile: Profile) -> Any:
 
     def validate(net: Any) -> dict[str, float]:
         scores: dict[str, float] = {}
+        # On the network's own device: evaluate() moves the network it is given, and this one is
+        # still being trained (on a GPU it would otherwise come back on the CPU).
+        device = str(next(net.parameters()).device)
         for key, config in (("accuracy", adapt), ("probe_accuracy", probe)):
             cell = evaluate(net, val, ways=5, shots=1, queries=15, episodes=min(CURVE_EPISODES, profile.episodes),
-                            config=config, seed=12345, device="cpu")
+                            config=config, seed=12345, device=device)
             scores[key], scores[key.replace("accuracy", "ci95")] = cell.accuracy, cell.ci95
         return scores
 

@@ -61,6 +61,19 @@ def test_table1_harness_writes_json_markdown_and_chart(shared_data: Path, tmp_pa
     assert main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(out),
                  "--methods", "transfer,protonet,mtl-reptile", "--device", "cpu"]) == 0
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 6
+    # ...unless a method's checkpoint was trained again since (another hash): its cells then
+    # belong to another model and are made again; the other methods' stay.
+    stale = json.loads((out / "results.json").read_text())
+    for c in stale["cells"]:
+        c["accuracy"] = 2.0
+    stale["methods"]["transfer"]["weights_sha256"] = "0" * 64
+    (out / "results.json").write_text(json.dumps(stale))
+    assert main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(out),
+                 "--methods", "transfer,protonet,mtl-reptile", "--device", "cpu"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert sorted((c["method"], c["accuracy"] <= 1) for c in again["cells"]) == sorted(
+        [("transfer", True)] * 2 + [("protonet", False)] * 2 + [("mtl-reptile", False)] * 2)
+    assert again["methods"]["transfer"]["weights_sha256"] == report["methods"]["transfer"]["weights_sha256"]
 
 
 def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Path) -> None:
