@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -328,10 +328,12 @@ def method_config(method: str, profile: Profile) -> Any:
 
 
 def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str,
-        cells: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+        cells: list[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, Any]:
     """Pretrain (or reuse) each method's base model and score it in the profile's cells (only
     `cells`, (ways, shots) pairs, when given: a method's cells can then run in several processes
-    side by side and be merged)."""
+    side by side and be merged). `seed` is the pretraining seed (0 in every committed report);
+    another one pretrains into its own checkpoint folder and scores on the same episodes, which
+    is how a result is replicated."""
     from models.adaptation import evaluate
     from models.checkpoint import load_base_model, load_checkpoint
     from models.config import AdaptConfig
@@ -349,7 +351,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         "machine": machine_description(), "commit": git_commit(),
         "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
         + (f" --methods {','.join(methods)}" if methods != METHODS else "")
-        + (f" --cells {','.join(f'{w}x{k}' for w, k in cells)}" if cells else ""),
+        + (f" --cells {','.join(f'{w}x{k}' for w, k in cells)}" if cells else "")
+        + (f" --seed {seed}" if seed else ""),
         "unseen_classes": UNSEEN_CLASSES[dataset],
         "evaluation": "non-transductive; identical seeded episodes for every method",
     })
@@ -362,10 +365,11 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     smallest = min(unseen.class_counts())
     # Smoke runs (the tests) keep their checkpoints with their report, never reusing an old one.
     smoke = profile_name.endswith("smoke")
-    ckpt_root = (out / "checkpoints" if smoke else REPO / "runs" / "bench") / f"{dataset}-{profile_name}"
+    ckpt_root = ((out / "checkpoints" if smoke else REPO / "runs" / "bench")
+                 / (f"{dataset}-{profile_name}" + (f"-seed{seed}" if seed else "")))
     started = time.perf_counter()
     for method in methods:
-        config = method_config(method, profile)
+        config = replace(method_config(method, profile), seed=seed)
         ckpt = ckpt_root / method
         try:
             _, card = load_checkpoint(ckpt)
@@ -827,6 +831,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: benchmarks/results/table1-<dataset>-<profile>")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--seed", type=int, default=0,
+                   help="pretraining seed (default 0, as in the committed reports); another seed "
+                   "pretrains each method again into its own checkpoint folder and scores it on "
+                   "the same episodes: a replication")
     p.add_argument("--cells", default="", help="only these cells, e.g. 20x1,20x5 (ways x shots): "
                    "one method's cells in several processes, merged with --merge")
     p.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
@@ -857,7 +865,9 @@ def main(args: argparse.Namespace) -> int:
         if outside:
             raise SystemExit(f"error: --cells {', '.join(outside)} not in the {args.profile} profile's "
                              f"grid (ways {profile.ways}, shots {profile.shots})")
-        report = run(args.dataset, args.profile, out, methods, args.device, cells or None)
+        if args.seed < 0:
+            raise SystemExit(f"error: --seed must be 0 or more, got {args.seed}")
+        report = run(args.dataset, args.profile, out, methods, args.device, cells or None, args.seed)
     print((out / "table1.md").read_text())
     print(f"wrote {out}/results.json, table1.md, table1.png "
           f"({report.get('wall_clock_seconds', 0) / 60:.0f} min)")

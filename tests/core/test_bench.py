@@ -425,3 +425,24 @@ def test_the_nine_cell_grid_scores_the_fair_profiles_pretraining() -> None:
     assert (grid.ways, grid.shots) == ([5, 20, 35], [1, 5, 15])
     for method in FAIR_METHODS:
         assert method_config(method, fair) == method_config(method, grid)
+
+
+def test_table1_seed_pretrains_again_apart_and_does_not_merge_with_seed_0(shared_data: Path, tmp_path: Path) -> None:
+    def smoke(out: Path, *extra: str) -> dict[str, Any]:
+        assert main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(out),
+                     "--methods", "transfer", "--device", "cpu", *extra]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    first, again = smoke(tmp_path / "s0"), smoke(tmp_path / "s1", "--seed", "1")
+    a, b = first["methods"]["transfer"], again["methods"]["transfer"]
+    assert (a["config"]["seed"], b["config"]["seed"]) == (0, 1)
+    assert b["checkpoint"].endswith("omniglot-smoke-seed1/transfer") and a["checkpoint"].endswith("omniglot-smoke/transfer")
+    assert a["weights_sha256"] != b["weights_sha256"]
+    assert again["command"].endswith("--seed 1")
+    # The two are replications of one method, not parts of one table.
+    with pytest.raises(SystemExit, match="transfer is in both"):
+        main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "m"),
+              "--merge", str(tmp_path / "s0"), str(tmp_path / "s1")])
+    with pytest.raises(SystemExit, match="--seed must be 0 or more"):
+        main(["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "x"),
+              "--methods", "transfer", "--seed", "-1"])
