@@ -559,13 +559,10 @@ def add_paired_comparison(report: dict[str, Any]) -> None:
     """
     from models.adaptation import paired_difference
 
-    order = {m: i for i, m in enumerate(METHODS)}
-
     def best(group: list[dict[str, Any]]) -> dict[str, Any] | None:
         # Highest mean wins; an exact tie goes to the method listed first in METHODS, so the
         # choice does not depend on the order the cells were run or merged in.
-        return min(group, key=lambda c: (-c["accuracy"], order.get(c["method"], len(order)), c["method"]),
-                   default=None)
+        return min(group, key=lambda c: (-c["accuracy"], *_listed(c["method"])), default=None)
 
     rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for c in report.get("cells", []):
@@ -594,7 +591,7 @@ def add_paired_comparison(report: dict[str, Any]) -> None:
             own = [by_method[m] for m in ("transfer", variant.removeprefix("mtl-")) if m in by_method]
             per_variant += pair(ways, shots, by_method[variant], best(own))
     report["paired"] = paired
-    report["summary"] = {v: sum(p["verdict"] == v for p in paired) for v in ("won", "tied", "lost")}
+    report["summary"] = _tally(paired)
     report["per_variant"] = per_variant
     # The same comparison with each side's method chosen on validation classes, not on the very
     # episodes it is then scored on (picking the best of four MTL variants and of five baselines
@@ -606,8 +603,17 @@ def add_paired_comparison(report: dict[str, Any]) -> None:
             by_method = {c["method"]: c for c in cells}
             by_validation += pair(ways, shots, by_method.get(picked["mtl"]), by_method.get(picked["baseline"]))
     report["paired_by_validation"] = by_validation
-    report["summary_by_validation"] = {v: sum(p["verdict"] == v for p in by_validation)
-                                       for v in ("won", "tied", "lost")}
+    report["summary_by_validation"] = _tally(by_validation)
+
+
+def _tally(pairs: list[dict[str, Any]]) -> dict[str, int]:
+    """How many paired rows were won, tied and lost."""
+    return {v: sum(p["verdict"] == v for p in pairs) for v in ("won", "tied", "lost")}
+
+
+def _listed(method: str) -> tuple[int, str]:
+    """A method's place in METHODS, the tie-break wherever two methods score exactly alike."""
+    return (METHODS.index(method) if method in METHODS else len(METHODS), method)
 
 
 def validation_score(info: dict[str, Any]) -> float | None:
@@ -630,8 +636,7 @@ def validation_pick(report: dict[str, Any], side: str) -> str | None:
     scores = {m: validation_score(methods.get(m, {})) for m in scored}
     if not scores or any(v is None for v in scores.values()):
         return None
-    order = {m: i for i, m in enumerate(METHODS)}
-    return min(scores, key=lambda m: (-(scores[m] or 0.0), order.get(m, len(order)), m))
+    return min(scores, key=lambda m: (-(scores[m] or 0.0), *_listed(m)))
 
 
 def _paired_text(p: dict[str, Any]) -> str:
