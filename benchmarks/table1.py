@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.splits import DATASETS
+from models.config import PRECISIONS  # torch-free
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["transfer", "protonet", "mtl-protonet", "reptile", "mtl-reptile", "maml", "mtl-maml",
@@ -328,12 +329,16 @@ def method_config(method: str, profile: Profile) -> Any:
 
 
 def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str,
-        cells: list[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, Any]:
+        cells: list[tuple[int, int]] | None = None, seed: int = 0, precision: str = "fp32",
+        eval_precision: str | None = None, workers: int = 1) -> dict[str, Any]:
     """Pretrain (or reuse) each method's base model and score it in the profile's cells (only
     `cells`, (ways, shots) pairs, when given: a method's cells can then run in several processes
     side by side and be merged). `seed` is the pretraining seed (0 in every committed report);
     another one pretrains into its own checkpoint folder and scores on the same episodes, which
-    is how a result is replicated."""
+    is how a result is replicated. `precision` is the pretraining's (a bf16 run pretrains into
+    its own checkpoint folder), `eval_precision` the adaptation's (default: the same); `workers`
+    spreads each cell's episodes over that many one-thread processes (the same result as one
+    process at one thread)."""
     from models.adaptation import evaluate
     from models.checkpoint import load_base_model, load_checkpoint
     from models.config import AdaptConfig
@@ -342,6 +347,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
 
     profile = PROFILES[(dataset, profile_name)]
     dev = resolve_device(device)
+    eval_precision = eval_precision or precision
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     report: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -352,7 +358,11 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
         + (f" --methods {','.join(methods)}" if methods != METHODS else "")
         + (f" --cells {','.join(f'{w}x{k}' for w, k in cells)}" if cells else "")
-        + (f" --seed {seed}" if seed else ""),
+        + (f" --seed {seed}" if seed else "")
+        + (f" --precision {precision}" if precision != "fp32" else "")
+        + (f" --eval-precision {eval_precision}" if eval_precision != precision else "")
+        + (f" --workers {workers}" if workers > 1 else ""),
+        "precision": {"pretraining": precision, "evaluation": eval_precision},
         "unseen_classes": UNSEEN_CLASSES[dataset],
         "evaluation": "non-transductive; identical seeded episodes for every method",
     })
@@ -366,10 +376,11 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     # Smoke runs (the tests) keep their checkpoints with their report, never reusing an old one.
     smoke = profile_name.endswith("smoke")
     ckpt_root = ((out / "checkpoints" if smoke else REPO / "runs" / "bench")
-                 / (f"{dataset}-{profile_name}" + (f"-seed{seed}" if seed else "")))
+                 / (f"{dataset}-{profile_name}" + (f"-seed{seed}" if seed else "")
+                    + (f"-{precision}" if precision != "fp32" else "")))
     started = time.perf_counter()
     for method in methods:
-        config = replace(method_config(method, profile), seed=seed)
+        config = replace(method_config(method, profile), seed=seed, precision=precision)
         ckpt = ckpt_root / method
         try:
             _, card = load_checkpoint(ckpt)
@@ -382,7 +393,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         if not done:
             print(f"[{method}] pretraining {config.iterations} iterations "
                   f"({config.passes_per_iteration()} passes each)", file=sys.stderr, flush=True)
-            validate = validation_curve(val, adapt, profile) if val is not None else None
+            validate = (validation_curve(val, adapt, profile, eval_precision, workers)
+                        if val is not None else None)
             pretrain(config, base, device=dev, out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120,
                      validate=validate, validate_every=max(1, profile.validate_every
                                                            // config.passes_per_iteration()))
@@ -397,7 +409,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
             report["cells"] = [c for c in report["cells"] if c["method"] != method]
         choice = previous.get("adaptation_choice")
         if len(candidates) > 1 and val is not None and not choice:
-            choice = choose_adaptation(net, val, candidates, profile)
+            choice = choose_adaptation(net, val, candidates, profile, eval_precision, workers)
             print(f"[{method}] adaptation on validation: {json.dumps(choice)}", file=sys.stderr, flush=True)
         if choice:
             adapt = AdaptConfig(**max(choice, key=lambda c: c["accuracy"])["adaptation"])
@@ -419,7 +431,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                 queries = min(queries, smallest - shots)
                 t0 = time.perf_counter()
                 cell = evaluate(net, unseen, ways=ways, shots=shots, queries=queries,
-                                episodes=profile.episodes, config=adapt, seed=2019, device=dev)
+                                episodes=profile.episodes, config=adapt, seed=2019, device=dev,
+                                precision=eval_precision, workers=workers)
                 row = {"method": method, **cell.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
                 print(json.dumps({k: v for k, v in row.items() if k != "per_episode"}),
                       file=sys.stderr, flush=True)
@@ -435,7 +448,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
 CURVE_EPISODES = 60
 
 
-def validation_curve(val: Any, adapt: Any, profile: Profile) -> Any:
+def validation_curve(val: Any, adapt: Any, profile: Profile, precision: str = "fp32",
+                     workers: int = 1) -> Any:
     """The `validate` callback of a training curve: 5-way 1-shot on the validation classes with
     `adapt` (the method's first candidate adaptation: for the fair recipe, fine-tuning a zero head;
     the one it keeps is chosen after pretraining), and with the prototype head alone (a probe of
@@ -452,7 +466,8 @@ def validation_curve(val: Any, adapt: Any, profile: Profile) -> Any:
         device = str(next(net.parameters()).device)
         for key, config in (("accuracy", adapt), ("probe_accuracy", probe)):
             cell = evaluate(net, val, ways=5, shots=1, queries=15, episodes=min(CURVE_EPISODES, profile.episodes),
-                            config=config, seed=12345, device=device)
+                            config=config, seed=12345, device=device, precision=precision,
+                            workers=workers)
             scores[key], scores[key.replace("accuracy", "ci95")] = cell.accuracy, cell.ci95
         return scores
 
@@ -470,7 +485,8 @@ def choice_cells(val: Any, profile: Profile) -> list[tuple[int, int]]:
     return [small] if large == small else [small, large]
 
 
-def choose_adaptation(net: Any, val: Any, candidates: list[Any], profile: Profile) -> list[dict[str, Any]]:
+def choose_adaptation(net: Any, val: Any, candidates: list[Any], profile: Profile,
+                      precision: str = "fp32", workers: int = 1) -> list[dict[str, Any]]:
     """Each candidate adaptation's accuracy on the validation classes at `choice_cells` (100
     episodes at the smallest, 50 at the largest, the tuning seed), and their mean as
     `accuracy`: the report keeps them all and uses the best mean."""
@@ -483,7 +499,7 @@ def choose_adaptation(net: Any, val: Any, candidates: list[Any], profile: Profil
         for i, (ways, shots) in enumerate(choice_cells(val, profile)):
             cell = evaluate(net, val, ways=ways, shots=shots, queries=min(15, smallest_class - shots),
                             episodes=min(100 if i == 0 else 50, profile.episodes), config=config,
-                            seed=12345, device="cpu")
+                            seed=12345, device="cpu", precision=precision, workers=workers)
             cells.append({"ways": ways, "shots": shots, "accuracy": round(cell.accuracy, 5),
                           "ci95": round(cell.ci95, 5)})
         rows.append({"adaptation": asdict(config),
@@ -679,6 +695,9 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
         if _with_defaults(rep.get("profile_settings")) != settings:
             raise MergeError(f"{part} ran with other {profile_name} profile settings than this "
                              "code's; rerun it")
+        if merged and _precision(rep) != _precision(merged):
+            raise MergeError(f"{part} ran in precision {_precision(rep)}, another part in "
+                             f"{_precision(merged)}")
         if not merged:
             merged = {k: v for k, v in rep.items() if k not in ("methods", "cells", "merged_from")}
             merged.update(methods={}, cells=[], merged_from={})
@@ -723,6 +742,11 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
                          + " ".join(str(p) for p in parts))
     write_report(merged, out)
     return merged
+
+
+def _precision(report: dict[str, Any]) -> dict[str, str]:
+    """A report's pretraining and evaluation precision (fp32 for reports from before the option)."""
+    return report.get("precision") or {"pretraining": "fp32", "evaluation": "fp32"}
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
@@ -773,7 +797,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                   "(the paper's claim), paired over the same episodes:", ""]
         for p in report["per_variant"]:
             lines.append(f"- {p['ways']}-way {p['shots']}-shot: {_paired_text(p)}")
+    precision = _precision(report)
     lines += ["", f"Machine: {report['machine']}. Commit: {report['commit']}. "
+              + (f"Precision: pretraining {precision['pretraining']}, evaluation "
+                 f"{precision['evaluation']}. " if set(precision.values()) != {"fp32"} else "")
               + ("Wall clock of the longest part: " if report.get("merged_from") else "Wall clock: ")
               + f"{report.get('wall_clock_seconds', 0) / 60:.0f} min. "
               f"Command: `{report['command']}`.", ""]
@@ -842,6 +869,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the same episodes: a replication")
     p.add_argument("--cells", default="", help="only these cells, e.g. 20x1,20x5 (ways x shots): "
                    "one method's cells in several processes, merged with --merge")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="pretraining precision: bf16 autocast where the hardware has it (its "
+                        "checkpoints go to their own folder), or fp32 (default)")
+    p.add_argument("--eval-precision", choices=PRECISIONS, default=None,
+                   help="the adaptation's precision when scoring (default: --precision)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes (one torch thread each) that share each cell's episodes; "
+                        "the result equals one process's at one thread")
     p.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
                    help="instead of running, combine finished runs of disjoint --methods subsets "
                         "(their --out folders) into one report in --out")
@@ -872,7 +907,10 @@ def main(args: argparse.Namespace) -> int:
                              f"grid (ways {profile.ways}, shots {profile.shots})")
         if args.seed < 0:
             raise SystemExit(f"error: --seed must be 0 or more, got {args.seed}")
-        report = run(args.dataset, args.profile, out, methods, args.device, cells or None, args.seed)
+        if args.workers < 1:
+            raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
+        report = run(args.dataset, args.profile, out, methods, args.device, cells or None, args.seed,
+                     args.precision, args.eval_precision, args.workers)
     print((out / "table1.md").read_text())
     print(f"wrote {out}/results.json, table1.md, table1.png "
           f"({report.get('wall_clock_seconds', 0) / 60:.0f} min)")

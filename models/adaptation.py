@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,9 +15,10 @@ from torch import nn
 
 from models.backbones import to_backbone_input
 from models.config import AdaptConfig
-from models.data import EpisodeSampler, ImageSet, augment_images, to_float
+from models.data import Episode, EpisodeSampler, ImageSet, augment_images, to_float
 from models.errors import ConfigError, TrainingCancelled
 from models.network import Classifier, MetaNet
+from models.precision import autocast
 
 
 def _init_head(
@@ -65,9 +66,11 @@ def adapt(
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "fp32",
 ) -> Classifier:
     """Fine-tune every layer of a copy of `net` with SGD on `images` (floats in [0, 1]) labelled
-    0..C-1 under a fresh C-way head. The base model is left untouched."""
+    0..C-1 under a fresh C-way head. The base model is left untouched. `precision` "bf16" runs
+    the steps' forward and backward passes under autocast (the weights stay fp32)."""
     config = config or AdaptConfig()
     num_classes = int(labels.max()) + 1 if len(labels) else 0
     if num_classes < 2:
@@ -101,7 +104,8 @@ def adapt(
                 xb, yb = images, labels
             if config.augment:
                 xb = augment_images(xb, gen)
-            loss = F.cross_entropy(clf(xb), yb)
+            with autocast(precision, images.device):
+                loss = F.cross_entropy(clf(xb), yb)
             if not torch.isfinite(loss):
                 raise ConfigError(
                     f"adaptation diverged at step {step + 1} (lr {config.lr}); lower the learning rate"
@@ -147,6 +151,8 @@ def evaluate(
     transductive: bool = False,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int, float], None] | None = None,
+    precision: str = "fp32",
+    workers: int = 1,
 ) -> CellResult:
     """Mean query accuracy over seeded episodes of `data`'s classes, with a 95% interval.
 
@@ -154,27 +160,83 @@ def evaluate(
     Non-transductive by default: queries are predicted in eval mode, each independent of the others.
     Transductive mode predicts all queries of an episode as one train-mode batch (batch-norm
     statistics from the queries), as the paper's code did.
+
+    `workers` > 1 spreads the episodes over that many processes of one torch thread each; every
+    episode is drawn here and adapted with its own seed, so the result equals one process's at
+    one thread (`progress` then counts episodes as they finish, in any order).
     """
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     config = config or AdaptConfig()
+    device = torch.device(device)
     sampler = EpisodeSampler(data.labels, ways=ways, shots=shots, queries=queries,
                              seed=[seed, ways, shots, queries])
-    net = net.to(device)
+    drawn = [(e, sampler.sample()) for e in range(episodes)]
     accs = np.zeros(episodes)
-    for e in range(episodes):
-        ep = sampler.sample()
-        xs = to_float(data.images[ep.support]).to(device)
-        ys = ep.support_labels.to(device)
-        xq = to_float(data.images[ep.query]).to(device)
-        clf = adapt(net, xs, ys, config=config, seed=seed + e)
-        with torch.no_grad():
-            clf.train(transductive)
-            pred = clf(xq).argmax(1).cpu()
-        accs[e] = float((pred == ep.query_labels).float().mean())
-        if progress is not None:
-            progress(e + 1, episodes, float(accs[: e + 1].mean()))
+    run = _EpisodeRunner(net, data.images, config, seed, transductive, device, precision)
+    if workers == 1 or episodes <= 1:
+        results: Iterable[tuple[int, float]] = map(run, drawn)
+        pool = None
+    else:
+        pool = _episode_pool(run, min(workers, episodes))
+        results = pool.imap_unordered(_run_in_worker, drawn)
+    total = 0.0
+    try:
+        for done, (e, acc) in enumerate(results, 1):
+            accs[e] = acc
+            total += acc
+            if progress is not None:
+                progress(done, episodes, total / done)
+    finally:
+        if pool is not None:
+            pool.terminate()
     ci = 1.96 * float(accs.std(ddof=1)) / math.sqrt(episodes) if episodes > 1 else float("nan")
     return CellResult(ways, shots, queries, episodes, float(accs.mean()), ci, transductive,
                       per_episode=[round(float(a), 6) for a in accs])
+
+
+class _EpisodeRunner:
+    """Adapts to one drawn episode and scores its queries: the same code in this process or in
+    an evaluation worker (which receives it whole, the images in shared memory)."""
+
+    def __init__(self, net: MetaNet, images: torch.Tensor, config: AdaptConfig, seed: int,
+                 transductive: bool, device: torch.device, precision: str) -> None:
+        self.net, self.images, self.config = net.to(device), images, config
+        self.seed, self.transductive, self.device, self.precision = seed, transductive, device, precision
+
+    def __call__(self, item: tuple[int, Episode]) -> tuple[int, float]:
+        e, ep = item
+        xs = to_float(self.images[ep.support]).to(self.device)
+        ys = ep.support_labels.to(self.device)
+        xq = to_float(self.images[ep.query]).to(self.device)
+        clf = adapt(self.net, xs, ys, config=self.config, seed=self.seed + e, precision=self.precision)
+        with torch.no_grad(), autocast(self.precision, self.device):
+            clf.train(self.transductive)
+            pred = clf(xq).argmax(1).cpu()
+        return e, float((pred == ep.query_labels).float().mean())
+
+
+_worker_runner: _EpisodeRunner | None = None
+
+
+def _start_worker(runner: _EpisodeRunner) -> None:
+    global _worker_runner
+    # One thread each: N workers on N cores, none fighting another for them.
+    torch.set_num_threads(1)
+    _worker_runner = runner
+
+
+def _run_in_worker(item: tuple[int, Episode]) -> tuple[int, float]:
+    assert _worker_runner is not None, "evaluation worker used before its initialiser ran"
+    return _worker_runner(item)
+
+
+def _episode_pool(runner: _EpisodeRunner, workers: int) -> Any:
+    """`workers` fresh processes (spawned: a forked copy of a process with torch's thread pools
+    running can deadlock), each holding `runner`; tensors travel through shared memory."""
+    import torch.multiprocessing as mp
+
+    return mp.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=(runner,))
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:

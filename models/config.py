@@ -26,6 +26,9 @@ Combine = Literal["paper", "authors"]
 MetaSchedule = Literal["constant", "linear"]
 TransferSchedule = Literal["constant", "cosine"]
 TransferHead = Literal["zeros", "standard", "cosine"]
+# Numeric precision of forward and backward passes (models.precision; kept torch-free here).
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass
@@ -81,6 +84,10 @@ class PretrainConfig:
     # of the parts, so the result depends on this number, never on the process count. 1: one batch.
     transfer_ghost_batches: int = 1
     seed: int = 0
+    # "bf16": forward and backward passes under bf16 autocast where the hardware has it (the
+    # weights and every update stay fp32); "fp32" elsewhere, and for every run from before the
+    # option existed (`from_card`). models.precision.
+    precision: Precision = "fp32"
     # How many processes models.distributed spreads a run over (one GPU each, or CPU threads
     # divided). Results do not depend on it, so it takes no part in comparing configs: a run
     # resumes on another count.
@@ -105,7 +112,7 @@ class PretrainConfig:
         if self.meta_learner in ("maml", "fomaml", "protonet") and self.queries < 1:
             raise ConfigError(f"{self.algorithm} needs at least 1 query image per class")
         choices = {"meta_schedule": ("constant", "linear"), "transfer_schedule": ("constant", "cosine"),
-                   "transfer_head": ("zeros", "standard", "cosine")}
+                   "transfer_head": ("zeros", "standard", "cosine"), "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -203,6 +210,12 @@ class PretrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_card(cls, hyperparameters: dict[str, Any]) -> PretrainConfig:
+        """The config a checkpoint's card records; a card from before the precision option
+        was trained in fp32, whatever today's default is."""
+        return cls.from_dict({"precision": "fp32", **hyperparameters})
 
 
 

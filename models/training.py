@@ -22,6 +22,7 @@ from models.config import AdaptConfig, PretrainConfig
 from models.data import EpisodeSampler, ImageSet, augment_images, to_float
 from models.errors import CheckpointError, ConfigError, TrainingCancelled
 from models.network import MetaNet, build_metanet
+from models.precision import autocast, effective_precision
 
 
 @dataclass
@@ -157,8 +158,30 @@ def train_step(
     """
     state = {} if state is None else state
     sync = Sync() if sync is None else sync
-    learner = config.meta_learner
     theta = alg.current_params(net)
+    # Only the two directions' forward and backward passes run under autocast: the parameter
+    # arithmetic after them (Adam, momentum, the combination) stays fp32.
+    with autocast(config.precision, next(iter(theta.values())).device):
+        meta, transfer, losses = _directions(net, theta, tasks, config, rng, state, transfer_batch,
+                                             sync, iteration)
+    beta = config.effective_beta
+    meta_step = config.outer_lr * config.meta_factor(iteration)
+    if config.combine == "authors":
+        new = alg.combine_authors(theta, meta, transfer, beta=beta, epsilon=meta_step)
+    else:
+        new = alg.combine_paper(theta, meta, transfer, beta=beta, outer_lr=meta_step)
+    alg.assign_params(net, new)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _directions(
+    net: MetaNet, theta: alg.Params, tasks: list[alg.Task], config: PretrainConfig,
+    rng: np.random.Generator, state: dict[str, torch.Tensor],
+    transfer_batch: tuple[torch.Tensor, torch.Tensor] | None, sync: Sync, iteration: int,
+) -> tuple[alg.Params, alg.Params, list[float]]:
+    """The meta-learner's and the supervised directions from `theta` (each empty when its weight
+    is 0) and their losses."""
+    learner = config.meta_learner
     # A weight of zero means the direction is not needed: skip its compute entirely.
     meta: alg.Params = {}
     transfer: alg.Params = {}
@@ -183,14 +206,7 @@ def train_step(
             theta, grads, state, lr=config.transfer_lr * config.transfer_factor(iteration),
             momentum=config.momentum, weight_decay=config.weight_decay)
         losses.append(loss)
-    beta = config.effective_beta
-    meta_step = config.outer_lr * config.meta_factor(iteration)
-    if config.combine == "authors":
-        new = alg.combine_authors(theta, meta, transfer, beta=beta, epsilon=meta_step)
-    else:
-        new = alg.combine_paper(theta, meta, transfer, beta=beta, outer_lr=meta_step)
-    alg.assign_params(net, new)
-    return float(np.mean(losses)) if losses else float("nan")
+    return meta, transfer, losses
 
 
 def _meta_direction(
@@ -329,6 +345,7 @@ def pretrain(
             f"data is {data.channels}x{data.image_size}x{data.image_size} but the config asks for "
             f"{config.channels}x{config.image_size}x{config.image_size}"
         )
+    precision = effective_precision(config.precision, device)
     seed_everything(config.seed)
     fingerprint = data.fingerprint()
     mean, std = channel_stats(data)
@@ -359,7 +376,7 @@ def pretrain(
         if card:
             if card.get("data", {}).get("fingerprint") != fingerprint:
                 raise CheckpointError(f"{out_dir} was trained on different data; cannot resume")
-            if PretrainConfig.from_dict(card["hyperparameters"]) != config:
+            if PretrainConfig.from_card(card["hyperparameters"]) != config:
                 raise CheckpointError(f"{out_dir} was trained with other options; cannot resume")
             net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("_state.")})
             state = card["training"]
@@ -399,6 +416,7 @@ def pretrain(
                      "num_classes": data.num_classes},
             "seed": config.seed,
             "device": str(device),
+            "precision": precision,
             "machine": machine_description(device),
             "training": {"iteration": iteration, "iterations": config.iterations,
                          "completed": completed, "seconds": round(seconds, 2)},
