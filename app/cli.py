@@ -89,6 +89,16 @@ def _command(sub: argparse._SubParsersAction, name: str, text: str, **kwargs: An
                           **kwargs)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -151,7 +161,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
     hints = typing.get_type_hints(PretrainConfig)
     choices = {name: typing.get_args(hints[name])
-               for name in ("combine", "meta_schedule", "transfer_schedule", "transfer_head")}
+               for name in ("combine", "meta_schedule", "transfer_schedule", "transfer_head", "precision")}
     for name in ("backbone", "channels"):
         bound = PRETRAIN_BOUNDS[name]
         assert isinstance(bound, Choice)
@@ -171,6 +181,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         ("meta_schedule", "the meta step's multiplier over training (linear: annealed to 0, as Reptile)"),
         ("transfer_schedule", "the transfer learning rate's decay"),
         ("transfer_head", "the C_base-way transfer head's kind and init"),
+        ("precision", "bf16: forward and backward passes under bf16 autocast (weights stay fp32; "
+                      "fp32 with a notice where the hardware lacks bf16)"),
     ]:
         typ = int if name == "channels" else _one_of(name.replace("_", " "), choices[name])
         p.add_argument("--" + name.replace("_", "-"), dest=name, choices=choices[name],
@@ -235,7 +247,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from models.config import BN_STATS, HEAD_INITS  # torch-free
+    from models.config import BN_STATS, HEAD_INITS, PRECISIONS  # torch-free
 
     p = _command(sub, "evaluate", "episodic evaluation of a base model on unseen classes")
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by mtl pretrain")
@@ -268,6 +280,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the episodes: the same episodes for every checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--precision", choices=PRECISIONS, type=_one_of("precision", PRECISIONS),
+                   default="fp32", help="the fine-tuning's precision: bf16 autocast, or fp32")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes (one torch thread each) that share the episodes; the result "
+                        "equals one process's at one thread")
     p.add_argument("--json", type=Path, default=None,
                    help="also write the results here (default: only print them)")
     p.add_argument("--record", metavar="NAME", default=None,
@@ -280,6 +297,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.adaptation import AdaptConfig, evaluate
     from models.checkpoint import load_base_model
     from models.data import concat, load_dataset
+    from models.precision import effective_precision
     from models.training import resolve_device
 
     device = resolve_device(args.device)
@@ -291,6 +309,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                    head_init=args.head_init, prototype_scale=args.prototype_scale,
                                    bn_stats=args.bn_stats)
     smallest = min(data.class_counts())
+    precision = effective_precision(args.precision, device)
     results = []
     started = time.perf_counter()
     for ways in args.ways:
@@ -310,7 +329,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             try:
                 cell = evaluate(net, data, ways=ways, shots=shots, queries=queries,
                                 episodes=args.episodes, config=config, seed=args.seed,
-                                transductive=args.transductive, device=device, progress=on_episode)
+                                transductive=args.transductive, device=device, progress=on_episode,
+                                precision=args.precision, workers=args.workers)
             finally:
                 bar.close()
             results.append(cell.as_dict())
@@ -320,10 +340,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         "config": {"dataset": [str(p) for p in args.dataset], "algorithm": card.get("algorithm"),
                    "combine": card.get("combine"), "adaptation": vars(config),
                    "transductive": args.transductive, "seed": args.seed, "device": str(device),
+                   "precision": precision, "workers": args.workers,
                    "seconds": round(time.perf_counter() - started, 1)},
     }
     mode = "transductive" if args.transductive else "non-transductive"
-    print(f"{card.get('algorithm')} on {' + '.join(map(str, args.dataset))} ({mode}; adaptation {vars(config)})")
+    print(f"{card.get('algorithm')} on {' + '.join(map(str, args.dataset))} ({mode}; "
+          f"{precision}; adaptation {vars(config)})")
     print(f"{'ways':>5} {'shots':>5} {'queries':>7} {'episodes':>8} {'accuracy':>9} {'ci95':>7}")
     for r in results:
         print(f"{r['ways']:>5} {r['shots']:>5} {r['queries']:>7} {r['episodes']:>8} "
