@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
+from models.precision import bf16_supported
 from tests.service.conftest import new_key
 from tests.utils.images import omniglot_png, omniglot_zip
 from tests.utils.processes import wait_for_job
@@ -101,8 +102,9 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
                      files={"archive": ("g.zip", omniglot_zip(CHARACTERS, range(6)))}).json()
     # Long enough (several 1 s checkpoints on a quiet machine) that the kill lands mid-run: at 150
     # iterations a fast machine finished the job between two polls.
+    # In bf16 (params.precision): resuming must continue it in bf16.
     params = {"filters": 16, "ways": 5, "shots": 2, "queries": 2, "meta_batch": 1,
-              "inner_steps": 1, "iterations": 600}
+              "inner_steps": 1, "iterations": 600, "precision": "bf16"}
     r = client.post("/v1/admin/pretraining-jobs", headers=admin,
                     json={"name": "tiny", "dataset_id": ds["id"], "algorithm": "mtl-reptile",
                           "params": params})
@@ -132,6 +134,8 @@ def test_pretraining_resumes_after_worker_kill(client: Any, settings: Settings,
     assert job["metrics"]["resumed_from_iteration"] >= checkpointed["iteration"] > 0
     final = json.loads((settings.base_models_dir / base_id / "model.json").read_text())
     assert final["training"]["completed"] and final["training"]["iteration"] == 600
+    assert final["hyperparameters"]["precision"] == "bf16"
+    assert final["precision"] == ("bf16" if bf16_supported("cpu") else "fp32")
     assert [p.name for p in settings.base_models_dir.iterdir()] == [base_id]
     base = next(m for m in client.get("/v1/base-models", headers=admin).json()["data"]
                 if m["id"] == base_id)
