@@ -148,6 +148,7 @@ def test_without_native_bf16_a_run_is_fp32_with_one_notice(
         assert torch.equal(p, q), name
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_precision_end_to_end_through_the_cli(shared_data: Path, tmp_path: Path) -> None:
     """`mtl pretrain --precision bf16` then `mtl evaluate --precision bf16 --workers 2` on real
@@ -181,6 +182,7 @@ def test_precision_end_to_end_through_the_cli(shared_data: Path, tmp_path: Path)
     assert refused.returncode == 2 and "--workers: must be at least 1" in refused.stderr
 
 
+@pytest.mark.slow
 def test_evaluation_in_worker_processes_equals_one_process(omniglot_evaluation: ImageSet) -> None:
     """Episodes spread over 3 one-thread processes give one one-thread process's accuracies,
     episode by episode (fine-tuning with augmentation and mini-batches, so every episode's own
