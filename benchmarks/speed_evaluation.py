@@ -48,6 +48,9 @@ def main() -> None:
     net = build_metanet(backbone="conv4", filters=32, channels=3, image_size=84, meta_ways=5,
                         num_base_classes=64, mean=[0.47, 0.45, 0.41], std=[0.28, 0.27, 0.29])
     rows: list[dict[str, Any]] = []
+    for precision in ("fp32", "bf16"):  # untimed: oneDNN builds its kernels on first use
+        evaluate(net, unseen, ways=5, shots=5, queries=15, episodes=1, config=ADAPTATIONS["fine-tune"],
+                 seed=1, precision=precision)
     for name, adapt in ADAPTATIONS.items():
         for ways, shots in GRID:
             row: dict[str, Any] = {"adaptation": name, "ways": ways, "shots": shots,
