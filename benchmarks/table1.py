@@ -76,7 +76,25 @@ class Profile:
     # Omniglot background characters turned by 90, 180 and 270 degrees as base classes of their
     # own (4x the classes); validation and unseen classes stay as drawn.
     rotations: bool = False
+    # Episodes a cell at 100 shots or more (0: `episodes`): a 35-way 100-shot episode fine-tunes
+    # on 3,500 images.
+    many_shot_episodes: int = 0
+    # Episodes of the adaptation choice at the largest validation cell (`choose_adaptation`).
+    choice_large_episodes: int = 50
+    # Settings of single methods on top of the recipe's (docs/preregistration.md: chosen on
+    # validation classes); the key "rotations" turns that method's base classes (only).
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def episodes_for(self, shots: int) -> int:
+        return self.many_shot_episodes if shots >= 100 and self.many_shot_episodes else self.episodes
+
+    def method_rotations(self, method: str) -> bool:
+        return bool(self.per_method.get(method, {}).get("rotations", self.rotations))
+
+
+# docs/preregistration.md's choices made on validation classes (version 1.1 enters them).
+PREREG_METHODS = ["transfer", "protonet", "mtl-protonet", "mtl-reptile"]
+PREREG_CHOICES: dict[str, dict[str, dict[str, Any]]] = {"omniglot": {}, "miniimagenet-lite": {}}
 
 PROFILES: dict[tuple[str, str], Profile] = {
     # Seconds, for the test suite: checks the harness end to end, measures nothing.
@@ -171,6 +189,30 @@ PROFILES: dict[tuple[str, str], Profile] = {
                                               ways=[5, 20], shots=[1, 5], max_shot_queries=15,
                                               common={"augment": True, "ways": 20}, recipe="fair",
                                               holdout_validation=True, validate_every=100_000),
+    # docs/preregistration.md (issue 26): the paper's grid, 200 seeded episodes a cell (20 at 100
+    # shots), seeds 0-2 through --seed; the per-method choices (training ways, rotations) come from
+    # its validation sweep (benchmarks/prereg_sweep.py) and are entered in PREREG_CHOICES.
+    ("omniglot", "prereg"): Profile(28, 1, 32, budget_passes=400_000, episodes=200, ways=[5, 20, 35],
+                                    shots=[1, 5, 15], max_shot_queries=5, recipe="fair",
+                                    holdout_validation=True, validate_every=100_000,
+                                    per_method=PREREG_CHOICES["omniglot"]),
+    ("omniglot", "prereg-long"): Profile(28, 1, 32, budget_passes=1_600_000, episodes=200,
+                                         ways=[5, 20, 35], shots=[1, 5, 15], max_shot_queries=5,
+                                         recipe="fair", holdout_validation=True,
+                                         validate_every=400_000, per_method=PREREG_CHOICES["omniglot"]),
+    ("miniimagenet-lite", "prereg"): Profile(84, 3, 32, budget_passes=300_000, episodes=200,
+                                             many_shot_episodes=20, choice_large_episodes=10,
+                                             ways=[5, 20, 35], shots=[1, 5, 100], max_shot_queries=20,
+                                             common={"augment": True}, recipe="fair",
+                                             holdout_validation=True, validate_every=75_000,
+                                             per_method=PREREG_CHOICES["miniimagenet-lite"]),
+    ("miniimagenet-lite", "prereg-long"): Profile(84, 3, 32, budget_passes=600_000, episodes=200,
+                                                  many_shot_episodes=20, choice_large_episodes=10,
+                                                  ways=[5, 20, 35], shots=[1, 5, 100],
+                                                  max_shot_queries=20, common={"augment": True},
+                                                  recipe="fair", holdout_validation=True,
+                                                  validate_every=150_000,
+                                                  per_method=PREREG_CHOICES["miniimagenet-lite"]),
     # One H100 in about 10 minutes: see benchmarks/gpu_table1.sh.
     ("miniimagenet-lite", "gpu"): Profile(84, 3, 64, budget_passes=3_000_000, episodes=200,
                                           ways=[5, 20, 35], shots=[1, 5, 100], max_shot_queries=20,
@@ -277,6 +319,7 @@ class Splits:
     validation: Any = None
     base_text: str = ""
     validation_text: str = ""
+    cache: dict[str, Any] = field(default_factory=dict)  # derived sets (rotated base classes)
 
 
 def load_splits(dataset: str, profile: Profile) -> Splits:
@@ -320,7 +363,8 @@ def method_config(method: str, profile: Profile) -> Any:
     from models.config import PretrainConfig
 
     base, per_method, _ = RECIPES[profile.recipe]
-    spec = {**base, **profile.common, **per_method[method], "algorithm": method,
+    chosen = {k: v for k, v in profile.per_method.get(method, {}).items() if k != "rotations"}
+    spec = {**base, **profile.common, **per_method[method], **chosen, "algorithm": method,
             "image_size": profile.image_size, "channels": profile.channels, "filters": profile.filters,
             "iterations": 1}
     config = PretrainConfig(**spec)
@@ -329,14 +373,15 @@ def method_config(method: str, profile: Profile) -> Any:
 
 
 def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str,
-        cells: list[tuple[int, int]] | None = None, seed: int = 0, precision: str = "fp32",
+        cells: list[tuple[int, int]] | None = None, seed: int = 0, precision: str | None = None,
         eval_precision: str | None = None, workers: int = 1) -> dict[str, Any]:
     """Pretrain (or reuse) each method's base model and score it in the profile's cells (only
     `cells`, (ways, shots) pairs, when given: a method's cells can then run in several processes
     side by side and be merged). `seed` is the pretraining seed (0 in every committed report);
     another one pretrains into its own checkpoint folder and scores on the same episodes, which
-    is how a result is replicated. `precision` is the pretraining's (a bf16 run pretrains into
-    its own checkpoint folder), `eval_precision` the adaptation's (default: the same); `workers`
+    is how a result is replicated. `precision` is the pretraining's (default: the profile's, else
+    fp32; a bf16 run pretrains into its own checkpoint folder), `eval_precision` the
+    adaptation's (default: the same); `workers`
     spreads each cell's episodes over that many one-thread processes (the same result as one
     process at one thread)."""
     from models.adaptation import evaluate
@@ -347,6 +392,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
 
     profile = PROFILES[(dataset, profile_name)]
     dev = resolve_device(device)
+    precision = precision or str(profile.common.get("precision", "fp32"))
     eval_precision = eval_precision or precision
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -395,7 +441,13 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                   f"({config.passes_per_iteration()} passes each)", file=sys.stderr, flush=True)
             validate = (validation_curve(val, adapt, profile, eval_precision, workers)
                         if val is not None else None)
-            pretrain(config, base, device=dev, out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120,
+            rotated = profile.method_rotations(method) and not profile.rotations
+            if rotated and "rotated" not in splits.cache:
+                from models.data import with_rotations
+
+                splits.cache["rotated"] = with_rotations(base)
+            pretrain(config, splits.cache["rotated"] if rotated else base, device=dev, out_dir=ckpt,
+                     resume=ckpt.exists(), checkpoint_every_s=120,
                      validate=validate, validate_every=max(1, profile.validate_every
                                                            // config.passes_per_iteration()))
         net, card = load_base_model(ckpt, device=dev)
@@ -431,7 +483,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                 queries = min(queries, smallest - shots)
                 t0 = time.perf_counter()
                 cell = evaluate(net, unseen, ways=ways, shots=shots, queries=queries,
-                                episodes=profile.episodes, config=adapt, seed=2019, device=dev,
+                                episodes=profile.episodes_for(shots), config=adapt, seed=2019, device=dev,
                                 precision=eval_precision, workers=workers)
                 row = {"method": method, **cell.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
                 print(json.dumps({k: v for k, v in row.items() if k != "per_episode"}),
@@ -498,7 +550,8 @@ def choose_adaptation(net: Any, val: Any, candidates: list[Any], profile: Profil
         cells = []
         for i, (ways, shots) in enumerate(choice_cells(val, profile)):
             cell = evaluate(net, val, ways=ways, shots=shots, queries=min(15, smallest_class - shots),
-                            episodes=min(100 if i == 0 else 50, profile.episodes), config=config,
+                            episodes=min(100 if i == 0 else profile.choice_large_episodes,
+                                         profile.episodes_for(shots)), config=config,
                             seed=12345, device="cpu", precision=precision, workers=workers)
             cells.append({"ways": ways, "shots": shots, "accuracy": round(cell.accuracy, 5),
                           "ci95": round(cell.ci95, 5)})
@@ -869,9 +922,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the same episodes: a replication")
     p.add_argument("--cells", default="", help="only these cells, e.g. 20x1,20x5 (ways x shots): "
                    "one method's cells in several processes, merged with --merge")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="pretraining precision: bf16 autocast where the hardware has it (its "
-                        "checkpoints go to their own folder), or fp32 (default)")
+                        "checkpoints go to their own folder), or fp32 (default: the profile's, "
+                        "else fp32)")
     p.add_argument("--eval-precision", choices=PRECISIONS, default=None,
                    help="the adaptation's precision when scoring (default: --precision)")
     p.add_argument("--workers", type=int, default=1,
