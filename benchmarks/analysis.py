@@ -1,4 +1,7 @@
-"""The pre-registered analysis of a multi-seed Table 1 (docs/preregistration.md), pure Python.
+"""The pre-registered analysis of a multi-seed Table 1 (docs/preregistration.md).
+
+    python -m benchmarks.analysis --dataset omniglot --reports RUN_SEED0 RUN_SEED1 RUN_SEED2 --out DIR
+
 
 For one MTL method against one baseline in one cell, the data are per-episode accuracies of both
 for each pretraining seed, on the same seeded episodes (the episodes do not depend on the seed).
@@ -20,7 +23,8 @@ as good as every baseline there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -130,3 +134,122 @@ def claim_holds(verdicts: Sequence[Verdict]) -> dict[tuple[int, int], bool]:
     for v in verdicts:
         cells[v.cell] = cells.get(v.cell, True) and v.verdict in ("better", "as good")
     return cells
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def comparisons_from_reports(reports: Sequence[dict], mtl: str, baselines: Sequence[str]) -> list[Comparison]:
+    """The family of `mtl` against each baseline in every cell that all `reports` (one a seed,
+    Table 1 results.json) hold for both methods, on their shared episodes."""
+    per_seed: list[dict[tuple[str, int, int], list[float]]] = [
+        {(c["method"], c["ways"], c["shots"]): c["per_episode"] for c in r["cells"]} for r in reports]
+    seeds = [r["methods"][mtl]["config"]["seed"] for r in reports if mtl in r.get("methods", {})]
+    if len(set(seeds)) != len(reports):
+        raise ValueError(f"every report must hold {mtl} from a different pretraining seed, got seeds {seeds}")
+    cells = sorted({(w, k) for cells in per_seed for (m, w, k) in cells if m == mtl})
+    family = []
+    for ways, shots in cells:
+        for baseline in baselines:
+            keys = [(mtl, ways, shots), (baseline, ways, shots)]
+            if not all(k in cells_ for cells_ in per_seed for k in keys):
+                continue
+            family.append(Comparison((ways, shots), baseline, paired_differences(
+                [s[keys[0]] for s in per_seed], [s[keys[1]] for s in per_seed])))
+    return family
+
+
+def seed_mean_accuracy(reports: Sequence[dict], method: str, cell: tuple[int, int]) -> float:
+    values = [c["accuracy"] for r in reports for c in r["cells"]
+              if c["method"] == method and (c["ways"], c["shots"]) == cell]
+    return float(np.mean(values))
+
+
+def write_analysis(reports: Sequence[dict], dataset: str, mtl: str, baselines: Sequence[str],
+                   out: Path, note: str = "") -> list[Verdict]:
+    """analysis.json, analysis.md and analysis.png of one family in `out`."""
+    import json
+
+    family = comparisons_from_reports(reports, mtl, baselines)
+    if not family:
+        raise ValueError(f"no cell holds {mtl} and a baseline in every report")
+    margin = MARGINS[dataset]
+    verdicts = analyse(family, margin=margin)
+    claim = claim_holds(verdicts)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps({
+        "dataset": dataset, "mtl": mtl, "baselines": list(baselines), "margin": margin,
+        "alpha_one_sided": ALPHA, "resamples": RESAMPLES, "seeds": len(reports),
+        "preregistration": "docs/preregistration.md", "note": note,
+        "verdicts": [asdict(v) for v in verdicts],
+        "claim": {f"{w}x{k}": held for (w, k), held in claim.items()},
+        "commands": [r.get("command") for r in reports]}, indent=2) + "\n")
+    lines = [f"# {mtl} against {', '.join(baselines)} on {dataset}: the pre-registered analysis", "",
+             f"{len(reports)} pretraining seeds; seed-mean accuracy (%); difference = {mtl} minus the "
+             f"baseline, seed mean, with its Holm-corrected interval (two-level bootstrap); margin "
+             f"{100 * margin:.1f} points. {note}".rstrip(), "",
+             "| cell | " + " | ".join([mtl, *baselines]) + " | " +
+             " | ".join(f"− {b}" for b in baselines) + " | claim holds |",
+             "|---|" + "---|" * (1 + 2 * len(baselines) + 1)]
+    for cell in sorted(claim):
+        accs = [f"{100 * seed_mean_accuracy(reports, m, cell):.2f}" for m in [mtl, *baselines]]
+        diffs = []
+        for b in baselines:
+            v = next((v for v in verdicts if v.cell == cell and v.baseline == b), None)
+            diffs.append("–" if v is None else f"{100 * v.difference:+.2f} [{100 * v.lower:+.2f}, "
+                         f"{100 * v.upper:+.2f}] {v.verdict}")
+        lines.append(f"| {cell[0]}-way {cell[1]}-shot | " + " | ".join(accs + diffs)
+                     + f" | {'yes' if claim[cell] else 'no'} |")
+    (out / "analysis.md").write_text("\n".join(lines) + "\n")
+    _plot(verdicts, margin, f"{mtl}, {dataset}", out / "analysis.png")
+    return verdicts
+
+
+def _plot(verdicts: Sequence[Verdict], margin: float, title: str, path: Path) -> None:
+    """Per comparison: each seed's difference as a dot, the corrected interval as a bar, the
+    margin as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(verdicts)), 4))
+    for i, v in enumerate(verdicts):
+        ax.plot([i, i], [100 * v.lower, 100 * v.upper], color="tab:blue", linewidth=3, alpha=0.5)
+        ax.scatter([i] * len(v.seed_differences), [100 * d for d in v.seed_differences], color="black", s=12)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.axhline(-100 * margin, color="tab:red", linestyle="--", linewidth=0.8, label="margin")
+    ax.set_xticks(range(len(verdicts)),
+                  [f"{v.cell[0]}w{v.cell[1]}s\nvs {v.baseline}" for v in verdicts], fontsize=7)
+    ax.set_ylabel("difference (points)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(MARGINS), required=True)
+    p.add_argument("--reports", type=Path, nargs="+", required=True,
+                   help="Table 1 --out folders, one a pretraining seed")
+    p.add_argument("--mtl", default="mtl-protonet", help="the MTL method (default: the primary)")
+    p.add_argument("--baselines", default="transfer,protonet")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    reports = [json.loads((d / "results.json").read_text()) for d in args.reports]
+    try:
+        verdicts = write_analysis(reports, args.dataset, args.mtl, args.baselines.split(","), args.out)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    for v in verdicts:
+        print(f"{v.cell[0]:>2}-way {v.cell[1]:>3}-shot vs {v.baseline:<9} {100 * v.difference:+6.2f} "
+              f"[{100 * v.lower:+.2f}, {100 * v.upper:+.2f}] {v.verdict}")
+
+
+if __name__ == "__main__":
+    main()

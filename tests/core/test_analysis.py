@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -12,6 +16,7 @@ from benchmarks.analysis import (
     claim_holds,
     holm_adjust,
     paired_differences,
+    write_analysis,
 )
 
 
@@ -75,3 +80,32 @@ def test_bootstrap_centres_on_the_seed_mean_difference_and_checks_shapes() -> No
     assert paired_differences([[1.0, 0.5]], [[0.5, 0.5]]).tolist() == [[0.5, 0.0]]
     with pytest.raises(ValueError, match="equal"):
         paired_differences([[1.0, 0.5]], [[0.5]])
+
+
+def test_reports_of_three_seeds_give_the_tables_verdicts(tmp_path: Path) -> None:
+    """Three seeds' Table 1 reports in, analysis.json / .md / .png out: MTL 3 points above
+    Transfer at 5-way 1-shot, 3 points below ProtoNet at 20-way 1-shot."""
+    rng = np.random.default_rng(0)
+
+    def report(seed: int) -> dict[str, Any]:
+        shared = rng.uniform(0.5, 0.9, size=(2, 100))  # episode difficulty, per cell
+        means = {"mtl-protonet": (0.03, 0.0), "transfer": (0.0, 0.0), "protonet": (0.0, 0.03)}
+        cells = [{"method": m, "ways": w, "shots": 1, "accuracy": 0.0,
+                  "per_episode": (shared[i] + means[m][i] + 0.01 * rng.standard_normal(100)).tolist()}
+                 for m in means for i, w in enumerate((5, 20))]
+        for c in cells:
+            c["accuracy"] = float(np.mean(c["per_episode"]))
+        return {"cells": cells, "command": f"seed {seed}",
+                "methods": {m: {"config": {"seed": seed}} for m in means}}
+
+    reports = [report(s) for s in range(3)]
+    verdicts = write_analysis(reports, "omniglot", "mtl-protonet", ["transfer", "protonet"], tmp_path)
+    by = {(v.cell, v.baseline): v.verdict for v in verdicts}
+    assert by[((5, 1), "transfer")] == "better" and by[((20, 1), "protonet")] == "worse"
+    saved = json.loads((tmp_path / "analysis.json").read_text())
+    assert saved["claim"] == {"5x1": True, "20x1": False} and saved["seeds"] == 3
+    table = (tmp_path / "analysis.md").read_text()
+    assert "| 20-way 1-shot |" in table and table.count("| no |") == 1
+    assert (tmp_path / "analysis.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="different pretraining seed"):
+        write_analysis([reports[0], reports[0]], "omniglot", "mtl-protonet", ["transfer"], tmp_path)
