@@ -38,6 +38,8 @@ GRID = [(w, k) for w in (5, 20, 35) for k in (1, 5, 100)]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=2, help="episodes timed per cell and precision")
+    p.add_argument("--adaptations", default=",".join(ADAPTATIONS),
+                   help=f"comma-separated subset of {', '.join(ADAPTATIONS)}")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed-evaluation.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -51,7 +53,8 @@ def main() -> None:
     for precision in ("fp32", "bf16"):  # untimed: oneDNN builds its kernels on first use
         evaluate(net, unseen, ways=5, shots=5, queries=15, episodes=1, config=ADAPTATIONS["fine-tune"],
                  seed=1, precision=precision)
-    for name, adapt in ADAPTATIONS.items():
+    chosen = {n: a for n, a in ADAPTATIONS.items() if n in args.adaptations.split(",")}
+    for name, adapt in chosen.items():
         for ways, shots in GRID:
             row: dict[str, Any] = {"adaptation": name, "ways": ways, "shots": shots,
                                    "support_images": ways * shots,
@@ -68,13 +71,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     totals = {f"{name}_{p}_hours_for_600_all_cells": round(sum(
         r[f"{p}_hours_for_600"] for r in rows if r["adaptation"] == name), 2)
-        for name in ADAPTATIONS for p in ("fp32", "bf16")}
+        for name in chosen for p in ("fp32", "bf16")}
     report = {
         "benchmark": "evaluation cost per episode, miniImageNet-lite val + test, one thread",
         "machine": machine_description(), "commit": git_commit(),
-        "command": f"python -m benchmarks.speed_evaluation --episodes {args.episodes}",
+        "command": f"python -m benchmarks.speed_evaluation --episodes {args.episodes}"
+                   + (f" --adaptations {args.adaptations}" if chosen.keys() != ADAPTATIONS.keys() else ""),
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
-        "adaptations": {k: vars(v) for k, v in ADAPTATIONS.items()},
+        "adaptations": {k: vars(v) for k, v in chosen.items()},
         "queries": "15 a class (20 at 100 shots, as the full profile)",
         "totals": totals, "rows": rows,
     }

@@ -25,6 +25,7 @@ def _init_head(
     net: MetaNet, backbone: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
     head_init: str,
     prototype_scale: float = 10.0,
+    precision: str = "fp32",
 ) -> nn.Linear:
     head = nn.Linear(net.meta_head.in_features, num_classes).to(x.device)
     if head_init == "zeros":
@@ -43,8 +44,8 @@ def _init_head(
         # Divided by the mean |c|^2 and times a fixed scale, the logits keep ProtoNet's ranking
         # but no longer saturate the softmax, so fine-tuning from them still has gradients.
         backbone.eval()
-        with torch.no_grad():
-            f = backbone(to_backbone_input((x - net.mean) / net.std))
+        with torch.no_grad(), autocast(precision, x.device):
+            f = backbone(to_backbone_input((x - net.mean) / net.std)).float()
         protos = torch.zeros(num_classes, f.shape[1], device=f.device)
         protos.index_add_(0, y, f)
         protos /= torch.bincount(y, minlength=num_classes).clamp_min(1).unsqueeze(1)
@@ -80,7 +81,7 @@ def adapt(
         raise ConfigError(f"{len(names)} class names for {num_classes} classes")
     backbone = copy.deepcopy(net.backbone)
     head = _init_head(net, backbone, images, labels, num_classes, config.head_init,
-                      config.prototype_scale)
+                      config.prototype_scale, precision)
     clf = Classifier(backbone, head, net.mean, net.std, names)
     n = len(images)
     steps = config.steps_for(n)
