@@ -41,7 +41,8 @@ def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
              for m, info in bf16["methods"].items() if m in fp32["methods"]}
     return {"dataset": bf16["dataset"], "profile": bf16["profile"],
             "precision": {"fp32 run": fp32.get("precision"), "bf16 run": bf16.get("precision")},
-            "commands": [fp32["command"], bf16["command"]],
+            "commands": [fp32["command"], *(bf16["command"] if isinstance(bf16["command"], list)
+                                            else [bf16["command"]])],
             "rows": rows, "passes": not any(r["verdict"] == "bf16 worse" for r in rows),
             "train_seconds_beside_other_work": train}
 
@@ -49,11 +50,20 @@ def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fp32", type=Path, required=True, help="the fp32 run's --out folder")
-    p.add_argument("--bf16", type=Path, required=True, help="the bf16 run's --out folder")
+    p.add_argument("--bf16", type=Path, nargs="+", required=True,
+                   help="the bf16 run's --out folder (several: their methods together, the later "
+                        "folder's where a method is in more than one)")
     p.add_argument("--out", type=Path, default=None, help="write the comparison here (JSON)")
     args = p.parse_args()
-    report = compare(json.loads((args.fp32 / "results.json").read_text()),
-                     json.loads((args.bf16 / "results.json").read_text()))
+    bf16: dict[str, Any] = {}
+    for folder in args.bf16:
+        part = json.loads((folder / "results.json").read_text())
+        if not bf16:
+            bf16 = {**part, "cells": [], "methods": {}, "command": []}
+        bf16["cells"] = [c for c in bf16["cells"] if c["method"] not in part["methods"]] + part["cells"]
+        bf16["methods"].update(part["methods"])
+        bf16["command"].append(part["command"])
+    report = compare(json.loads((args.fp32 / "results.json").read_text()), bf16)
     for r in report["rows"]:
         print(f"{r['method']:<13} {r['ways']:>2}-way {r['shots']:>3}-shot  fp32 {100 * r['fp32']:6.2f}  "
               f"bf16 {100 * r['bf16']:6.2f}  bf16 - fp32 {100 * r['difference']:+6.2f} +- "

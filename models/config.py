@@ -118,10 +118,6 @@ class PretrainConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.vectorise_tasks and self.inner_batch > 0:
             raise ConfigError("vectorise_tasks needs full-batch inner steps (inner_batch 0)")
-        if self.vectorise_tasks and self.precision != "fp32":
-            # torch.func.vmap's batch norm has no mixed bf16/fp32 path ("expected scalar type
-            # BFloat16 but found Float" under autocast).
-            raise ConfigError("vectorise_tasks runs in fp32 only; use precision fp32 with it")
         if self.transfer_batch < 0:
             raise ConfigError(f"transfer_batch must be 0 (the tasks' images) or more, got {self.transfer_batch}")
         if not 0.0 <= self.momentum < 1.0:

@@ -22,7 +22,7 @@ from models.config import AdaptConfig, PretrainConfig
 from models.data import EpisodeSampler, ImageSet, augment_images, to_float
 from models.errors import CheckpointError, ConfigError, TrainingCancelled
 from models.network import MetaNet, build_metanet
-from models.precision import autocast, effective_precision
+from models.precision import autocast, effective_precision, full_precision
 
 
 @dataclass
@@ -221,6 +221,16 @@ def _meta_direction(
         return {k: torch.zeros_like(theta[k]) for k in names}, 0.0
     if learner == "protonet":
         return alg.protonet_gradient(net, theta, tasks)
+    with full_precision(next(iter(theta.values())).device):
+        return _inner_loop_direction(net, theta, tasks, config, rng)
+
+
+def _inner_loop_direction(
+    net: MetaNet, theta: alg.Params, tasks: list[alg.Task], config: PretrainConfig,
+    rng: np.random.Generator,
+) -> tuple[alg.Params, float]:
+    """Reptile's, MAML's or FOMAML's direction: k SGD steps on each task's meta head."""
+    learner = config.meta_learner
     if config.vectorise_tasks and learner == "reptile":
         return alg.reptile_direction_vectorised(
             net, theta, tasks, inner_steps=config.inner_steps, inner_lr=config.inner_lr)

@@ -72,7 +72,9 @@ def test_bf16_directions_agree_with_fp32(name: str, omniglot_background: ImageSe
     the same images rounded to bf16 already moves them by 3% (transfer) to 17% (FOMAML) of
     their norm on this 32-filter Conv-4 and 5-way 5+5 tasks; bf16 autocast moved them by 6-26%
     (cosine 0.96-0.998). Asserted: cosine >= 0.95 and relative error <= 0.35, and that bf16 did
-    change something (a run that silently stayed fp32 would pass the first two)."""
+    change something (a run that silently stayed fp32 would pass the first two). Pretraining
+    still keeps the inner loops (Reptile, MAML, FOMAML) in fp32: errors this small per direction
+    cost MTL-Reptile 2-7 points over a run (docs/speed.md)."""
     net = conv4(omniglot_background)
     tasks = real_tasks(omniglot_background)
     theta = alg.current_params(net)
@@ -110,13 +112,27 @@ def test_every_algorithm_trains_a_step_in_bf16(algorithm: str, omniglot_backgrou
     fp32, bf16 = step("fp32"), step("bf16")
     a, b = torch.cat(list(fp32.values())), torch.cat([bf16[k] for k in fp32])
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert b.norm() > 0 and not torch.equal(a, b)
-    assert F.cosine_similarity(a, b, dim=0) >= 0.9
+    assert b.norm() > 0
+    if algorithm in ("reptile", "maml", "fomaml"):
+        # Inner loops stay fp32 under bf16 (models.precision.full_precision): the same update.
+        assert torch.equal(a, b)
+    else:
+        assert not torch.equal(a, b)
+        assert F.cosine_similarity(a, b, dim=0) >= 0.9
 
 
-def test_vectorised_tasks_refuse_bf16() -> None:
-    with pytest.raises(ConfigError, match="vectorise_tasks runs in fp32 only"):
-        PretrainConfig(algorithm="maml", vectorise_tasks=True, precision="bf16")
+def test_vectorised_inner_loops_run_in_fp32_under_bf16(omniglot_background: ImageSet) -> None:
+    """vmap's batch norm has no mixed bf16 path; the inner loops never see bf16, so a vectorised
+    meta-batch trains under precision bf16 exactly as in fp32."""
+    tasks = real_tasks(omniglot_background)
+    moved = []
+    for precision in ("fp32", "bf16"):
+        net = conv4(omniglot_background)
+        config = PretrainConfig(algorithm="maml", filters=32, meta_batch=2, inner_steps=1, outer_lr=0.1,
+                                vectorise_tasks=True, precision=precision)  # type: ignore[arg-type]
+        train_step(net, tasks, config, iteration=0, rng=np.random.default_rng(0))
+        moved.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert torch.equal(moved[0], moved[1])
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
         PretrainConfig(precision="fp16")  # type: ignore[arg-type]
 
