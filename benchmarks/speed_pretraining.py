@@ -9,7 +9,7 @@ For Conv-4 at 28x28 greyscale (Omniglot background) and 84x84 RGB (miniImageNet-
   and host-side copies included) for `transfer`, `protonet`, `mtl-protonet` and `mtl-reptile`
   with Table 1's fair recipe, in image passes per second;
 - (c) the loop's share of its ceiling: the ceiling of an algorithm is the bare step's time for
-  each forward/backward batch one of its iterations runs (Reptile: `inner_steps` steps on a
+  each forward/backward batch one of its iterations runs (Reptile: `inner_steps` fp32 steps on a
   task's images; ProtoNet: one batch of a task's images; the transfer half: one mixed-class
   batch), so (c) = ceiling time / loop time per iteration.
 
@@ -54,19 +54,21 @@ INPUTS: dict[str, tuple[tuple[str, str], tuple[str, ...], int, int, list[str]]] 
 }
 
 
-def forward_batches(config: PretrainConfig) -> list[int]:
-    """The batch sizes of the forward/backward passes one iteration of `config` runs."""
+def forward_batches(config: PretrainConfig) -> list[tuple[int, bool]]:
+    """The forward/backward passes one iteration of `config` runs: (batch size, whether it runs
+    in the config's precision). Reptile's inner steps run in fp32 whatever the precision
+    (`models.precision.full_precision`), so their ceiling is the fp32 step's."""
     task = config.ways * (config.shots + config.queries)
-    batches: list[int] = []
+    batches: list[tuple[int, bool]] = []
     if config.meta_weight > 0:
         if config.meta_learner == "protonet":
-            batches += [task] * config.meta_batch
+            batches += [(task, True)] * config.meta_batch
         elif config.meta_learner == "reptile":
-            batches += [task] * (config.meta_batch * config.inner_steps)
+            batches += [(task, False)] * (config.meta_batch * config.inner_steps)
         else:
             raise ValueError(f"no ceiling model for {config.algorithm}")
     if config.transfer_weight > 0:
-        batches.append(config.transfer_batch or config.meta_batch * task)
+        batches.append((config.transfer_batch or config.meta_batch * task, True))
     return batches
 
 
@@ -118,7 +120,7 @@ def measure(rounds: int, seconds: float) -> list[dict[str, Any]]:
         data = loaded[path]
         profile = PROFILES[profile_key]
         configs = {a: method_config(a, profile) for a in algorithms}
-        batches = sorted({b for c in configs.values() for b in forward_batches(c)})
+        batches = sorted({b for c in configs.values() for b, _ in forward_batches(c)})
         bare: dict[tuple[int, str], float] = {}
         loop: dict[tuple[str, str], float] = {}
         for _ in range(rounds):
@@ -137,9 +139,10 @@ def measure(rounds: int, seconds: float) -> list[dict[str, Any]]:
         for algorithm, config in configs.items():
             row: dict[str, Any] = {"input": name, "kind": "pretraining loop", "algorithm": algorithm,
                                    "passes_per_iteration": config.passes_per_iteration(),
-                                   "forward_batches": forward_batches(config)}
+                                   "forward_batches": [b for b, _ in forward_batches(config)],
+                                   "fp32_in_bf16_runs": [b for b, own in forward_batches(config) if not own]}
             for p in PRECISIONS:
-                ceiling_s = sum(bare[(b, p)] for b in forward_batches(config))
+                ceiling_s = sum(bare[(b, p if own else "fp32")] for b, own in forward_batches(config))
                 ceiling = config.passes_per_iteration() / ceiling_s
                 row[f"{p}_passes_per_s"] = round(loop[(algorithm, p)], 1)
                 row[f"{p}_ceiling_passes_per_s"] = round(ceiling, 1)
@@ -150,13 +153,41 @@ def measure(rounds: int, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
+def rescore(path: Path) -> None:
+    """Recompute a report's shares of the ceiling from its own bare-step rows with this code's
+    ceiling model (its measurements unchanged), and say so in the report."""
+    report = json.loads(path.read_text())
+    for name, (profile_key, _, _, _, _) in INPUTS.items():
+        bare = {(r["batch"], p): r["batch"] / r[f"{p}_images_per_s"] for r in report["rows"]
+                if r["input"] == name and r["kind"] == "bare step" for p in PRECISIONS}
+        for row in report["rows"]:
+            if row["input"] != name or row["kind"] != "pretraining loop":
+                continue
+            config = method_config(row["algorithm"], PROFILES[profile_key])
+            row["fp32_in_bf16_runs"] = [b for b, own in forward_batches(config) if not own]
+            for p in PRECISIONS:
+                ceiling = config.passes_per_iteration() / sum(
+                    bare[(b, p if own else "fp32")] for b, own in forward_batches(config))
+                row[f"{p}_ceiling_passes_per_s"] = round(ceiling, 1)
+                row[f"{p}_share_of_ceiling"] = round(row[f"{p}_passes_per_s"] / ceiling, 2)
+    report["rescored"] = ("shares recomputed from this run's bare-step rows with the ceiling model "
+                          "of commit " + git_commit() + ": `python -m benchmarks.speed_pretraining "
+                          f"--rescore {path}`")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best is kept")
     p.add_argument("--seconds", type=float, default=4.0, help="rough length of each loop timing")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed-pretraining.json"))
+    p.add_argument("--rescore", type=Path, default=None,
+                   help="instead of measuring, recompute this report's shares of the ceiling")
     args = p.parse_args()
+    if args.rescore:
+        rescore(args.rescore)
+        return
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     started = time.perf_counter()
