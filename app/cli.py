@@ -181,8 +181,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         ("meta_schedule", "the meta step's multiplier over training (linear: annealed to 0, as Reptile)"),
         ("transfer_schedule", "the transfer learning rate's decay"),
         ("transfer_head", "the C_base-way transfer head's kind and init"),
-        ("precision", "bf16: forward and backward passes under bf16 autocast (weights stay fp32; "
-                      "fp32 with a notice where the hardware lacks bf16)"),
+        ("precision", "bf16: the supervised step and ProtoNet's episodes under bf16 autocast "
+                      "(Reptile/MAML/FOMAML inner loops and the weights stay fp32; fp32 with a "
+                      "notice where the hardware lacks bf16)"),
     ]:
         typ = int if name == "channels" else _one_of(name.replace("_", " "), choices[name])
         p.add_argument("--" + name.replace("_", "-"), dest=name, choices=choices[name],
