@@ -84,9 +84,10 @@ class PretrainConfig:
     # of the parts, so the result depends on this number, never on the process count. 1: one batch.
     transfer_ghost_batches: int = 1
     seed: int = 0
-    # "bf16": forward and backward passes under bf16 autocast where the hardware has it (the
-    # weights and every update stay fp32); "fp32" elsewhere, and for every run from before the
-    # option existed (`from_card`). models.precision.
+    # "bf16": the supervised step and ProtoNet's episodes under bf16 autocast where the hardware
+    # has it (inner loops of Reptile, MAML and FOMAML, the weights and every update stay fp32);
+    # "fp32" elsewhere, and for every run from before the option existed (`from_card`).
+    # models.precision.
     precision: Precision = "fp32"
     # How many processes models.distributed spreads a run over (one GPU each, or CPU threads
     # divided). Results do not depend on it, so it takes no part in comparing configs: a run
