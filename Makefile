@@ -68,9 +68,11 @@ TEST_THREADS := $(or $(MTL_TORCH_THREADS),$(shell n=$$(nproc 2>/dev/null || echo
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	MTL_TORCH_THREADS=$(TEST_THREADS) OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
 	    $(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports

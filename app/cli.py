@@ -64,7 +64,7 @@ def _setting_int(field: str) -> Callable[[str], int]:
     the bounds, so the flag and the environment variable refuse the same values)."""
     from annotated_types import Ge, Le
 
-    from app.settings import Settings
+    from app.infra.settings import Settings
 
     metadata = Settings.model_fields[field].metadata
     low = next((cast(int, m.ge) for m in metadata if isinstance(m, Ge)), None)
@@ -151,12 +151,12 @@ PRETRAIN_HELP: dict[str, tuple[type, str]] = {
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    # models.config and app.params are torch-free: the algorithms are the real list, the
+    # models.config and app.service.params are torch-free: the algorithms are the real list, the
     # backbones and channels the values the API bounds them by (the backbones are tested against
     # the registry), the other enumerated fields their Literal types' values.
     import typing
 
-    from app.params import PRETRAIN_BOUNDS, Choice
+    from app.service.params import PRETRAIN_BOUNDS, Choice
     from models.config import ALGORITHMS, PretrainConfig
 
     hints = typing.get_type_hints(PretrainConfig)
@@ -368,7 +368,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _service_settings() -> Any:
     from pydantic import ValidationError
 
-    from app.settings import get_settings
+    from app.infra.settings import get_settings
 
     try:
         return get_settings()
@@ -382,7 +382,7 @@ def _add_migrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from app.bootstrap import initialize, migrate
+    from app.service.bootstrap import initialize, migrate
 
     settings = _service_settings()
     migrate(settings)
@@ -428,10 +428,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from app.bootstrap import migrate
-    from app.embedded import EmbeddedWorker
-    from app.logs import configure_logging
+    from app.infra.embedded import EmbeddedWorker
+    from app.infra.logs import configure_logging
     from app.main import create_app
+    from app.service.bootstrap import migrate
 
     if args.api_processes is not None:
         # The API processes are spawned and read their settings from the environment.
@@ -532,8 +532,8 @@ def _keys_create(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from app.db import session_scope
-    from app.security import create_api_key
+    from app.infra.db import session_scope
+    from app.service.security import create_api_key
 
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,200}", args.tenant):
         raise UsageError("--tenant must be 1-200 letters, digits or _.@-")
@@ -549,7 +549,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- client
 
-# The values of app.jobs.JobStatus, listed here so that `mtl --help` does not import the service's
+# The values of app.service.jobs.JobStatus, listed here so that `mtl --help` does not import the service's
 # database code (tests/service/test_cli_help.py checks they match).
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -879,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command in TRAINING_COMMANDS:
-            from app.threads import limit_threads
+            from app.infra.threads import limit_threads
 
             limit_threads(_service_settings().resolved_torch_threads)
         return int(args.handler(args))

@@ -8,7 +8,7 @@
         job = mtl.wait_for_job(created.job_id, progress=lambda j: print(j.progress.step))
         answer = mtl.predict(created.id, ["a.png", "b.png"], top_k=3)
 
-Answers are the API's own response models (`app.schemas`), so they match the routes exactly.
+Answers are the API's own response models (`app.service.schemas`), so they match the routes exactly.
 Every error the service answers is an `ApiError` carrying its status and its message; mistakes
 found before anything is sent (a missing file, no API key) are a `ClientError`.
 """
@@ -28,9 +28,9 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from app.jobs import JobStatus
-from app.pagination import Page
-from app.schemas import (
+from app.service.jobs import JobStatus
+from app.service.pagination import Page
+from app.service.schemas import (
     ApiKeyPublic,
     BaseModelPublic,
     ClassifierCreated,

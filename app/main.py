@@ -13,18 +13,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import metrics
 from app.api.docs import install_docs
+from app.api.idempotency import Idempotency
 from app.api.main import api_router
+from app.api.middleware import BodySizeLimit, BodyTooLarge, NoNulInUrl, RequestContext
 from app.console import install_console
-from app.embedded import EmbeddedWorker, WorkerProbe, exit_with_parent
-from app.errors import ServiceError, http_status
-from app.idempotency import Idempotency
-from app.logs import configure_logging
-from app.middleware import BodySizeLimit, BodyTooLarge, NoNulInUrl, RequestContext
-from app.predict import PredictService, keep_freed_memory
-from app.security import VerifiedKeyCache
-from app.settings import Settings, get_settings
+from app.infra import metrics
+from app.infra.embedded import EmbeddedWorker, WorkerProbe, exit_with_parent
+from app.infra.errors import ServiceError, http_status
+from app.infra.logs import configure_logging
+from app.infra.settings import Settings, get_settings
+from app.service.predict import PredictService, keep_freed_memory
+from app.service.security import VerifiedKeyCache
 from models.errors import MTLError
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from PIL import Image
 
-        from app.bootstrap import initialize
-        from app.threads import limit_threads
+        from app.infra.threads import limit_threads
+        from app.service.bootstrap import initialize
 
         # Here as well as in `mtl serve`: an API process that uvicorn spawns (--api-processes)
         # or a plain `uvicorn app.main:app` with uvicorn's own log config has not run it.

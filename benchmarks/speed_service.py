@@ -410,7 +410,7 @@ def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def svc_setting(name: str) -> Any:
-    from app.settings import Settings
+    from app.infra.settings import Settings
 
     return getattr(Settings(), name)
 
@@ -619,9 +619,9 @@ def register_copies(data_dir: Path, source_id: str, count: int) -> list[str]:
     """`count` more ready classifiers: rows copied from `source_id`, checkpoint files hard-linked."""
     from sqlalchemy import select
 
-    from app.db import session_scope
-    from app.settings import Settings
-    from app.tables import ClassifierRecord
+    from app.infra.db import session_scope
+    from app.infra.settings import Settings
+    from app.infra.tables import ClassifierRecord
 
     settings = Settings(data_dir=data_dir)
     ids = []
@@ -719,7 +719,7 @@ def bench_many(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": f"predict on a classifier not in the cache, {args.classifiers:,} registered",
             "setup": f"embedded mtl serve, CPU; one classifier trained through the API (natural "
                      f"base model, 5 miniImageNet-lite val classes x {args.train_per_class}); "
-                     f"{args.classifiers - 1} more rows written with app.db/app.tables, their "
+                     f"{args.classifiers - 1} more rows written with app.infra.db/app.infra.tables, their "
                      f"checkpoint folders hard links of its files; each cold request is one 84x84 "
                      f"JPEG to a classifier never requested before (sequential); warm = the "
                      f"trained one, in the cache, {args.warm} requests; RSS is VmRSS of the API "

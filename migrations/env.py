@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from app.db import get_engine
-from app.settings import get_settings
-from app.tables import Base
+from app.infra.db import get_engine
+from app.infra.settings import get_settings
+from app.infra.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from app.threads import default_torch_threads, limit_threads
+from app.infra.threads import default_torch_threads, limit_threads
 
 # The suite runs beside the workers and servers it starts (and often beside other work): this
 # process and every child it starts use MTL_TORCH_THREADS threads (default: half the cores), as

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.broker import TASK_OF_KIND
+from app.infra.broker import TASK_OF_KIND
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from pydantic import ValidationError
 
-    from app.settings import get_settings
+    from app.infra.settings import get_settings
     from worker.tasks import run_worker
 
     try:
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: bad MTL_* settings: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
     if args.parent_pid is not None:
-        from app.embedded import exit_with_parent
+        from app.infra.embedded import exit_with_parent
 
         exit_with_parent(args.parent_pid)
     run_worker(settings, queues, loglevel=args.loglevel, ready_file=args.ready_file)

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.settings import Settings
-from app.storage import ImageStore
-from app.tables import DatasetImageRecord, DatasetRecord
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.storage import ImageStore
+from app.infra.tables import DatasetImageRecord, DatasetRecord
 from worker.lifecycle import JobFailed
 
 

@@ -19,8 +19,10 @@ from typing import Any
 
 from sqlalchemy import and_, select, update
 
-from app.db import session_scope
-from app.jobs import (
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import JobRecord, utcnow
+from app.service.jobs import (
     RUNNING_PHASES,
     ArtifactStatus,
     JobKind,
@@ -28,8 +30,6 @@ from app.jobs import (
     JobStatus,
     set_artifact_status,
 )
-from app.settings import Settings
-from app.tables import JobRecord, utcnow
 
 log = logging.getLogger(__name__)
 

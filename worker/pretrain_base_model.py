@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.base_models import base_model_dir, read_card
-from app.db import session_scope
-from app.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
-from app.settings import Settings
-from app.tables import BaseModelRecord, JobRecord
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import BaseModelRecord, JobRecord
+from app.service.base_models import base_model_dir, read_card
+from app.service.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
 from worker.images import load_images
 from worker.lifecycle import Reporter
 from worker.train_classifier import install_checkpoint

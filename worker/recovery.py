@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 
-from app import jobs
-from app.db import session_scope
-from app.jobs import ArtifactStatus, JobStatus, set_artifact_status
-from app.settings import Settings
-from app.tables import JobRecord, utcnow
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import JobRecord, utcnow
+from app.service import jobs
+from app.service.jobs import ArtifactStatus, JobStatus, set_artifact_status
 
 log = logging.getLogger(__name__)
 

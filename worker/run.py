@@ -1,5 +1,5 @@
 """Running one job: claim it, run its kind's function with a reporter and a heartbeat, and record
-how it ended. Each outcome writes the job and what it makes (`app.jobs.set_artifact_status`) in
+how it ended. Each outcome writes the job and what it makes (`app.service.jobs.set_artifact_status`) in
 one transaction, and only while this attempt still owns the job."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import time
 import traceback
 from collections.abc import Callable
 
-from app import metrics
-from app.jobs import ArtifactStatus, JobKind, JobStatus, set_artifact_status
-from app.logs import job_context
-from app.settings import Settings
+from app.infra import metrics
+from app.infra.logs import job_context
+from app.infra.settings import Settings
+from app.service.jobs import ArtifactStatus, JobKind, JobStatus, set_artifact_status
 from worker.lifecycle import Claim, Heartbeat, JobFailed, Reporter, claim_job
 from worker.pretrain_base_model import pretrain_base_model
 from worker.train_classifier import train_classifier

@@ -10,8 +10,8 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
-from app.broker import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
-from app.settings import Settings
+from app.infra.broker import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
+from app.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def start_torch(settings: Settings) -> int:
     """Set this worker's compute threads (`MTL_TORCH_THREADS`) and import torch before taking
     jobs (the first job does not pay for the import; CUDA is still first touched in a task).
     Returns the thread count torch reports."""
-    from app.threads import limit_threads
+    from app.infra.threads import limit_threads
 
     threads = settings.resolved_torch_threads
     limit_threads(threads)
@@ -88,9 +88,9 @@ def run_worker(
     from PIL import Image
     from sqlalchemy.engine import make_url
 
-    from app import metrics
-    from app.broker import make_celery
-    from app.logs import configure_logging
+    from app.infra import metrics
+    from app.infra.broker import make_celery
+    from app.infra.logs import configure_logging
 
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     settings.ensure_dirs()

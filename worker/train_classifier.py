@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.base_models import base_model_dir
-from app.db import session_scope
-from app.holdout import classification_metrics, holdout_split, training_steps
-from app.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
-from app.params import adapt_config
-from app.settings import Settings
-from app.tables import BaseModelRecord, JobRecord
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import BaseModelRecord, JobRecord
+from app.service.base_models import base_model_dir
+from app.service.holdout import classification_metrics, holdout_split, training_steps
+from app.service.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
+from app.service.params import adapt_config
 from worker.images import load_images
 from worker.lifecycle import JobFailed, Reporter
 

@@ -5,7 +5,7 @@ tries have failed. Every try is recorded on the job (`webhook.attempts` in its J
 
 Signature: `X-MTL-Signature: sha256=<hex>`, the HMAC-SHA256 of `<X-MTL-Timestamp>.<body>` (the
 timestamp in Unix seconds, so a receiver can refuse old replays) with the job's tenant's key,
-derived from `MTL_WEBHOOK_SECRET` (`app.security.tenant_webhook_secret`; a tenant reads its own
+derived from `MTL_WEBHOOK_SECRET` (`app.service.security.tenant_webhook_secret`; a tenant reads its own
 from `GET /v1/webhooks/signing-secret`), so no tenant can sign another's deliveries.
 
 Each worker runs `webhook_loop` in a thread. A try is claimed with one conditional UPDATE that
@@ -26,13 +26,13 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from app.db import session_scope
-from app.jobs import FINISHED
-from app.logs import job_context
-from app.schemas import JobPublic
-from app.security import tenant_webhook_secret
-from app.settings import Settings
-from app.tables import JobRecord, utcnow
+from app.infra.db import session_scope
+from app.infra.logs import job_context
+from app.infra.settings import Settings
+from app.infra.tables import JobRecord, utcnow
+from app.service.jobs import FINISHED
+from app.service.schemas import JobPublic
+from app.service.security import tenant_webhook_secret
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ examples.
 Conventions this relies on, checked by tests/service/test_docs.py:
 - a route's docstring is "Summary.\\n\\nDescription.": its first paragraph becomes the operation's
   summary, the rest its description;
-- every JSON body a route takes or gives is a schema in `app.schemas` with an example in
+- every JSON body a route takes or gives is a schema in `app.service.schemas` with an example in
   EXAMPLES below (each example is validated against its model by the tests, so it cannot drift).
 """
 
@@ -87,7 +87,7 @@ _BASE_MODEL: dict[str, Any] = {
     "status": "ready",
 }
 
-# Schema name in app.schemas -> an example of it.
+# Schema name in app.service.schemas -> an example of it.
 EXAMPLES: dict[str, Any] = {
     "DatasetPublic": {
         "id": _DS,
@@ -209,14 +209,14 @@ def _schema_name(schema: dict[str, Any]) -> tuple[str | None, bool]:
     return (ref.rsplit("/", 1)[-1] or None), False
 
 
-# A page's `next_cursor` (`app.pagination`): opaque to callers.
+# A page's `next_cursor` (`app.service.pagination`): opaque to callers.
 CURSOR_EXAMPLE = "WyIyMDI1LTAxLTEwVDEwOjA1OjAwKzAwOjAwIiwiOWMxZSJd"
 
 
 def _example_for(schema: dict[str, Any]) -> Any:
     name, many = _schema_name(schema)
     if name is not None and name.startswith("Page_") and name[5:-1] in EXAMPLES:
-        # `Page[X]` of app.pagination: one item and the cursor of the next page.
+        # `Page[X]` of app.service.pagination: one item and the cursor of the next page.
         return {"data": [EXAMPLES[name[5:-1]]], "next_cursor": CURSOR_EXAMPLE}
     if name not in EXAMPLES:
         return None

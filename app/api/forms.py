@@ -9,7 +9,7 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import no_nul
+from app.infra.errors import no_nul
 
 
 async def read_form(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.utils.images import data_root
 from tests.utils.processes import RedisServer, WorkerProcess
 
@@ -64,7 +64,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if request.param == "sqlite":
         return Backend("sqlite", None, None)
     backend = _postgres_backend()
-    from app.bootstrap import migrate
+    from app.service.bootstrap import migrate
 
     migrate(Settings(data_dir=tmp_path_factory.mktemp("pg"), database_url=backend.database_url,
                      broker_url=backend.broker_url))
@@ -94,8 +94,8 @@ def reset_postgres(backend: Backend) -> None:
     import redis
     from sqlalchemy import delete
 
-    from app.db import session_scope
-    from app.tables import (
+    from app.infra.db import session_scope
+    from app.infra.tables import (
         ApiKeyRecord,
         BaseModelRecord,
         ClassifierRecord,
@@ -115,7 +115,7 @@ def reset_postgres(backend: Backend) -> None:
 @pytest.fixture
 def make_settings(backend: Backend, builtin_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
     """Settings for one test (fresh data dir and database); keyword arguments override limits."""
-    from app.bootstrap import migrate
+    from app.service.bootstrap import migrate
 
     made: list[Settings] = []
 
@@ -157,8 +157,8 @@ def client(settings: Settings) -> Iterator[Any]:
 
 def new_key(settings: Settings, tenant: str, admin: bool = False) -> dict[str, str]:
     """An Authorization header with a fresh key."""
-    from app.db import session_scope
-    from app.security import create_api_key
+    from app.infra.db import session_scope
+    from app.service.security import create_api_key
 
     with session_scope(settings.resolved_database_url) as session:
         key, _ = create_api_key(session=session, tenant=tenant, admin=admin)

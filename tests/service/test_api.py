@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.pagination import encode_cursor
-from app.settings import Settings
-from app.tables import DatasetImageRecord, DatasetRecord, JobRecord
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import DatasetImageRecord, DatasetRecord, JobRecord
+from app.service.pagination import encode_cursor
 from tests.service.conftest import new_key
 from tests.utils.images import random_png, small_zip, zip_bytes
 
@@ -371,7 +371,7 @@ def test_the_default_base_model_is_visible_to_every_tenant(client: Any, settings
     """An admin's pretrained base model made the default is what every tenant's classifiers start
     from: every tenant lists it, reads its card and may name it. Others of that tenant stay
     private."""
-    from app.tables import BaseModelRecord
+    from app.infra.tables import BaseModelRecord
 
     with session_scope(settings.resolved_database_url) as session:
         for name in ("published", "private"):
@@ -464,7 +464,7 @@ def test_nothing_half_stored_when_the_database_write_fails(
 
 def _labelled_copies(settings: Settings, seeds: list[int]) -> list[Any]:
     """Files as an upload has them once checked: each in the upload folder, labelled."""
-    from app.uploads import LabelledFile
+    from app.service.uploads import LabelledFile
 
     work = settings.uploads_dir / "test-upload"
     work.mkdir(parents=True, exist_ok=True)
@@ -486,8 +486,8 @@ def test_a_dataset_deleted_while_another_stores_the_same_bytes_loses_nothing(
         client: Any, settings: Settings, user: dict) -> None:
     """Tenant B stores bytes that tenant A's dataset holds; A's dataset is deleted between B's
     files and B's commit (A's "still used?" cannot see B's rows yet). B keeps every image."""
-    from app.api.routes.datasets import store_dataset
-    from app.storage import ImageStore
+    from app.service.datasets import store_dataset
+    from app.infra.storage import ImageStore
 
     a = upload_zip(client, user, zip_bytes({"a/1.png": random_png(1), "b/2.png": random_png(2)}))
     assert a.status_code == 201, a.text
@@ -511,8 +511,8 @@ def test_a_failed_upload_keeps_the_files_another_upload_reused(
         client: Any, settings: Settings, user: dict) -> None:
     """Upload B creates a file; upload C reuses it and commits; B then fails. B removes only
     what no committed dataset uses."""
-    from app.api.routes.datasets import store_dataset
-    from app.storage import ImageStore
+    from app.service.datasets import store_dataset
+    from app.infra.storage import ImageStore
 
     c_id: list[str] = []
 
@@ -538,7 +538,7 @@ def test_migrations_are_in_sync(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from app.bootstrap import MIGRATIONS
+    from app.service.bootstrap import MIGRATIONS
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -550,8 +550,8 @@ def test_migrations_up_and_down_on_empty_sqlite(tmp_path: Path) -> None:
     from alembic import command
     from sqlalchemy import inspect
 
-    from app.bootstrap import alembic_config, migrate
-    from app.db import get_engine
+    from app.infra.db import get_engine
+    from app.service.bootstrap import alembic_config, migrate
 
     settings = Settings(data_dir=tmp_path)
     migrate(settings)
@@ -566,8 +566,8 @@ def test_predict_limits_name_their_setting(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import update
 
+    from app.infra.tables import ClassifierRecord
     from app.main import create_app
-    from app.tables import ClassifierRecord
 
     settings = make_settings(max_predict_files=3)
     with TestClient(create_app(settings)) as client:

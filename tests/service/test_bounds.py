@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from annotated_types import Ge, Gt, Le, Lt
 
-from app.params import ADAPT_FIELDS, PRETRAIN_BOUNDS, Choice, Flag, Range, pretrain_bounds
-from app.schemas import ClassifierParams
-from app.settings import Settings
+from app.infra.settings import Settings
+from app.service.params import ADAPT_FIELDS, PRETRAIN_BOUNDS, Choice, Flag, Range, pretrain_bounds
+from app.service.schemas import ClassifierParams
 from tests.utils.images import random_png, small_zip, zip_bytes
 
 NAN, INF = float("nan"), float("inf")
@@ -52,7 +52,7 @@ def dataset(client: Any, headers: dict[str, str]) -> str:
 
 
 def test_every_pretraining_field_has_a_bound() -> None:
-    """Fails when models.config.PretrainConfig gains a field that app/params.py does not bound."""
+    """Fails when models.config.PretrainConfig gains a field that app/service/params.py does not bound."""
     from dataclasses import fields
 
     from models.backbones import available_backbones

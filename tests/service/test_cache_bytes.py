@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.classifier_cache import ClassifierCache, classifier_bytes
+from app.service.classifier_cache import ClassifierCache, classifier_bytes
 
 
 @pytest.fixture(scope="module")

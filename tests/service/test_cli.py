@@ -107,8 +107,8 @@ def alive(pid: int) -> bool:
 def test_serve_supervises_its_worker(tmp_path: Path, builtin_dir: Path) -> None:
     """The embedded worker is killed: /readyz turns 503 within seconds, the worker is restarted
     and the service is ready again. `mtl serve` is killed: its worker does not outlive it."""
-    from app.embedded import ready_file
-    from app.settings import Settings
+    from app.infra.embedded import ready_file
+    from app.infra.settings import Settings
 
     env = embedded_env(tmp_path, builtin_dir)
     ready = ready_file(Settings(data_dir=tmp_path / "data"))
@@ -159,8 +159,8 @@ def test_serve_with_several_api_processes(tmp_path: Path, builtin_dir: Path) -> 
     """`--api-processes 2`: two API processes on one port beside one worker; their /readyz
     follows that worker (killed: 503, restarted: 200); a request with a key works whichever
     process answers; `mtl serve` killed outright takes all of them with it."""
-    from app.embedded import ready_file
-    from app.settings import Settings
+    from app.infra.embedded import ready_file
+    from app.infra.settings import Settings
 
     env = embedded_env(tmp_path, builtin_dir)
     r = mtl("serve", "--api-processes", "0", env=env)

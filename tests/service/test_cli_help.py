@@ -56,7 +56,7 @@ def test_every_option_has_one_line_help_showing_its_default() -> None:
 
 def test_enumerated_options_are_choices_from_the_real_registries(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from app.jobs import JobStatus
+    from app.service.jobs import JobStatus
     from models.backbones import available_backbones
     from models.config import ALGORITHMS, BN_STATS, HEAD_INITS, PretrainConfig
 

@@ -16,7 +16,7 @@ import pytest
 
 from app.cli import main
 from app.client import ApiError, Client, ClientError
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.service.conftest import REPO, new_key
 from tests.service.test_cli import embedded_env, start_serve
 from tests.utils.images import data_root, omniglot_png, omniglot_zip

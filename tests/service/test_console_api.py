@@ -12,9 +12,9 @@ from typing import Any
 
 from PIL import Image
 
-import app.schemas
+import app.service.schemas
 from app.api.docs import EXAMPLES
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.service.conftest import new_key
 from tests.utils.images import small_zip
 
@@ -203,6 +203,6 @@ def test_openapi_document_has_summaries_descriptions_and_valid_examples(client: 
     assert not missing, missing
     # Each example is a valid instance of its model, so the documentation cannot drift from it.
     for name, example in EXAMPLES.items():
-        getattr(app.schemas, name).model_validate(example)
+        getattr(app.service.schemas, name).model_validate(example)
     job = doc["components"]["schemas"]["JobPublic"]
     assert "phase" in job["properties"] and "final_pass" in json.dumps(job)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright  # a dev dependency: never skipped
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.service.conftest import IN_CI, REPO, REPO_BUILTINS, new_key
 from tests.utils.images import omniglot_eval
 from tests.utils.processes import free_port
@@ -86,7 +86,7 @@ class LiveServer:
 
 @pytest.fixture
 def live(tmp_path: Path, start_worker: Any) -> Iterator[tuple[LiveServer, Settings]]:
-    from app.bootstrap import migrate
+    from app.service.bootstrap import migrate
 
     settings = Settings(data_dir=tmp_path / "data", builtin_models_dir=REPO_BUILTINS,
                         worker_device="cpu")

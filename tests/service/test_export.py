@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from models.data import decode_image
 from tests.service.conftest import new_key
 from tests.utils.images import omniglot_png
@@ -82,7 +82,7 @@ def test_export_needs_a_ready_classifier_of_the_tenant(client: Any, settings: Se
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_readme_names_the_input(fmt: str) -> None:
-    from app.export import ExportFormat, preprocessing, readme
+    from app.service.export import ExportFormat, preprocessing, readme
 
     prep = preprocessing({"channels": 3, "image_size": 84}, [0.5] * 3, [0.25] * 3)
     text = readme(ExportFormat(fmt), classifier_id="c", name="n", prep=prep, labels=["a", "b"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.service.conftest import new_key
 from tests.utils.images import small_zip
 
@@ -99,9 +99,9 @@ def test_expired_keys_are_forgotten(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import update
 
-    from app.db import session_scope
+    from app.infra.db import session_scope
+    from app.infra.tables import IdempotencyRecord, utcnow
     from app.main import create_app
-    from app.tables import IdempotencyRecord, utcnow
 
     settings = make_settings()
     with TestClient(create_app(settings)) as client:
@@ -125,9 +125,9 @@ def test_a_key_whose_first_request_died_is_freed_after_the_claim_timeout(
     from fastapi.testclient import TestClient
     from sqlalchemy import update
 
-    from app import idempotency
-    from app.db import session_scope
-    from app.tables import IdempotencyRecord, utcnow
+    from app.api import idempotency
+    from app.infra.db import session_scope
+    from app.infra.tables import IdempotencyRecord, utcnow
 
     def dies(*args: Any, **kwargs: Any) -> None:
         raise SystemError("the process died here")
@@ -154,8 +154,7 @@ def test_the_answer_is_stored_before_it_is_sent(client: Any, user: dict, monkeyp
     CI once got "still being processed" there: the answer went out before it was stored."""
     import asyncio
 
-    from app import idempotency
-
+    from app.api import idempotency
     events: list[str] = []
     store = idempotency.store_answer
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.logs import JsonFormatter
-from app.settings import Settings
+from app.infra.logs import JsonFormatter
+from app.infra.settings import Settings
 from tests.utils.images import omniglot_png, omniglot_zip
 from tests.utils.processes import wait_for_job
 from tests.utils.training import create_classifier, run_job
@@ -35,8 +35,8 @@ def test_request_id_follows_a_job_into_the_worker(client: Any, settings: Setting
         "X-Request-ID"] != "a b\x7f" * 5
 
     created = create_classifier(client, headers)
-    from app.db import session_scope
-    from app.tables import JobRecord
+    from app.infra.db import session_scope
+    from app.infra.tables import JobRecord
 
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(JobRecord, created["job_id"])
@@ -69,8 +69,8 @@ def _value(samples: dict, name: str, **labels: str) -> float:
 
 @pytest.mark.slow  # a real `mtl serve`: the API and its worker in two processes
 def test_metrics_and_json_logs_of_a_real_server(tmp_path: Path, builtin_dir: Path) -> None:
-    from app.db import session_scope
-    from app.security import create_api_key
+    from app.infra.db import session_scope
+    from app.service.security import create_api_key
     from tests.service.test_cli import embedded_env, start_serve
 
     env = {**embedded_env(tmp_path, builtin_dir), "MTL_METRICS_ENABLED": "true",

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.service.conftest import new_key
 from tests.utils.images import small_zip
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.predict import PredictService
+from app.service.predict import PredictService
 from tests.service.conftest import new_key
 from tests.utils.images import random_png
 
@@ -67,7 +67,7 @@ def test_cache_is_bounded(classifier_dir: Path) -> None:
 
 def test_a_classifier_deleted_before_its_files_are_read_is_a_404(tmp_path: Path) -> None:
     """The route found it ready, then a delete removed its folder: not found, not a 500."""
-    from app.errors import ServiceError
+    from app.infra.errors import ServiceError
 
     with pytest.raises(ServiceError, match="classifier gone not found") as raised:
         asyncio.run(PredictService(cache_size=1).predict("gone", tmp_path / "gone",
@@ -136,9 +136,9 @@ def test_health_answers_while_predict_decodes_large_images(
 
     import httpx
 
-    from app.db import session_scope
+    from app.infra.db import session_scope
+    from app.infra.tables import ClassifierRecord
     from app.main import create_app
-    from app.tables import ClassifierRecord
 
     settings = make_settings(max_image_pixels=40_000_000, max_upload_bytes=10_000_000)
     headers = new_key(settings, "acme")
@@ -206,7 +206,7 @@ def test_keep_freed_memory_leaves_an_allocator_chosen_by_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from app.predict import keep_freed_memory
+    from app.service.predict import keep_freed_memory
 
     for name in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD"):
         monkeypatch.delenv(name, raising=False)

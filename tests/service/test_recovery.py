@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.db import session_scope
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import BaseModelRecord, ClassifierRecord, JobRecord, utcnow
 from app.main import create_app
-from app.settings import Settings
-from app.tables import BaseModelRecord, ClassifierRecord, JobRecord, utcnow
 from tests.service.conftest import Backend, new_key
 from tests.utils.images import small_zip
 from tests.utils.processes import RedisServer, wait_for_job
@@ -232,7 +232,7 @@ def test_a_classifier_deleted_or_cancelled_as_its_job_saves_is_not_revived(
         how: str) -> None:
     """The user deletes the classifier (or cancels its job) after the job's last cancel check,
     while it saves: the job ends cancelled and installs nothing."""
-    from app.jobs import JobPhase
+    from app.service.jobs import JobPhase
     from worker.lifecycle import Reporter
     from worker.run import run_job
 
@@ -257,7 +257,7 @@ def test_a_classifier_deleted_or_cancelled_as_its_job_saves_is_not_revived(
 
 def test_embedded_broker_keeps_to_the_data_dir(tmp_path: Path, monkeypatch: Any) -> None:
     """Sending through the filesystem broker creates nothing in the current directory."""
-    from app.broker import TRAIN_CLASSIFIER, enqueue
+    from app.infra.broker import TRAIN_CLASSIFIER, enqueue
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -12,11 +12,11 @@ import pytest
 import torch
 from sqlalchemy import delete
 
-from app.db import session_scope
-from app.security import VerifiedKey, VerifiedKeyCache, hash_key
-from app.settings import Settings
-from app.tables import ApiKeyRecord
-from app.threads import available_cores, default_torch_threads, limit_threads
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import ApiKeyRecord
+from app.infra.threads import available_cores, default_torch_threads, limit_threads
+from app.service.security import VerifiedKey, VerifiedKeyCache, hash_key
 from tests.service.conftest import new_key
 from tests.utils.images import small_zip
 
@@ -70,11 +70,11 @@ def test_api_applies_and_reports_its_threads(make_settings: Callable[..., Settin
 
 def test_training_commands_honour_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     import app.cli as cli
-    from app.settings import get_settings
+    from app.infra.settings import get_settings
 
     seen: list[int] = []
     monkeypatch.setenv("MTL_TORCH_THREADS", "3")
-    monkeypatch.setattr("app.threads.limit_threads", seen.append)
+    monkeypatch.setattr("app.infra.threads.limit_threads", seen.append)
     monkeypatch.setattr(cli, "_evaluate", lambda args: 0)
     get_settings.cache_clear()
     try:
@@ -90,7 +90,7 @@ def test_training_commands_honour_the_setting(monkeypatch: pytest.MonkeyPatch) -
 
 def test_cache_keeps_found_keys_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr("app.security.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("app.service.security.time.monotonic", lambda: now[0])
     cache = VerifiedKeyCache(ttl_s=5.0, max_entries=2)
     a, b, c = (VerifiedKey(p, "t", "user") for p in "abc")
     cache.put("da", a)
@@ -129,7 +129,7 @@ def test_a_key_deleted_elsewhere_stops_within_the_cache_time(
     client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr("app.security.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("app.service.security.time.monotonic", lambda: now[0])
     headers = new_key(settings, "acme")
     assert client.get("/v1/datasets", headers=headers).status_code == 200
     # Deleted in the database by another process (another API replica, an operator).

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.holdout import classification_metrics, holdout_split, training_steps
-from app.params import adapt_config
-from app.schemas import ClassifierParams
-from app.settings import Settings
-from app.uploads import CheckedUpload, UploadError, read_archive
+from app.infra.settings import Settings
+from app.service.holdout import classification_metrics, holdout_split, training_steps
+from app.service.params import adapt_config
+from app.service.schemas import ClassifierParams
+from app.service.uploads import CheckedUpload, UploadError, read_archive
 from tests.utils.images import random_png, zip_bytes
 
 
@@ -90,7 +90,7 @@ def test_abandoned_upload_folders_are_removed_at_start(tmp_path: Path) -> None:
     import os
     import time
 
-    from app.bootstrap import remove_abandoned_uploads
+    from app.service.bootstrap import remove_abandoned_uploads
 
     settings = Settings(data_dir=tmp_path)
     settings.ensure_dirs()
@@ -110,8 +110,8 @@ def test_the_embedded_broker_never_hands_out_a_half_written_message(tmp_path: Pa
     import threading
     from queue import Empty
 
-    from app.broker import make_celery
-    from app.fs_broker import Transport
+    from app.infra.broker import make_celery
+    from app.infra.fs_broker import Transport
 
     app = make_celery(Settings(data_dir=tmp_path))
     count, got, errors = 300, [], []

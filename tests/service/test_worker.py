@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from models.precision import bf16_supported
 from tests.service.conftest import new_key
 from tests.utils.images import omniglot_png, omniglot_zip

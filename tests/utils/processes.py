@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
+from app.infra.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

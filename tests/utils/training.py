@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from tests.utils.images import omniglot_zip
 
 # Three Omniglot evaluation characters, five drawings each to train on; drawings 15-19 are left

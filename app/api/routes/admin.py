@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
-from app import jobs
+from app.api.deps import AdminKey, SessionDep, SettingsDep, verified_keys
+from app.api.idempotency import IdempotencyKey
 from app.api.responses import errors
-from app.base_models import set_default
-from app.deps import AdminKey, SessionDep, SettingsDep, verified_keys
-from app.idempotency import IdempotencyKey
-from app.jobs import ArtifactStatus
-from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.params import pretrain_config
-from app.schemas import (
+from app.infra.tables import ApiKeyRecord, DatasetRecord
+from app.service import jobs, keys
+from app.service.base_models import make_ready_default
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.params import pretrain_config
+from app.service.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
@@ -21,8 +21,6 @@ from app.schemas import (
     PretrainingJobCreate,
     PretrainingJobCreated,
 )
-from app.security import create_api_key
-from app.tables import ApiKeyRecord, BaseModelRecord, DatasetRecord
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403, 422))
 
@@ -79,15 +77,7 @@ def make_default(base_model_id: str, session: SessionDep, key: AdminKey) -> Base
 
     The base model classifiers use when a request gives no `base_model_id`; it must be ready.
     """
-    row = session.get(BaseModelRecord, base_model_id)
-    if row is None:
-        raise HTTPException(404, f"base model {base_model_id} not found")
-    if row.status != ArtifactStatus.READY:
-        raise HTTPException(409, f"base model {base_model_id} is {row.status}, not ready")
-    set_default(session=session, base_model_id=row.id)
-    session.commit()
-    session.refresh(row)
-    return BaseModelPublic.from_record(row)
+    return BaseModelPublic.from_record(make_ready_default(session=session, base_model_id=base_model_id))
 
 
 @router.post(
@@ -105,8 +95,7 @@ def create_key(
     `Idempotency-Key`, a repeat within 24 h creates no other key and answers the first answer
     with `key` null (it is never stored).
     """
-    plain, row = create_api_key(session=session, tenant=body.tenant, admin=body.admin)
-    session.commit()
+    plain, row = keys.create_key(session=session, tenant=body.tenant, admin=body.admin)
     return ApiKeyCreated(key=plain, prefix=row.prefix, tenant=row.tenant, scope=row.scope)
 
 
@@ -137,10 +126,6 @@ def revoke_key(prefix: str, request: Request, session: SessionDep, key: AdminKey
     By its prefix (the part after `mtl_`). It stops working at once on this API process, and
     within `MTL_API_KEY_CACHE_S` seconds (default 5) on any other API process sharing the database.
     """
-    result = session.execute(delete(ApiKeyRecord).where(ApiKeyRecord.prefix == prefix))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise HTTPException(404, f"no API key with prefix {prefix}")
-    session.commit()
+    keys.revoke_key(session=session, prefix=prefix)
     verified_keys(request).forget(prefix)
     return Response(status_code=204)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
+from app.api.deps import CurrentKey, SessionDep, SettingsDep
 from app.api.responses import errors
-from app.base_models import base_model_dir, can_see, read_card, visible_to
-from app.deps import CurrentKey, SessionDep, SettingsDep
-from app.model_cards import base_model_card
-from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.schemas import BaseModelCard, BaseModelPublic
-from app.tables import BaseModelRecord
+from app.infra.tables import BaseModelRecord
+from app.service.base_models import base_model_dir, can_see, read_card, visible_to
+from app.service.model_cards import base_model_card
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.schemas import BaseModelCard, BaseModelPublic
 
 router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422))
 

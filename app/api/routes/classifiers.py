@@ -3,35 +3,31 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from sqlalchemy import Select, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from app import jobs
-from app.api.forms import file_fields, read_form, text_field
-from app.api.responses import errors
-from app.api.routes.datasets import get_owned as get_owned_dataset
-from app.base_models import usable_base_model
-from app.db import get_engine
-from app.deps import (
+from app.api.deps import (
     CurrentKey,
     PredictServiceDep,
     SessionDep,
     SettingsDep,
-    database_url,
-    get_tenant_row,
     quick_read,
-    resolved,
 )
-from app.errors import ServiceError
-from app.export import ExportFormat, export_zip
-from app.idempotency import IdempotencyKey
-from app.jobs import ArtifactStatus
-from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.schemas import (
+from app.api.forms import file_fields, read_form, text_field
+from app.api.idempotency import IdempotencyKey
+from app.api.responses import errors
+from app.infra.errors import ServiceError
+from app.infra.settings import resolved
+from app.infra.tables import ClassifierRecord
+from app.service import classifiers, jobs
+from app.service.base_models import usable_base_model
+from app.service.datasets import get_owned as get_owned_dataset
+from app.service.export import ExportFormat, export_zip
+from app.service.jobs import ArtifactStatus
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.schemas import (
     ClassifierCreate,
     ClassifierCreated,
     ClassifierPublic,
@@ -39,9 +35,6 @@ from app.schemas import (
     PredictResponse,
     PredictResult,
 )
-from app.security import VerifiedKey
-from app.settings import Settings
-from app.tables import ClassifierRecord
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422))
 log = logging.getLogger(__name__)
@@ -63,42 +56,6 @@ _PREDICT_DOC = {
         },
     },
 }
-
-
-def get_owned(session: Session, key: VerifiedKey, classifier_id: str) -> ClassifierRecord:
-    return get_tenant_row(session, key, ClassifierRecord, classifier_id, "classifier")
-
-
-_CLASSIFIER = ClassifierRecord.__table__
-# Built once: building and cache-keying a statement per request was a tenth of a GET's CPU.
-_ROW_QUERY = select(_CLASSIFIER).where(_CLASSIFIER.c.id == bindparam("classifier_id"))
-_STATUS_QUERY = select(_CLASSIFIER.c.status, _CLASSIFIER.c.tenant).where(
-    _CLASSIFIER.c.id == bindparam("classifier_id")
-)
-
-
-def _owned_row(
-    settings: Settings, key: VerifiedKey, classifier_id: str, query: Select[Any] = _ROW_QUERY
-) -> Any:
-    """The caller's classifier's row (every column, or those `query` selects with the tenant),
-    or 404 as `get_tenant_row` answers another tenant's. A plain SQL query on a connection of its
-    own: for the two routes a client calls most (read, predict), the ORM session's identity map
-    and events cost half a request's CPU (issue 13)."""
-    with get_engine(database_url(settings)).connect() as conn:
-        row = conn.execute(query, {"classifier_id": classifier_id}).first()
-    if row is None or row.tenant != key.tenant:
-        raise HTTPException(404, f"classifier {classifier_id} not found")
-    return row
-
-
-def _read_owned(settings: Settings, key: VerifiedKey, classifier_id: str) -> ClassifierPublic:
-    """The caller's classifier as the API shows it (the row has every column of a record)."""
-    return ClassifierPublic.from_record(_owned_row(settings, key, classifier_id))
-
-
-def _owned_status(settings: Settings, key: VerifiedKey, classifier_id: str) -> str:
-    """The status of the caller's classifier (404 if it is not the caller's)."""
-    return str(_owned_row(settings, key, classifier_id, _STATUS_QUERY).status)
 
 
 @router.post("", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413))
@@ -167,7 +124,7 @@ async def read_classifier(
     per-class precision and recall, and the confusion matrix (rows: true class, columns:
     predicted, in `labels` order).
     """
-    return await quick_read(settings, _read_owned, settings, key, classifier_id)
+    return await quick_read(settings, classifiers.read_owned, settings, key, classifier_id)
 
 
 @router.delete("/{classifier_id}", status_code=204, responses=errors(404))
@@ -182,13 +139,8 @@ def delete_classifier(
 
     Its job is cancelled if it has not finished.
     """
-    clf = get_owned(session, key, classifier_id)
-    if clf.job_id:
-        jobs.request_cancel(session, clf.job_id)
-    session.delete(clf)
-    session.commit()
+    classifiers.delete_classifier(session=session, settings=settings, key=key, classifier_id=classifier_id)
     predictor.evict(classifier_id)
-    shutil.rmtree(settings.classifiers_dir / classifier_id, ignore_errors=True)
     return Response(status_code=204)
 
 
@@ -222,7 +174,7 @@ def export_classifier(
     (N, C, H, W) scaled to [0, 1] and answer the probabilities predict answers. Needs a
     classifier whose status is `ready`.
     """
-    row = _owned_row(settings, key, classifier_id)
+    row = classifiers.owned_row(settings, key, classifier_id)
     if row.status != ArtifactStatus.READY:
         raise ServiceError(
             f"classifier {classifier_id} is {row.status}; export needs it trained (status 'ready')",
@@ -260,7 +212,7 @@ async def predict(
     is `ready`.
     """
     # Off the event loop, and no connection is held while predicting.
-    status = await quick_read(settings, _owned_status, settings, key, classifier_id)
+    status = await quick_read(settings, classifiers.owned_status, settings, key, classifier_id)
     if status != ArtifactStatus.READY:
         raise HTTPException(
             409,

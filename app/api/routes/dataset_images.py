@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import select
 
+from app.api.deps import CurrentKey, SessionDep, SettingsDep
 from app.api.responses import errors
-from app.api.routes.datasets import get_owned
-from app.dataset_images import MAX_THUMBNAIL, list_images, thumbnail_png
-from app.deps import CurrentKey, SessionDep, SettingsDep
-from app.pagination import Cursor
-from app.schemas import DatasetImagePage
-from app.storage import ImageStore
-from app.tables import DatasetImageRecord
+from app.infra.storage import ImageStore
+from app.infra.tables import DatasetImageRecord
+from app.service.dataset_images import MAX_THUMBNAIL, list_images, thumbnail_png
+from app.service.datasets import get_owned
+from app.service.pagination import Cursor
+from app.service.schemas import DatasetImagePage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 

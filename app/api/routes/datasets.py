@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import CurrentKey, SessionDep, SettingsDep
 from app.api.forms import file_fields, read_form, text_field
+from app.api.idempotency import IdempotencyKey
 from app.api.responses import errors
-from app.deps import CurrentKey, SessionDep, SettingsDep, get_tenant_row
-from app.errors import no_nul
-from app.idempotency import IdempotencyKey
-from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.schemas import DatasetPublic
-from app.settings import Settings
-from app.storage import ImageStore
-from app.tables import DatasetImageRecord, DatasetRecord
-from app.uploads import (
-    CHUNK,
-    CheckedUpload,
-    LabelledFile,
-    check_files,
-    display_name,
-    read_archive,
-)
+from app.infra.errors import no_nul
+from app.infra.storage import ImageStore
+from app.infra.tables import DatasetRecord
+from app.service.datasets import delete_dataset_row, get_owned, store_dataset, unpack_upload
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.schemas import DatasetPublic
+from app.service.uploads import check_files, display_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
@@ -65,10 +55,6 @@ _UPLOAD_DOC = {
         },
     },
 }
-
-
-def get_owned(session: SessionDep, key: CurrentKey, dataset_id: str) -> DatasetRecord:
-    return get_tenant_row(session, key, DatasetRecord, dataset_id, "dataset")
 
 
 @router.post(
@@ -163,87 +149,6 @@ async def create_dataset(
     return DatasetPublic.from_record(ds)
 
 
-def unpack_upload(
-    *,
-    workdir: Path,
-    archive: BinaryIO | None,
-    files: list[tuple[str, str, BinaryIO]],
-    settings: Settings,
-) -> CheckedUpload:
-    """The upload's files, each streamed into its own file under `workdir`: an archive's members,
-    or (file name, label, content) parts."""
-    if archive is not None:
-        return read_archive(
-            archive,
-            workdir=workdir,
-            max_files=settings.max_files,
-            max_uncompressed=settings.max_archive_uncompressed_bytes,
-        )
-    result = CheckedUpload()
-    for i, (filename, label, content) in enumerate(files):
-        target = workdir / f"part-{i}"
-        content.seek(0)
-        with target.open("wb") as out:
-            shutil.copyfileobj(content, out, CHUNK)
-        result.good.append(LabelledFile(filename, label, target))
-    return result
-
-
-def store_dataset(
-    *,
-    session: Session,
-    store: ImageStore,
-    tenant: str,
-    name: str,
-    files: list[LabelledFile],
-    rejected: list[tuple[str, str]],
-) -> DatasetRecord:
-    """Store the image files, then the rows in one transaction; on any failure the files this
-    call added (and no dataset uses) are removed again, so nothing is half-stored."""
-    counts = Counter(f.label for f in files)
-    created: set[str] = set()
-    reused: dict[str, Path] = {}  # hash -> this upload's own copy (see app/storage.py)
-    try:
-        rows = []
-        for f in files:
-            digest, new = store.put_file(f.path)
-            if new:
-                created.add(digest)
-            else:
-                reused.setdefault(digest, f.path)
-            rows.append(DatasetImageRecord(sha256=digest, filename=f.filename, label=f.label))
-        ds = DatasetRecord(
-            tenant=tenant,
-            name=name,
-            num_images=len(rows),
-            classes=[{"name": c, "count": counts[c]} for c in sorted(counts)],
-            rejected=[{"file": f, "reason": r} for f, r in rejected],
-            images=rows,
-        )
-        session.add(ds)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        # Another upload may have reused a file this one created and committed meanwhile.
-        try:
-            store.delete_unused(created, lambda digests: referenced(session, digests))
-        except Exception:
-            # Without the database we cannot tell which files are shared: orphans over losses.
-            log.exception("could not remove the files of a failed upload; they stay unreferenced")
-        raise
-    store.restore(reused)
-    return ds
-
-
-def referenced(session: Session, digests: set[str]) -> set[str]:
-    """The hashes among `digests` that committed dataset rows use."""
-    return set(
-        session.scalars(
-            select(DatasetImageRecord.sha256).where(DatasetImageRecord.sha256.in_(digests))
-        ).all()
-    )
-
-
 @router.get("", response_model=Page[DatasetPublic])
 def list_datasets(
     session: SessionDep, key: CurrentKey, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
@@ -282,15 +187,5 @@ def delete_dataset(
     The image files no other dataset uses are deleted too; classifiers trained on it keep
     working.
     """
-    ds = get_owned(session, key, dataset_id)
-    digests = set(
-        session.scalars(
-            select(DatasetImageRecord.sha256).where(DatasetImageRecord.dataset_id == ds.id)
-        ).all()
-    )
-    session.delete(ds)
-    session.commit()
-    ImageStore(settings.images_dir).delete_unused(
-        digests, lambda digests: referenced(session, digests)
-    )
+    delete_dataset_row(session=session, store=ImageStore(settings.images_dir), dataset=get_owned(session, key, dataset_id))
     return Response(status_code=204)

@@ -11,15 +11,14 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import CurrentKey, SettingsDep
 from app.api.responses import WHY
-from app.api.routes.jobs import get_visible
-from app.db import session_scope
-from app.deps import CurrentKey, SettingsDep
-from app.jobs import FINISHED
-from app.schemas import JobPublic
-from app.security import VerifiedKey
-from app.settings import Settings
-from app.tables import ApiKeyRecord, JobRecord
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import ApiKeyRecord, JobRecord
+from app.service.jobs import FINISHED, get_visible
+from app.service.schemas import JobPublic
+from app.service.security import VerifiedKey
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

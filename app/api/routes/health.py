@@ -6,10 +6,10 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import SettingsDep
 from app.api.responses import errors
-from app.db import get_engine
-from app.deps import SettingsDep
-from app.settings import Settings
+from app.infra.db import get_engine
+from app.infra.settings import Settings
 
 router = APIRouter(tags=["health"], responses=errors(422))
 
@@ -32,7 +32,7 @@ def _check(settings: Settings) -> str | None:
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder / "queue"
         return None if folder.is_dir() else f"broker folder {folder} is missing"
-    from app.broker import celery_for
+    from app.infra.broker import celery_for
 
     try:
         with celery_for(settings).connection_for_write() as conn:

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from app import jobs
+from app.api.deps import CurrentKey, SessionDep
 from app.api.responses import errors
-from app.deps import CurrentKey, SessionDep
-from app.jobs import JobStatus
-from app.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.schemas import JobPublic
-from app.security import VerifiedKey
-from app.tables import JobRecord
+from app.infra.tables import JobRecord
+from app.service import jobs
+from app.service.jobs import JobStatus, get_visible
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.schemas import JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
-
-
-def get_visible(session: Session, key: VerifiedKey, job_id: str) -> JobRecord:
-    job = session.get(JobRecord, job_id)
-    if job is None or (job.tenant != key.tenant and key.scope != "admin"):
-        raise HTTPException(404, f"job {job_id} not found")
-    return job
 
 
 @router.get("", response_model=Page[JobPublic])

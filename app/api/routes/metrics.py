@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import func, select
 
-from app import metrics
-from app.db import get_engine
-from app.deps import SettingsDep
-from app.settings import Settings
-from app.tables import JobRecord
+from app.api.deps import SettingsDep
+from app.infra import metrics
+from app.infra.db import get_engine
+from app.infra.settings import Settings
+from app.infra.tables import JobRecord
 
 router = APIRouter(tags=["health"])
 

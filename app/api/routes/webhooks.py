@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.deps import CurrentKey, SettingsDep
 from app.api.responses import errors
-from app.deps import CurrentKey, SettingsDep
-from app.errors import ServiceError
-from app.schemas import WebhookSigningSecret
-from app.security import tenant_webhook_secret
+from app.infra.errors import ServiceError
+from app.service.schemas import WebhookSigningSecret
+from app.service.security import tenant_webhook_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=errors(401, 422))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.settings import Settings
+from app.infra.settings import Settings
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config(database_url: str) -> object:
@@ -31,9 +31,9 @@ def initialize(settings: Settings) -> None:
     earlier value of that setting)."""
     from sqlalchemy.exc import IntegrityError
 
-    from app.base_models import register_builtin_models
-    from app.db import session_scope
-    from app.security import register_key, revoke_env_keys
+    from app.infra.db import session_scope
+    from app.service.base_models import register_builtin_models
+    from app.service.security import register_key, revoke_env_keys
 
     settings.ensure_dirs()
     try:

@@ -8,10 +8,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput
-from app.pagination import decode_cursor, encode_cursor
-from app.schemas import DatasetImagePage, DatasetImagePublic
-from app.tables import DatasetImageRecord
+from app.infra.errors import InvalidInput
+from app.infra.tables import DatasetImageRecord
+from app.service.pagination import decode_cursor, encode_cursor
+from app.service.schemas import DatasetImagePage, DatasetImagePublic
 
 MAX_THUMBNAIL = 256
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.db import session_factory
-from app.tables import ApiKeyRecord
+from app.infra.db import session_factory
+from app.infra.tables import ApiKeyRecord
 
 SCOPES = ("user", "admin")
 

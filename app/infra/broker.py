@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from app.settings import Settings
+from app.infra.settings import Settings
 
 TRAIN_CLASSIFIER = "mtl.train_classifier"
 PRETRAIN_BASE_MODEL = "mtl.pretrain_base_model"
@@ -38,7 +38,7 @@ def make_celery(settings: Settings) -> Celery:
             polling_interval=0.1,
         )
         # kombu's filesystem transport, with each message renamed into place once written.
-        app.conf.broker_transport = "app.fs_broker:Transport"
+        app.conf.broker_transport = "app.infra.fs_broker:Transport"
     app.conf.update(
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,

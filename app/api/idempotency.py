@@ -29,11 +29,11 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import session_scope
-from app.middleware import BodyTooLarge
-from app.security import hash_key, lookup_key
-from app.settings import Settings
-from app.tables import IdempotencyRecord, utcnow
+from app.api.middleware import BodyTooLarge
+from app.infra.db import session_scope
+from app.infra.settings import Settings
+from app.infra.tables import IdempotencyRecord, utcnow
+from app.service.security import hash_key, lookup_key
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -207,7 +207,7 @@ def _without(body: bytes, fields: tuple[str, ...]) -> bytes:
 
 
 async def _tenant(scope: Scope, settings: Settings) -> str | None:
-    """The caller's tenant, from its key (as `app.deps.get_current_key` finds it); None when
+    """The caller's tenant, from its key (as `app.api.deps.get_current_key` finds it); None when
     the key is missing or unknown (the route then answers 401)."""
     headers = dict(scope.get("headers") or [])
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")

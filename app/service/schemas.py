@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
-from app.jobs import ArtifactStatus, JobKind, JobPhase, JobStatus, phase_of
-from app.params import ADAPT_FIELDS, classifier_defaults
-from app.tables import JobRecord
+from app.infra.tables import JobRecord
+from app.service.jobs import ArtifactStatus, JobKind, JobPhase, JobStatus, phase_of
+from app.service.params import ADAPT_FIELDS, classifier_defaults
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -282,7 +282,7 @@ class PretrainingJobCreate(Strict):
     algorithm: Text = Field(min_length=1, max_length=64)
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="fields of models.config.PretrainConfig; each is bounded (app/params.py) "
+        description="fields of models.config.PretrainConfig; each is bounded (app/service/params.py) "
         "and an out-of-bounds value is a 422 naming it",
     )
     callback_url: CallbackUrl = None

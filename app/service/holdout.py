@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.params import adapt_config
+from app.service.params import adapt_config
 
 
 def holdout_size(count: int, fraction: float) -> int:

@@ -33,6 +33,12 @@ class InvalidInput(ServiceError):
     status = 422
 
 
+class NotFound(ServiceError):
+    """No such row, or another tenant's (answered alike, so ids do not leak across tenants)."""
+
+    status = 404
+
+
 def no_nul(value: str, what: str) -> str:
     """`value` unchanged, or InvalidInput: PostgreSQL cannot store a NUL byte in text."""
     if "\x00" in value:

@@ -17,7 +17,7 @@ from typing import IO, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import ServiceError
+from app.infra.errors import ServiceError
 
 
 class UploadError(ServiceError):

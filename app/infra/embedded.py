@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from app.settings import Settings
+from app.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -7,43 +7,17 @@ was most of a small request's time (issue 13)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Annotated, Any, NamedTuple, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import session_factory
-from app.predict import PredictService
-from app.security import VerifiedKey, VerifiedKeyCache, hash_key, lookup_key
-from app.settings import Settings
-
-
-class Resolved(NamedTuple):
-    database_url: str
-    classifiers_dir: Path
-
-
-# By the id of a Settings object, which the entry keeps alive (so the id is never reused).
-_resolved: dict[int, tuple[Settings, Resolved]] = {}
-
-
-def resolved(settings: Settings) -> Resolved:
-    """`settings.resolved_database_url` and `settings.classifiers_dir`, worked out once per
-    Settings object: each resolves the data directory on the filesystem (`Path.resolve`, a few
-    system calls), a tenth of an authenticated GET's CPU when done per request (issue 13)."""
-    entry = _resolved.get(id(settings))
-    if entry is None or entry[0] is not settings:
-        entry = _resolved[id(settings)] = (
-            settings, Resolved(settings.resolved_database_url, settings.classifiers_dir)
-        )
-    return entry[1]
-
-
-def database_url(settings: Settings) -> str:
-    return resolved(settings).database_url
+from app.infra.db import session_factory
+from app.infra.settings import Settings, database_url
+from app.service.predict import PredictService
+from app.service.security import VerifiedKey, VerifiedKeyCache, hash_key, lookup_key
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -101,7 +75,7 @@ async def get_current_key(
         if key is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         cache.put(digest, key)
-    request.state.tenant = key.tenant  # for the request's log line (app.middleware)
+    request.state.tenant = key.tenant  # for the request's log line (app.api.middleware)
     return key
 
 
@@ -137,13 +111,3 @@ async def quick_read(settings: Settings, read: Callable[..., R], *args: Any) -> 
     if database_url(settings).startswith("sqlite"):
         return read(*args)
     return await run_in_threadpool(read, *args)
-
-
-def get_tenant_row(
-    session: Session, key: VerifiedKey, model: type[T], row_id: str, noun: str
-) -> T:
-    """The tenant's row of `model` with this id; another tenant's row is answered like a missing one."""
-    row = session.get(model, row_id)
-    if row is None or getattr(row, "tenant", None) != key.tenant:
-        raise HTTPException(404, f"{noun} {row_id} not found")
-    return row

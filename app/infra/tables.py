@@ -1,4 +1,4 @@
-"""SQLAlchemy tables. The API never returns these rows directly; see `app.schemas`."""
+"""SQLAlchemy tables. The API never returns these rows directly; see `app.service.schemas`."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ class JobRecord(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     loss: Mapped[float | None] = mapped_column(Float)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
-    # What a running attempt is doing (app.jobs.PHASES); reset when a worker claims the job.
+    # What a running attempt is doing (app.service.jobs.PHASES); reset when a worker claims the job.
     phase: Mapped[str | None] = mapped_column(String(32))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
@@ -160,7 +160,7 @@ class JobRecord(Base):
 
 
 class IdempotencyRecord(Base):
-    """A POST sent with an `Idempotency-Key` (app.idempotency): what the first request was (its
+    """A POST sent with an `Idempotency-Key` (app.api.idempotency): what the first request was (its
     digest) and, once it succeeded, its answer, returned to repeats for a day."""
 
     __tablename__ = "idempotency_keys"

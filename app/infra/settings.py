@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -153,7 +153,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_torch_threads(self) -> int:
-        from app.threads import default_torch_threads
+        from app.infra.threads import default_torch_threads
 
         return self.torch_threads or default_torch_threads(processes=self.api_processes + 1)
 
@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     def resolved_builtin_dir(self) -> Path:
         if self.builtin_models_dir is not None:
             return self.builtin_models_dir.expanduser().resolve()
-        return Path(__file__).parent / "builtin_models"
+        return Path(__file__).resolve().parents[1] / "builtin_models"
 
     @property
     def uploads_dir(self) -> Path:
@@ -224,3 +224,28 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     return Settings()
+
+
+class Resolved(NamedTuple):
+    database_url: str
+    classifiers_dir: Path
+
+
+# By the id of a Settings object, which the entry keeps alive (so the id is never reused).
+_resolved: dict[int, tuple[Settings, Resolved]] = {}
+
+
+def resolved(settings: Settings) -> Resolved:
+    """`settings.resolved_database_url` and `settings.classifiers_dir`, worked out once per
+    Settings object: each resolves the data directory on the filesystem (`Path.resolve`, a few
+    system calls), a tenth of an authenticated GET's CPU when done per request (issue 13)."""
+    entry = _resolved.get(id(settings))
+    if entry is None or entry[0] is not settings:
+        entry = _resolved[id(settings)] = (
+            settings, Resolved(settings.resolved_database_url, settings.classifiers_dir)
+        )
+    return entry[1]
+
+
+def database_url(settings: Settings) -> str:
+    return resolved(settings).database_url

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.errors import InvalidInput
+from app.infra.errors import InvalidInput
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
-from app.logs import request_id_from, request_id_var
+from app.infra import metrics
+from app.infra.logs import request_id_from, request_id_var
 
 access_log = logging.getLogger("mtl.access")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.jobs import ArtifactStatus
-from app.schemas import BaseModelCard, CardAccuracy
-from app.tables import BaseModelRecord
+from app.infra.tables import BaseModelRecord
+from app.service.jobs import ArtifactStatus
+from app.service.schemas import BaseModelCard, CardAccuracy
 
 # The built-in models' cards record how they were trained, not who they are for; that is said here.
 BUILTIN_SUITS = {

@@ -2,7 +2,7 @@
 micro-batched into one forward pass. Like a TorchServe handler, a request goes through three
 steps: `preprocess` (check and decode its images), `inference` (one forward pass over a batch),
 `postprocess` (top-k labels per image); the batcher between them is the rest of this class.
-Loaded classifiers come from `app.classifier_cache`, looked up once per request, in `preprocess`:
+Loaded classifiers come from `app.service.classifier_cache`, looked up once per request, in `preprocess`:
 the request then carries its classifier to the forward pass, so that it is answered by the
 version whose labels it decoded against even if a retrain lands meanwhile.
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app import metrics
-from app.classifier_cache import ClassifierCache
-from app.uploads import check_image
+from app.infra import metrics
+from app.service.classifier_cache import ClassifierCache
+from app.service.uploads import check_image
 
 Ranked = list[tuple[str, float]]
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import metrics
-from app.errors import ServiceError
+from app.infra import metrics
+from app.infra.errors import ServiceError
 
 
 def classifier_bytes(clf: Any) -> int:

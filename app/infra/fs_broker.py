@@ -5,7 +5,7 @@ that folder can take the file while it is still empty or half written: the worke
 parse it ("Unrecoverable error: JSONDecodeError"), restarted, and the job waited for the recovery
 loop's resend (`MTL_QUEUED_RESEND_AFTER_S`, 10 minutes). Here a message is written under a name
 the consumer ignores and renamed into place (atomic on one filesystem). Selected in
-`app.broker.make_celery` for `filesystem://` broker URLs.
+`app.infra.broker.make_celery` for `filesystem://` broker URLs.
 """
 
 from __future__ import annotations

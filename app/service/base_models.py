@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from app.errors import ServiceError
-from app.jobs import ArtifactStatus
-from app.security import VerifiedKey
-from app.settings import Settings
-from app.tables import BaseModelRecord
+from app.infra.errors import NotFound, ServiceError
+from app.infra.settings import Settings
+from app.infra.tables import BaseModelRecord
+from app.service.jobs import ArtifactStatus
+from app.service.security import VerifiedKey
 
 BUILTIN_PREFIX = "builtin/"
 PREFERRED_DEFAULT = "natural"
@@ -117,3 +117,16 @@ def usable_base_model(
     if base.status != ArtifactStatus.READY:
         raise ServiceError(f"base model {base.id} is {base.status}, not ready", 409)
     return base, read_card(base_model_dir(settings, base.storage))
+
+
+def make_ready_default(*, session: Session, base_model_id: str) -> BaseModelRecord:
+    """Make a ready base model the default (committed): NotFound, or 409 if it is not ready."""
+    row = session.get(BaseModelRecord, base_model_id)
+    if row is None:
+        raise NotFound(f"base model {base_model_id} not found")
+    if row.status != ArtifactStatus.READY:
+        raise ServiceError(f"base model {base_model_id} is {row.status}, not ready", status=409)
+    set_default(session=session, base_model_id=row.id)
+    session.commit()
+    session.refresh(row)
+    return row

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
-from app.errors import InvalidInput
+from app.infra.errors import InvalidInput
 from models.config import AdaptConfig  # torch-free
 
 
@@ -111,7 +111,7 @@ def pretrain_bounds() -> dict[str, Bound]:
         elif hint is bool:
             out[f.name] = Flag()
         else:
-            raise KeyError(f"PretrainConfig.{f.name} has no bound in app.params.PRETRAIN_BOUNDS")
+            raise KeyError(f"PretrainConfig.{f.name} has no bound in app.service.params.PRETRAIN_BOUNDS")
     return out
 
 

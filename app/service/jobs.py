@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app import metrics
-from app.broker import TASK_OF_KIND, enqueue
-from app.db import session_scope
-from app.errors import InvalidInput, ServiceError
-from app.holdout import training_steps
-from app.logs import request_id_var
-from app.settings import Settings
-from app.tables import (
+from app.infra import metrics
+from app.infra.broker import TASK_OF_KIND, enqueue
+from app.infra.db import session_scope
+from app.infra.errors import InvalidInput, NotFound, ServiceError
+from app.infra.logs import request_id_var
+from app.infra.settings import Settings
+from app.infra.tables import (
     BaseModelRecord,
     ClassifierRecord,
     DatasetRecord,
@@ -32,6 +31,8 @@ from app.tables import (
     new_id,
     utcnow,
 )
+from app.service.holdout import training_steps
+from app.service.security import VerifiedKey
 
 if TYPE_CHECKING:
     from models.config import PretrainConfig
@@ -177,7 +178,7 @@ def create_pretraining_job(
     callback_url: str | None = None,
 ) -> JobRecord:
     """A base model being trained and its queued pretraining job, committed, then sent.
-    `config` is already bounded (`app.params.pretrain_config`)."""
+    `config` is already bounded (`app.service.params.pretrain_config`)."""
     webhook = _webhook(settings, callback_url)
     base_id = new_id()
     session.add(
@@ -276,3 +277,11 @@ def request_cancel(session: Session, job_id: str) -> None:
         .where(JobRecord.id == job_id, JobRecord.status == JobStatus.RUNNING)
         .values(cancel_requested=True)
     )
+
+
+def get_visible(session: Session, key: VerifiedKey, job_id: str) -> JobRecord:
+    """The job, if the caller's tenant owns it or the caller is an admin; else NotFound."""
+    job = session.get(JobRecord, job_id)
+    if job is None or (job.tenant != key.tenant and key.scope != "admin"):
+        raise NotFound(f"job {job_id} not found")
+    return job

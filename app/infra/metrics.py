@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from app.settings import Settings
+from app.infra.settings import Settings
 
 _lock = threading.Lock()
 _metrics: _Metrics | None = None

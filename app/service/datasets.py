@@ -1,0 +1,120 @@
+"""Datasets: storing an upload's checked images with their rows, reading and deleting them. Nothing
+is half-stored: files a failed upload added are removed again."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.infra.settings import Settings
+from app.infra.storage import ImageStore
+from app.infra.tables import DatasetImageRecord, DatasetRecord
+from app.service.access import get_tenant_row
+from app.service.security import VerifiedKey
+from app.service.uploads import CHUNK, CheckedUpload, LabelledFile, read_archive
+
+log = logging.getLogger(__name__)
+
+
+def get_owned(session: Session, key: VerifiedKey, dataset_id: str) -> DatasetRecord:
+    """The caller's dataset, or NotFound."""
+    return get_tenant_row(session, key, DatasetRecord, dataset_id, "dataset")
+
+
+def unpack_upload(
+    *,
+    workdir: Path,
+    archive: BinaryIO | None,
+    files: list[tuple[str, str, BinaryIO]],
+    settings: Settings,
+) -> CheckedUpload:
+    """The upload's files, each streamed into its own file under `workdir`: an archive's members,
+    or (file name, label, content) parts."""
+    if archive is not None:
+        return read_archive(
+            archive,
+            workdir=workdir,
+            max_files=settings.max_files,
+            max_uncompressed=settings.max_archive_uncompressed_bytes,
+        )
+    result = CheckedUpload()
+    for i, (filename, label, content) in enumerate(files):
+        target = workdir / f"part-{i}"
+        content.seek(0)
+        with target.open("wb") as out:
+            shutil.copyfileobj(content, out, CHUNK)
+        result.good.append(LabelledFile(filename, label, target))
+    return result
+
+
+def store_dataset(
+    *,
+    session: Session,
+    store: ImageStore,
+    tenant: str,
+    name: str,
+    files: list[LabelledFile],
+    rejected: list[tuple[str, str]],
+) -> DatasetRecord:
+    """Store the image files, then the rows in one transaction; on any failure the files this
+    call added (and no dataset uses) are removed again, so nothing is half-stored."""
+    counts = Counter(f.label for f in files)
+    created: set[str] = set()
+    reused: dict[str, Path] = {}  # hash -> this upload's own copy (see app/infra/storage.py)
+    try:
+        rows = []
+        for f in files:
+            digest, new = store.put_file(f.path)
+            if new:
+                created.add(digest)
+            else:
+                reused.setdefault(digest, f.path)
+            rows.append(DatasetImageRecord(sha256=digest, filename=f.filename, label=f.label))
+        ds = DatasetRecord(
+            tenant=tenant,
+            name=name,
+            num_images=len(rows),
+            classes=[{"name": c, "count": counts[c]} for c in sorted(counts)],
+            rejected=[{"file": f, "reason": r} for f, r in rejected],
+            images=rows,
+        )
+        session.add(ds)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        # Another upload may have reused a file this one created and committed meanwhile.
+        try:
+            store.delete_unused(created, lambda digests: referenced(session, digests))
+        except Exception:
+            # Without the database we cannot tell which files are shared: orphans over losses.
+            log.exception("could not remove the files of a failed upload; they stay unreferenced")
+        raise
+    store.restore(reused)
+    return ds
+
+
+def referenced(session: Session, digests: set[str]) -> set[str]:
+    """The hashes among `digests` that committed dataset rows use."""
+    return set(
+        session.scalars(
+            select(DatasetImageRecord.sha256).where(DatasetImageRecord.sha256.in_(digests))
+        ).all()
+    )
+
+
+def delete_dataset_row(*, session: Session, store: ImageStore, dataset: DatasetRecord) -> None:
+    """Delete the dataset's rows, then the image files no other dataset uses."""
+    digests = set(
+        session.scalars(
+            select(DatasetImageRecord.sha256).where(DatasetImageRecord.dataset_id == dataset.id)
+        ).all()
+    )
+    session.delete(dataset)
+    session.commit()
+    store.delete_unused(digests, lambda digests: referenced(session, digests))
