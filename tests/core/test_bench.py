@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.cli import main
+from app.cli.main import main
 from benchmarks.table1 import (
     FAIR_METHODS,
     PROFILES,

@@ -486,8 +486,8 @@ def test_a_dataset_deleted_while_another_stores_the_same_bytes_loses_nothing(
         client: Any, settings: Settings, user: dict) -> None:
     """Tenant B stores bytes that tenant A's dataset holds; A's dataset is deleted between B's
     files and B's commit (A's "still used?" cannot see B's rows yet). B keeps every image."""
-    from app.service.datasets import store_dataset
     from app.infra.storage import ImageStore
+    from app.service.datasets import store_dataset
 
     a = upload_zip(client, user, zip_bytes({"a/1.png": random_png(1), "b/2.png": random_png(2)}))
     assert a.status_code == 201, a.text
@@ -511,8 +511,8 @@ def test_a_failed_upload_keeps_the_files_another_upload_reused(
         client: Any, settings: Settings, user: dict) -> None:
     """Upload B creates a file; upload C reuses it and commits; B then fails. B removes only
     what no committed dataset uses."""
-    from app.service.datasets import store_dataset
     from app.infra.storage import ImageStore
+    from app.service.datasets import store_dataset
 
     c_id: list[str] = []
 

@@ -13,7 +13,9 @@ from importlib.metadata import version
 
 import pytest
 
-from app.cli import JOB_STATUSES, HelpFormatter, build_parser
+from app.cli.common import HelpFormatter
+from app.cli.main import build_parser
+from app.cli.remote import JOB_STATUSES
 from tests.service.conftest import REPO
 
 
@@ -80,7 +82,7 @@ def test_enumerated_options_are_choices_from_the_real_registries(
 
 
 def test_version_and_help_without_torch() -> None:
-    script = ("import sys\nfrom app.cli import main\n"
+    script = ("import sys\nfrom app.cli.main import main\n"
               "for argv in (['--version'], ['--help'], ['pretrain', '--help']):\n"
               "    try:\n        main(argv)\n    except SystemExit as exc:\n"
               "        assert exc.code == 0, argv\n"
@@ -90,3 +92,15 @@ def test_version_and_help_without_torch() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"mtl {version('mtl-service')}\n")
     assert "--algorithm {transfer,protonet," in done.stdout
+
+
+def test_bench_without_the_benchmarks_says_why(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # As in the Docker image, which leaves benchmarks/ out: one line and exit 2, no traceback.
+    from app.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "benchmarks", None)
+    assert main(["bench", "table1", "--dataset", "omniglot"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mtl bench needs the benchmarks of a repository checkout")
+    assert "Traceback" not in err

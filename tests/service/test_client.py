@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.cli import main
+from app.cli.main import main
 from app.client import ApiError, Client, ClientError
 from app.infra.settings import Settings
 from tests.service.conftest import REPO, new_key

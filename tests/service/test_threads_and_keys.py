@@ -69,13 +69,13 @@ def test_api_applies_and_reports_its_threads(make_settings: Callable[..., Settin
 
 
 def test_training_commands_honour_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.cli as cli
+    import app.cli.main as cli
     from app.infra.settings import get_settings
 
     seen: list[int] = []
     monkeypatch.setenv("MTL_TORCH_THREADS", "3")
     monkeypatch.setattr("app.infra.threads.limit_threads", seen.append)
-    monkeypatch.setattr(cli, "_evaluate", lambda args: 0)
+    monkeypatch.setattr("app.cli.ml._evaluate", lambda args: 0)
     get_settings.cache_clear()
     try:
         assert cli.main(["evaluate", "--checkpoint", "x", "--dataset", "y"]) == 0

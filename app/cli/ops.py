@@ -1,0 +1,197 @@
+"""`mtl serve`, `mtl worker`, `mtl migrate`, `mtl keys create`: running the service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from app.cli.common import UsageError, command, setting_int
+from app.cli.remote import list_keys, revoke_key, through_client
+
+# ----------------------------------------------------------------------------- service
+
+
+def service_settings() -> Any:
+    from pydantic import ValidationError
+
+    from app.infra.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise UsageError(f"bad MTL_* settings: {exc.errors()[0]['msg']}") from None
+
+
+def add_migrate(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "migrate", "create or upgrade the service database (alembic upgrade head)")
+    p.set_defaults(handler=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from app.service.bootstrap import initialize, migrate
+
+    settings = service_settings()
+    migrate(settings)
+    initialize(settings)
+    print(f"database at revision head: {_redacted(settings.resolved_database_url)}")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "serve", "run the API, with one training worker beside it")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="API only (distributed mode: workers run `mtl worker` elsewhere)",
+    )
+    p.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not upgrade the database first (default: migrate SQLite, never PostgreSQL)",
+    )
+    p.add_argument(
+        "--api-processes",
+        type=setting_int("api_processes"),
+        default=None,
+        metavar="N",
+        help="API processes sharing the port (default: MTL_API_PROCESSES, 1); each has its own "
+        "caches and interpreter lock, so predict throughput scales with cores",
+    )
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    import uvicorn
+
+    from app.infra.embedded import EmbeddedWorker
+    from app.infra.logs import configure_logging
+    from app.main import create_app
+    from app.service.bootstrap import migrate
+
+    if args.api_processes is not None:
+        # The API processes are spawned and read their settings from the environment.
+        os.environ["MTL_API_PROCESSES"] = str(args.api_processes)
+    settings = service_settings()
+    processes = settings.api_processes
+    # Embedded SQLite is migrated here; a shared PostgreSQL is migrated by a one-shot `mtl migrate`.
+    if not args.no_migrate and settings.resolved_database_url.startswith("sqlite"):
+        migrate(settings)
+    worker = None
+    if not args.no_worker:
+        # A worker that keeps dying stops the whole service (non-zero exit), as SIGTERM would.
+        worker = EmbeddedWorker(settings, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        worker.start()
+        if processes > 1:
+            os.environ["MTL_EMBEDDED_WORKER_READY_FILE"] = str(worker.ready_file)
+    if processes > 1:
+        os.environ["MTL_SERVE_PARENT_PID"] = str(os.getpid())
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    # uvicorn re-raises the SIGTERM or SIGINT it caught once it has shut down; with these
+    # handlers that ends in the `finally` below, so the worker is stopped instead of orphaned.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # Ours from the first line: uvicorn's own logging config (log_config=None: none) would
+    # print its start-up lines as plain text before the app configures logging.
+    configure_logging(settings.log_format)
+    try:
+        # A console following a job holds an event stream open: without a limit, shutting
+        # down would wait for every browser to go away.
+        if processes == 1:
+            uvicorn.run(
+                create_app(settings, embedded_worker=worker),
+                host=args.host,
+                port=args.port,
+                timeout_graceful_shutdown=5,
+                log_config=None,
+            )
+        else:
+            # uvicorn's supervisor binds the port once and restarts an API process that dies;
+            # this process keeps supervising the worker (the API processes only read its ready
+            # file) and stops it when uvicorn returns.
+            uvicorn.run(
+                "app.main:app",
+                host=args.host,
+                port=args.port,
+                workers=processes,
+                timeout_graceful_shutdown=5,
+                log_config=None,
+            )
+    except SystemExit:
+        pass
+    finally:
+        if worker is not None:
+            worker.stop()
+    if worker is not None and worker.gave_up:
+        print("error: the embedded worker kept dying; see its log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_worker(sub: argparse._SubParsersAction) -> None:
+    # The worker is its own program (`python -m worker`, which owns its options); `mtl worker`
+    # hands this process over to it, so the API's code never imports the worker's.
+    p = command(sub, "worker", "run a training worker (Celery, solo pool): python -m worker",
+                 add_help=False)
+    p.set_defaults(handler=_worker, passes_on=True)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *args.passed_on])
+
+
+def add_keys(sub: argparse._SubParsersAction) -> None:
+    # `create` writes to the database directly: it makes the first key, before any key exists to
+    # call the API with (it runs where MTL_DATABASE_URL or MTL_DATA_DIR reaches the database).
+    # `list` and `revoke` go through the admin API, like every other client command: they work
+    # from any machine that reaches the service, and a key revoked through the API stops working
+    # at once on that API process instead of after its key cache (MTL_API_KEY_CACHE_S) expires.
+    p = command(sub, "keys", "manage API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="{create,list,revoke}")
+    c = command(keys, "create", "create a key in the database and print it (shown only once)")
+    c.add_argument("--tenant", required=True,
+                   help="whose key: 1-200 letters, digits or _.@- (each tenant sees its own data)")
+    c.add_argument("--admin", action="store_true", help="an admin key (may use /v1/admin)")
+    c.set_defaults(handler=_keys_create)
+    ls = command(keys, "list", "list every tenant's keys (admin key, through the API)")
+    ls.set_defaults(handler=through_client(list_keys))
+    rv = command(keys, "revoke", "revoke a key (admin key, through the API)")
+    rv.add_argument("prefix", help="the key's prefix, as `mtl keys list` shows it")
+    rv.set_defaults(handler=through_client(revoke_key))
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    import re
+
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from app.infra.db import session_scope
+    from app.service.security import create_api_key
+
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,200}", args.tenant):
+        raise UsageError("--tenant must be 1-200 letters, digits or _.@-")
+    settings = service_settings()
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            key, _ = create_api_key(session=session, tenant=args.tenant, admin=args.admin)
+    except (OperationalError, ProgrammingError) as exc:
+        raise UsageError(f"cannot write the key (run `mtl migrate` first?): {exc.orig}") from None
+    print(key)
+    return 0
+
+

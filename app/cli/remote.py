@@ -1,0 +1,264 @@
+"""The client commands (`datasets`, `classifiers`, `predict`, `jobs`, `keys list|revoke`): a
+running service through `mtl_client` (MTL_URL, MTL_API_KEY); what a script needs (an id, a
+table) on stdout, everything else on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import CommandFailed, Handler, UsageError, command, progress_bar
+
+# ----------------------------------------------------------------------------- client
+
+# The values of app.service.jobs.JobStatus, listed here so that `mtl --help` does not import the service's
+# database code (tests/service/test_cli_help.py checks they match).
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+ClientCommand = Callable[[Any, argparse.Namespace], int]
+
+
+def through_client(run: ClientCommand) -> Handler:
+    """A handler calling `run(client, args)` with an `app.client.Client` (MTL_URL, MTL_API_KEY):
+    the service's refusals become CommandFailed (exit 1), mistakes on this side UsageError."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from app.client import ApiError, Client, ClientError
+
+        try:
+            with Client() as mtl:
+                return run(mtl, args)
+        except ApiError as exc:
+            raise CommandFailed(str(exc)) from None
+        except ClientError as exc:
+            raise UsageError(str(exc)) from None
+
+    return handler
+
+
+def _note(text: str) -> None:
+    """What a person reads; stdout is kept for what a script reads (an id, a table)."""
+    print(text, file=sys.stderr)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def add_datasets(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "datasets", "datasets on a running service (MTL_URL, MTL_API_KEY)")
+    datasets = p.add_subparsers(dest="datasets_command", required=True)
+    up = command(datasets, "upload",
+                  "upload a folder of class folders or a .zip of one; prints the dataset's id")
+    up.add_argument("source", type=Path,
+                    help="a folder whose subfolders are the class names, or a .zip of one")
+    up.add_argument("--name", default=None,
+                    help="the dataset's name (default: the folder's or the zip's name)")
+    up.set_defaults(handler=through_client(_datasets_upload))
+
+
+def _datasets_upload(mtl: Any, args: argparse.Namespace) -> int:
+    ds = mtl.upload_dataset(args.source, name=args.name)
+    counts = ", ".join(f"{c.name}: {c.count}" for c in ds.classes[:10])
+    more = f", and {len(ds.classes) - 10} more" if len(ds.classes) > 10 else ""
+    _note(f"dataset {ds.id} '{ds.name}': {ds.num_images} images in {len(ds.classes)} classes "
+          f"({counts}{more})")
+    for r in ds.rejected:
+        _note(f"warning: left out {r.file}: {r.reason}")
+    print(ds.id)
+    return 0
+
+
+def add_classifiers(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "classifiers", "classifiers on a running service (MTL_URL, MTL_API_KEY)")
+    classifiers = p.add_subparsers(dest="classifiers_command", required=True)
+    c = command(classifiers, "create",
+                 "train a classifier on a dataset; prints the classifier's id")
+    c.add_argument("--dataset", required=True, help="the dataset's id (mtl datasets upload prints it)")
+    c.add_argument("--name", default=None, help="the classifier's name (default: the dataset's)")
+    c.add_argument("--base-model", default=None,
+                   help="the base model's id, e.g. handwriting or natural (default: the service's "
+                        "default base model)")
+    c.add_argument("--params", type=_json_object, default=None,
+                   help="""training parameters as a JSON object, e.g. '{"steps": 50}' (default: """
+                        "the base model card's)")
+    c.add_argument("--wait", action="store_true",
+                   help="follow the training job with a progress bar; exit 1 unless it succeeds")
+    c.add_argument("--timeout", type=float, default=None,
+                   help="with --wait: stop waiting after this many seconds (default: until the "
+                        "job finishes)")
+    c.set_defaults(handler=through_client(_classifiers_create))
+    ls = command(classifiers, "list", "this key's classifiers, oldest first, as a table")
+    ls.set_defaults(handler=through_client(_classifiers_list))
+    _on_one(classifiers, "show", "one classifier as JSON: status, labels, parameters and "
+            "holdout metrics", "classifier", _classifiers_show)
+    _on_one(classifiers, "delete", "delete a classifier (its training job is cancelled if still "
+            "running)", "classifier", _classifiers_delete)
+
+
+def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
+            run: ClientCommand) -> None:
+    """A client command on one resource given by its id (`args.<what>`)."""
+    p = command(sub, name, help)
+    p.add_argument(what, help=f"the {what}'s id")
+    p.set_defaults(handler=through_client(run))
+
+
+def _classifiers_list(mtl: Any, args: argparse.Namespace) -> int:
+    rows = []
+    for c in mtl.classifiers():
+        accuracy = "" if c.metrics is None else f"{100 * c.metrics.holdout_accuracy:.1f}%"
+        rows.append([c.id, c.name, c.status, c.base_model_id, str(len(c.labels)), accuracy,
+                     c.created_at.strftime("%Y-%m-%d %H:%M:%S")])
+    _table(["classifier", "name", "status", "base model", "classes", "holdout", "created"], rows)
+    return 0
+
+
+def _classifiers_show(mtl: Any, args: argparse.Namespace) -> int:
+    print(mtl.classifier(args.classifier).model_dump_json(indent=2))
+    return 0
+
+
+def _classifiers_delete(mtl: Any, args: argparse.Namespace) -> int:
+    mtl.delete_classifier(args.classifier)
+    _note(f"classifier {args.classifier} deleted")
+    return 0
+
+
+def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
+    name = args.name or mtl.dataset(args.dataset).name
+    created = mtl.create_classifier(args.dataset, name=name, base_model_id=args.base_model,
+                                    params=args.params)
+    _note(f"classifier {created.id}: training job {created.job_id} {created.status}")
+    if args.wait:
+        job = _follow(mtl, created.job_id, args.timeout)
+        if job.status != "succeeded":
+            raise CommandFailed(f"job {job.id} of classifier {created.id} {job.status}"
+                                + (f": {job.error}" if job.error else ""))
+        metrics = mtl.classifier(created.id).metrics
+        if metrics is not None:
+            _note(f"classifier {created.id} is ready: holdout accuracy "
+                  f"{100 * metrics.holdout_accuracy:.1f}%")
+    print(created.id)
+    return 0
+
+
+def _follow(mtl: Any, job_id: str, timeout: float | None) -> Any:
+    """Wait for a job with a progress bar fed by its progress; Ctrl-C stops waiting only."""
+    bar = progress_bar(0, "queued")
+
+    def on_progress(job: Any) -> None:
+        if job.progress.total_steps and bar.total != job.progress.total_steps:
+            bar.total = job.progress.total_steps
+        bar.set_description_str(job.phase or job.status, refresh=False)
+        if job.progress.loss is not None:
+            bar.set_postfix(loss=f"{job.progress.loss:.3f}", refresh=False)
+        bar.update(job.progress.step - bar.n)
+
+    try:
+        return mtl.wait_for_job(job_id, progress=on_progress, timeout=timeout)
+    except KeyboardInterrupt:
+        _note(f"stopped waiting; job {job_id} goes on (mtl jobs show {job_id}, "
+              f"mtl jobs cancel {job_id})")
+        raise
+    finally:
+        bar.close()
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "predict", "classify images with a trained classifier; prints the top "
+                 "labels of each (MTL_URL, MTL_API_KEY)")
+    p.add_argument("classifier", help="the classifier's id")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--top-k", type=int, default=3, help="labels to show for each image")
+    p.add_argument("--json", action="store_true",
+                   help="print the service's answer as JSON instead of a table")
+    p.set_defaults(handler=through_client(_predict_images))
+
+
+def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    answer = mtl.predict(args.classifier, args.images, top_k=args.top_k)
+    if args.json:
+        print(answer.model_dump_json(indent=2, exclude_none=True))
+        return 0
+    rows = []
+    for image, result in zip(args.images, answer.results, strict=True):
+        if result.error is not None:
+            rows.append([str(image), f"error: {result.error}", ""])
+            continue
+        for rank, p in enumerate(result.predictions or []):
+            rows.append([str(image) if rank == 0 else "", p.label, f"{p.probability:.3f}"])
+    _table(["image", "label", "probability"], rows)
+    return 0
+
+
+def add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "jobs", "training and pretraining jobs on a running service "
+                 "(MTL_URL, MTL_API_KEY)")
+    jobs = p.add_subparsers(dest="jobs_command", required=True)
+    ls = command(jobs, "list", "the newest jobs, as a table")
+    ls.add_argument("--status", choices=JOB_STATUSES, default=None,
+                    help="only jobs with this status (default: any)")
+    ls.add_argument("--tenant", default=None,
+                    help="admin keys: only this tenant's jobs (default: every tenant's)")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many jobs (1-500)")
+    ls.set_defaults(handler=through_client(_jobs_list))
+    _on_one(jobs, "show", "one job as JSON: status, phase, progress and outcome", "job", _jobs_show)
+    _on_one(jobs, "cancel", "cancel a job: a queued one at once, a running one at its next step",
+            "job", _jobs_cancel)
+
+
+def _jobs_list(mtl: Any, args: argparse.Namespace) -> int:
+    page = mtl.jobs(limit=args.limit, status=args.status, tenant=args.tenant)
+    _table(["job", "kind", "status", "phase", "step", "created"],
+           [[j.id, j.kind, j.status, j.phase or "", f"{j.progress.step}/{j.progress.total_steps}",
+             j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.data])
+    if page.next_cursor is not None:
+        _note(f"(the newest {len(page.data)}; more with --limit)")
+    return 0
+
+
+def _jobs_show(mtl: Any, args: argparse.Namespace) -> int:
+    print(mtl.job(args.job).model_dump_json(indent=2))
+    return 0
+
+
+def _jobs_cancel(mtl: Any, args: argparse.Namespace) -> int:
+    job = mtl.cancel_job(args.job)
+    print(f"job {job.id}: {job.status}"
+          + (" (it stops at its next step)" if job.status == "running" else ""))
+    return 0
+
+
+def list_keys(mtl: Any, args: argparse.Namespace) -> int:
+    _table(["prefix", "tenant", "scope", "created"],
+           [[k.prefix, k.tenant, k.scope, k.created_at.strftime("%Y-%m-%d %H:%M:%S")]
+            for k in mtl.api_keys()])
+    return 0
+
+
+def revoke_key(mtl: Any, args: argparse.Namespace) -> int:
+    mtl.revoke_api_key(args.prefix)
+    print(f"revoked the key with prefix {args.prefix}")
+    return 0
+
+
