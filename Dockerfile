@@ -19,12 +19,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /srv/mtl
 RUN pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
+COPY clients/python ./clients/python
 COPY models ./models
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install -e . \
+RUN pip install ./clients/python && pip install -e . \
     && useradd --system --uid 10001 --home /srv/mtl mtl \
     && mkdir -p /data && chown mtl /data
 USER mtl

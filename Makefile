@@ -13,7 +13,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # such build, setup says so and installs the default build as before: it still runs on a CPU.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-$(BIN)/mtl: pyproject.toml
+$(BIN)/mtl: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
@@ -28,6 +28,7 @@ $(BIN)/mtl: pyproject.toml
 	         "CUDA libraries included (it runs on a CPU; see the README's Setup size)"; \
 	fi
 	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ./clients/python  # before the service, which depends on it
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/mtl
 

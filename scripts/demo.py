@@ -179,7 +179,7 @@ def walk_through(demo: Demo, data: dict[str, Path]) -> None:
         demo.mtl("predict", clf, *(f"{q.parent.name}/{q.name}" for q in queries), "--top-k", "3")
     demo.mtl("jobs", "list")
 
-    from app.client import Client
+    from mtl_client import Client
 
     print("\n# the README's admin pretraining example, with the Python client", flush=True)
     with Client(demo.url, demo.env["MTL_API_KEY"]) as client:
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         data = build_datasets(root, workdir / "data")
         demo = Demo(workdir, workdir / "data")
-        from app.client import ClientError
+        from mtl_client import ClientError
 
         try:
             demo.start()

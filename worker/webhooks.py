@@ -31,7 +31,7 @@ from app.infra.logs import job_context
 from app.infra.settings import Settings
 from app.infra.tables import JobRecord, utcnow
 from app.service.jobs import FINISHED
-from app.service.schemas import JobPublic
+from app.service.schemas import job_public
 from app.service.security import tenant_webhook_secret
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def deliver(settings: Settings, job_id: str) -> bool:
         job = session.get(JobRecord, job_id)
         assert job is not None and job.callback_url
         url, request_id, tenant = job.callback_url, job.request_id, job.tenant
-        body = json.dumps(JobPublic.from_record(job).model_dump(mode="json")).encode()
+        body = json.dumps(job_public(job).model_dump(mode="json")).encode()
         tries = len(job.webhook_attempts or []) + 1
     timestamp = str(int(time.time()))
     headers = {

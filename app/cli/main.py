@@ -3,7 +3,7 @@ exits 2, an error the service answers (client commands) exits 1. Heavy imports h
 command that needs them, so `mtl --help` and the API never pay for torch.
 
 The client commands (`datasets`, `classifiers`, `predict`, `jobs`, `keys list|revoke`) talk to a
-running service through `app.client` (MTL_URL, MTL_API_KEY); they print what a script needs (an
+running service through `mtl_client` (MTL_URL, MTL_API_KEY); they print what a script needs (an
 id, a table) on stdout and everything else on stderr."""
 
 

@@ -24,11 +24,11 @@ ClientCommand = Callable[[Any, argparse.Namespace], int]
 
 
 def through_client(run: ClientCommand) -> Handler:
-    """A handler calling `run(client, args)` with an `app.client.Client` (MTL_URL, MTL_API_KEY):
+    """A handler calling `run(client, args)` with an `mtl_client.Client` (MTL_URL, MTL_API_KEY):
     the service's refusals become CommandFailed (exit 1), mistakes on this side UsageError."""
 
     def handler(args: argparse.Namespace) -> int:
-        from app.client import ApiError, Client, ClientError
+        from mtl_client import ApiError, Client, ClientError
 
         try:
             with Client() as mtl:

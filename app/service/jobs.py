@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from mtl_client.models import FINISHED, ArtifactStatus, JobKind, JobPhase, JobStatus
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -40,47 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class JobKind(StrEnum):
-    TRAINING = "training"  # fine-tunes a classifier
-    PRETRAINING = "pretraining"  # trains a base model
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class JobPhase(StrEnum):
-    """What a job is doing. A classifier's job trains twice: first on its training split to
-    measure holdout accuracy, then from the base model again on every image, so its loss starts
-    high a second time; the phase says why."""
-
-    QUEUED = "queued"
-    PREPARING = "preparing"
-    HOLDOUT_PASS = "holdout_pass"
-    FINAL_PASS = "final_pass"
-    PRETRAINING = "pretraining"
-    SAVING = "saving"
-
-
 # The phases a worker writes to `JobRecord.phase` while it runs a job.
 RUNNING_PHASES = tuple(p for p in JobPhase if p is not JobPhase.QUEUED)
-
-
-class ArtifactStatus(StrEnum):
-    """A classifier's or base model's status: what its job made of it."""
-
-    QUEUED = "queued"
-    TRAINING = "training"
-    READY = "ready"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 def phase_of(job: JobRecord) -> JobPhase | None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel, Field
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -26,13 +25,6 @@ Cursor = Annotated[
     str | None,
     Query(max_length=200, description="the `next_cursor` of the previous page; none: the first"),
 ]
-
-
-class Page(BaseModel, Generic[T]):
-    data: list[T]
-    next_cursor: str | None = Field(
-        description="pass as `cursor` for the next page; null on the last page"
-    )
 
 
 def encode_cursor(values: list[Any]) -> str:

@@ -1,4 +1,4 @@
-"""The Python client (`app.client`) and the `mtl` client commands against one real embedded service
+"""The Python client (`mtl_client`) and the `mtl` client commands against one real embedded service
 (`mtl serve`: API and worker processes, SQLite, real Omniglot images), started once for this
 module: upload, train and wait, predict, jobs, API keys, and the errors a user meets."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mtl_client import ApiError, Client, ClientError
 
 from app.cli.main import main
-from app.client import ApiError, Client, ClientError
 from app.infra.settings import Settings
 from tests.service.conftest import REPO, new_key
 from tests.service.test_cli import embedded_env, start_serve

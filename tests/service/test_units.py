@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from app.infra.settings import Settings
 from app.service.holdout import classification_metrics, holdout_split, training_steps
 from app.service.params import adapt_config
-from app.service.schemas import ClassifierParams
+from app.service.schemas import ClassifierParams, resolve_params
 from app.service.uploads import CheckedUpload, UploadError, read_archive
 from tests.utils.images import random_png, zip_bytes
 
@@ -51,28 +51,28 @@ def test_archive_layouts(tmp_path: Path) -> None:
 
 def test_classifier_params_resolution() -> None:
     card = {"steps": 0, "lr": 0.0, "head_init": "prototype", "bn_stats": "frozen"}
-    resolved = ClassifierParams(steps=7).resolved(card)
+    resolved = resolve_params(ClassifierParams(steps=7), card)
     assert resolved["steps"] == 7 and resolved["learning_rate"] == 0.0
     assert resolved["bn_stats"] == "frozen" and resolved["batch_size"] == 0
     from models.config import AdaptConfig
 
-    assert ClassifierParams().resolved({})["steps"] == AdaptConfig().steps
-    assert ClassifierParams().resolved({})["learning_rate"] == AdaptConfig().lr
-    assert ClassifierParams().resolved({})["min_epochs"] == AdaptConfig().min_epochs == 0
-    assert ClassifierParams().resolved({"min_epochs": 20})["min_epochs"] == 20
-    assert ClassifierParams(min_epochs=3).resolved({"min_epochs": 20})["min_epochs"] == 3
+    assert resolve_params(ClassifierParams(), {})["steps"] == AdaptConfig().steps
+    assert resolve_params(ClassifierParams(), {})["learning_rate"] == AdaptConfig().lr
+    assert resolve_params(ClassifierParams(), {})["min_epochs"] == AdaptConfig().min_epochs == 0
+    assert resolve_params(ClassifierParams(), {"min_epochs": 20})["min_epochs"] == 20
+    assert resolve_params(ClassifierParams(min_epochs=3), {"min_epochs": 20})["min_epochs"] == 3
 
 
 def test_adapt_config_from_stored_params() -> None:
     from models.config import AdaptConfig
 
-    params = ClassifierParams(learning_rate=0.3, min_epochs=2).resolved({"head_init": "prototype"})
+    params = resolve_params(ClassifierParams(learning_rate=0.3, min_epochs=2), {"head_init": "prototype"})
     assert adapt_config(params) == AdaptConfig(lr=0.3, min_epochs=2, head_init="prototype")
     # Params stored by jobs queued before min_epochs and bn_stats existed keep their behaviour then.
     legacy = {k: v for k, v in params.items() if k not in ("min_epochs", "bn_stats")}
     assert (adapt_config(legacy).min_epochs, adapt_config(legacy).bn_stats) == (0.0, "frozen")
     # Steps: a holdout pass on what is left, then the final pass on every image.
-    params = ClassifierParams(steps=5, batch_size=2, min_epochs=4).resolved({})
+    params = resolve_params(ClassifierParams(steps=5, batch_size=2, min_epochs=4), {})
     assert training_steps(params, [3, 3, 3]) == 12 + 18
     assert training_steps(params, [1, 1, 1]) == 6  # nothing to hold out: one pass
     assert training_steps({**params, "holdout_fraction": 0.0}, [3, 3, 3]) == 18
@@ -140,7 +140,7 @@ def test_the_embedded_broker_never_hands_out_a_half_written_message(tmp_path: Pa
 def test_a_mangled_api_key_is_refused_without_being_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A key pasted with a trailing newline works; one with a space inside is refused without
     echoing it (the HTTP library's error printed the whole header, key included)."""
-    from app.client import Client, ClientError
+    from mtl_client import Client, ClientError
 
     secret = "mtl_abcd1234_S3CRETS3CRETS3CRET"
     monkeypatch.setenv("MTL_API_KEY", secret + "\r\n")

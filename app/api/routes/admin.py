@@ -11,13 +11,14 @@ from app.api.responses import errors
 from app.infra.tables import ApiKeyRecord, DatasetRecord
 from app.service import jobs, keys
 from app.service.base_models import make_ready_default
-from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
 from app.service.params import pretrain_config
 from app.service.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
     BaseModelPublic,
+    Page,
     PretrainingJobCreate,
     PretrainingJobCreated,
 )

@@ -10,8 +10,8 @@ from app.api.responses import errors
 from app.infra.tables import BaseModelRecord
 from app.service.base_models import base_model_dir, can_see, read_card, visible_to
 from app.service.model_cards import base_model_card
-from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.service.schemas import BaseModelCard, BaseModelPublic
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
+from app.service.schemas import BaseModelCard, BaseModelPublic, Page
 
 router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422))
 

@@ -26,14 +26,16 @@ from app.service.base_models import usable_base_model
 from app.service.datasets import get_owned as get_owned_dataset
 from app.service.export import ExportFormat, export_zip
 from app.service.jobs import ArtifactStatus
-from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
 from app.service.schemas import (
     ClassifierCreate,
     ClassifierCreated,
     ClassifierPublic,
+    Page,
     Prediction,
     PredictResponse,
     PredictResult,
+    resolve_params,
 )
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422))
@@ -87,7 +89,7 @@ def create_classifier(
         name=body.name,
         dataset=dataset,
         base=base,
-        params=body.params.resolved(card.get("adaptation") or {}),
+        params=resolve_params(body.params, card.get("adaptation") or {}),
         meta_ways=card.get("meta_ways"),
         callback_url=None if body.callback_url is None else str(body.callback_url),
     )

@@ -19,8 +19,8 @@ from app.infra.errors import no_nul
 from app.infra.storage import ImageStore
 from app.infra.tables import DatasetRecord
 from app.service.datasets import delete_dataset_row, get_owned, store_dataset, unpack_upload
-from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.service.schemas import DatasetPublic
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
+from app.service.schemas import DatasetPublic, Page
 from app.service.uploads import check_files, display_name
 
 log = logging.getLogger(__name__)

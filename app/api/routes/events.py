@@ -17,7 +17,7 @@ from app.infra.db import session_scope
 from app.infra.settings import Settings
 from app.infra.tables import ApiKeyRecord, JobRecord
 from app.service.jobs import FINISHED, get_visible
-from app.service.schemas import JobPublic
+from app.service.schemas import JobPublic, job_public
 from app.service.security import VerifiedKey
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,7 +59,7 @@ class EventStreamResponse(StreamingResponse):
 def _visible_job(settings: Settings, key: VerifiedKey, job_id: str) -> JobPublic:
     # A short session of its own: the stream may last for hours and must not hold a connection.
     with session_scope(settings.resolved_database_url) as session:
-        return JobPublic.from_record(get_visible(session, key, job_id))
+        return job_public(get_visible(session, key, job_id))
 
 
 def _read_job(settings: Settings, job_id: str, key_prefix: str) -> JobPublic | None:
@@ -71,7 +71,7 @@ def _read_job(settings: Settings, job_id: str, key_prefix: str) -> JobPublic | N
             select(ApiKeyRecord.id).where(ApiKeyRecord.prefix == key_prefix)
         ) is None:
             return None
-        return JobPublic.from_record(job)
+        return job_public(job)
 
 
 async def job_events(

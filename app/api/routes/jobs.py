@@ -12,8 +12,8 @@ from app.api.responses import errors
 from app.infra.tables import JobRecord
 from app.service import jobs
 from app.service.jobs import JobStatus, get_visible
-from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, paginate
-from app.service.schemas import JobPublic
+from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
+from app.service.schemas import JobPublic, Page, job_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 
@@ -50,7 +50,7 @@ def list_jobs(
         cursor=cursor,
         newest_first=True,
     )
-    return Page(data=[JobPublic.from_record(j) for j in rows], next_cursor=next_cursor)
+    return Page(data=[job_public(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
@@ -59,7 +59,7 @@ def read_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
 
     Its status, phase, progress (step, total steps, loss, ETA), attempts and outcome.
     """
-    return JobPublic.from_record(get_visible(session, key, job_id))
+    return job_public(get_visible(session, key, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
@@ -72,4 +72,4 @@ def cancel_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
     job = get_visible(session, key, job_id)
     jobs.cancel(session, job)
     session.refresh(job)
-    return JobPublic.from_record(job)
+    return job_public(job)

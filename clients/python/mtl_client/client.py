@@ -1,6 +1,6 @@
 """A typed Python client for the service's v1 API; the `mtl` client commands use it.
 
-    from app.client import Client
+    from mtl_client import Client
 
     with Client() as mtl:                       # MTL_URL and MTL_API_KEY
         dataset = mtl.upload_dataset("glyphs/", name="glyphs")   # a folder of class folders, or a .zip
@@ -8,7 +8,8 @@
         job = mtl.wait_for_job(created.job_id, progress=lambda j: print(j.progress.step))
         answer = mtl.predict(created.id, ["a.png", "b.png"], top_k=3)
 
-Answers are the API's own response models (`app.service.schemas`), so they match the routes exactly.
+Answers are the API's own response models (`mtl_client.models`, which the service answers with),
+so they match the routes exactly.
 Every error the service answers is an `ApiError` carrying its status and its message; mistakes
 found before anything is sent (a missing file, no API key) are a `ClientError`.
 """
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,21 +27,21 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from app.service.jobs import JobStatus
-from app.service.pagination import Page
-from app.service.schemas import (
+from mtl_client.models import FINISHED as FINISHED_STATUSES
+from mtl_client.models import (
     ApiKeyPublic,
     BaseModelPublic,
     ClassifierCreated,
     ClassifierPublic,
     DatasetPublic,
     JobPublic,
+    Page,
     PredictResponse,
     PretrainingJobCreated,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINISHED = frozenset(FINISHED_STATUSES)
 # Images in one predict request: the service's default limit (MTL_MAX_PREDICT_FILES) is 256.
 PREDICT_BATCH = 64
 
@@ -136,10 +135,14 @@ class Client:
             raise ClientError(f"{path} does not exist")
         name = name or path.resolve().stem
         if path.is_file():
+            import zipfile  # here, not at the top: `import mtl_client` stays quick
+
             if not zipfile.is_zipfile(path):
                 raise ClientError(f"{path} is not a .zip file (or give a folder of class folders)")
             with path.open("rb") as fh:
                 return self._upload_archive(name, path.name, fh, idempotency_key)
+        import tempfile
+
         with tempfile.TemporaryFile() as fh:
             zip_class_folders(path, fh)
             fh.seek(0)
@@ -317,6 +320,8 @@ def zip_class_folders(folder: Path, out: IO[bytes]) -> None:
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ClientError(f"{folder} has no class subfolders (one folder of images per class)")
+    import zipfile
+
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
         for class_dir in classes:
             for file in sorted(class_dir.rglob("*")):

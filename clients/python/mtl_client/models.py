@@ -1,0 +1,371 @@
+"""The v1 API's request and response bodies, shared by the service (which answers with them) and
+this client (which reads them): one definition, so the two cannot drift apart. pydantic only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+T = TypeVar("T")
+
+
+class JobKind(StrEnum):
+    TRAINING = "training"  # fine-tunes a classifier
+    PRETRAINING = "pretraining"  # trains a base model
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobPhase(StrEnum):
+    """What a job is doing. A classifier's job trains twice: first on its training split to
+    measure holdout accuracy, then from the base model again on every image, so its loss starts
+    high a second time; the phase says why."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    HOLDOUT_PASS = "holdout_pass"
+    FINAL_PASS = "final_pass"
+    PRETRAINING = "pretraining"
+    SAVING = "saving"
+
+
+class ArtifactStatus(StrEnum):
+    """A classifier's or base model's status: what its job made of it."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class FromRecord(BaseModel):
+    """An answer the service reads from a table row by attribute name (`from_record`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return as_utc(value) if isinstance(value, datetime) else value
+
+    @classmethod
+    def from_record(cls, record: Any) -> Self:
+        return cls.model_validate(record)
+
+
+class Strict(BaseModel):
+    # NaN and Infinity parse from JSON in Python but are no parameter's valid value.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+# Text stored in the database: PostgreSQL cannot store a NUL byte in text.
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+CallbackUrl = Annotated[
+    HttpUrl | None,
+    Field(
+        default=None,
+        max_length=2000,
+        description="POSTed the job's JSON, signed (X-MTL-Signature: HMAC-SHA256 with the "
+        "server's MTL_WEBHOOK_SECRET over '<X-MTL-Timestamp>.<body>'), once the job has "
+        "finished; retried with backoff until it answers 2xx",
+    ),
+]
+
+
+class ClassCount(BaseModel):
+    name: str
+    count: int
+
+
+class RejectedFile(BaseModel):
+    file: str
+    reason: str
+
+
+class DatasetPublic(FromRecord):
+    id: str
+    name: str
+    num_images: int
+    classes: list[ClassCount]
+    rejected: list[RejectedFile]
+    created_at: datetime
+
+
+class ClassifierParams(Strict):
+    """How a classifier is fine-tuned. Fields left out take the base model's recommended values
+    (the `adaptation` of its card, measured when it was pretrained), else classifier_defaults()."""
+
+    steps: int | None = Field(default=None, ge=0, le=10_000)
+    learning_rate: float | None = Field(default=None, ge=0.0, le=10.0)
+    batch_size: int | None = Field(
+        default=None, ge=0, le=4096, description="0: all training images every step"
+    )
+    min_epochs: float | None = Field(
+        default=None, ge=0.0, le=1000.0,
+        description="with batch_size below the image count: take more steps until every image "
+        "was seen this many times (0: exactly `steps`)",
+    )
+    holdout_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    head_init: Literal["zeros", "prototype", "meta"] | None = None
+    bn_stats: Literal["frozen", "support"] | None = None
+    prototype_scale: float | None = Field(
+        default=None, gt=0.0, le=1000.0, description="logit scale of a 'prototype' head"
+    )
+    stop_loss: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description="steps beyond `steps` (added by min_epochs) end once a batch's loss is "
+        "below this (0: never)",
+    )
+    augment: bool | None = Field(
+        default=None, description="a random flip and shift of each image at every step"
+    )
+
+
+class ClassifierCreate(Strict):
+    name: Text = Field(min_length=1, max_length=200)
+    dataset_id: Text = Field(min_length=1, max_length=64)
+    base_model_id: Text | None = Field(default=None, min_length=1, max_length=64)
+    params: ClassifierParams = Field(default_factory=ClassifierParams)
+    callback_url: CallbackUrl = None
+
+
+class ClassifierCreated(BaseModel):
+    id: str
+    status: ArtifactStatus
+    job_id: str
+
+
+class ClassMetrics(BaseModel):
+    label: str
+    precision: float
+    recall: float
+    support: int
+
+
+class ClassifierMetrics(BaseModel):
+    holdout_accuracy: float
+    per_class: list[ClassMetrics]
+    confusion_matrix: list[list[int]]
+
+
+class ClassifierPublic(FromRecord):
+    id: str
+    name: str
+    status: ArtifactStatus
+    labels: list[str]
+    base_model_id: str
+    dataset_id: str
+    job_id: str | None
+    params: dict[str, Any]
+    metrics: ClassifierMetrics | None
+    created_at: datetime
+
+
+class JobProgress(BaseModel):
+    step: int
+    total_steps: int
+    fraction: float
+    loss: float | None
+    eta_seconds: float | None
+
+
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="the receiver's HTTP status; null: no answer")
+    error: str | None = None
+    duration_ms: float
+
+
+class JobWebhook(BaseModel):
+    url: str
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending until the job has finished and a try succeeded (2xx); failed "
+        "after MTL_WEBHOOK_MAX_ATTEMPTS tries"
+    )
+    attempts: list[WebhookAttempt]
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    phase: JobPhase | None = Field(
+        description="what the job is doing: queued; preparing (loading the base model and "
+        "images); holdout_pass (a classifier trained on its training split, to measure holdout "
+        "accuracy); final_pass (trained again from the base model on every image, so the loss "
+        "starts high again); pretraining; saving. Null once the job has finished."
+    )
+    progress: JobProgress
+    metrics: dict[str, Any] | None
+    error: str | None
+    classifier_id: str | None
+    base_model_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    webhook: JobWebhook | None = Field(
+        default=None, description="the callback_url's deliveries; null without one"
+    )
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictResult(BaseModel):
+    filename: str
+    predictions: list[Prediction] | None = None
+    error: str | None = None
+
+
+class PredictResponse(BaseModel):
+    results: list[PredictResult]
+
+
+class BaseModelPublic(FromRecord):
+    id: str
+    name: str
+    algorithm: str
+    image_size: int
+    channels: int
+    is_default: bool
+    status: ArtifactStatus
+    metrics: dict[str, Any]
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class PretrainingJobCreate(Strict):
+    name: Text = Field(min_length=1, max_length=200)
+    dataset_id: Text = Field(min_length=1, max_length=64)
+    algorithm: Text = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields of models.config.PretrainConfig; each is bounded (the service's PRETRAIN_BOUNDS) "
+        "and an out-of-bounds value is a 422 naming it",
+    )
+    callback_url: CallbackUrl = None
+
+    @field_validator("params")
+    @classmethod
+    def _no_algorithm_in_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "algorithm" in value:
+            raise ValueError("give the algorithm as the top-level 'algorithm' field")
+        return value
+
+
+class PretrainingJobCreated(BaseModel):
+    job_id: str
+    base_model_id: str
+
+
+class ApiKeyCreate(Strict):
+    tenant: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@-]+$")
+    admin: bool = False
+
+
+class ApiKeyCreated(BaseModel):
+    key: str | None = Field(
+        description="the new key, shown only here; null in the replayed answer to a repeat "
+        "with the same Idempotency-Key"
+    )
+    prefix: str
+    tenant: str
+    scope: str
+
+
+class DatasetImagePublic(BaseModel):
+    id: int
+    filename: str
+    label: str
+
+
+class DatasetImagePage(BaseModel):
+    data: list[DatasetImagePublic]
+    count: int = Field(description="images matching the query, across all pages")
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
+class CardAccuracy(BaseModel):
+    """One measured few-shot result: accuracy on classes the base model never saw."""
+
+    ways: int
+    shots: int
+    episodes: int
+    accuracy: float
+    ci95: float | None
+
+
+class BaseModelCard(BaseModel):
+    id: str
+    name: str
+    algorithm: str
+    image_size: int
+    channels: int
+    is_default: bool
+    status: ArtifactStatus
+    suits: str = Field(description="what kind of images this base model is meant for")
+    pretrained_on: str | None = Field(description="the data it was pretrained on")
+    training_seconds: float | None
+    accuracy: list[CardAccuracy] = Field(
+        description="few-shot accuracy measured on unseen classes (empty when not measured)"
+    )
+    adaptation: dict[str, Any] = Field(
+        description="the fine-tuning settings its classifiers use unless a request says otherwise"
+    )
+
+
+class ApiKeyPublic(FromRecord):
+    prefix: str
+    tenant: str
+    scope: str
+    created_at: datetime
+
+
+class WebhookSigningSecret(BaseModel):
+    tenant: str
+    secret: str = Field(description="HMAC-SHA256 key of this tenant's webhook signatures")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
