@@ -80,3 +80,17 @@ def test_a_methods_rotations_choice_turns_its_base_classes_only(
         classes[method] = card["data"]["num_classes"]
     assert classes == {"transfer": 4 * omniglot_background.num_classes,
                        "protonet": omniglot_background.num_classes}
+
+
+def test_a_prereg_run_needs_the_methods_validation_choice(tmp_path: Path) -> None:
+    """A method whose sweep has not been entered (PREREG_CHOICES) cannot be run, let alone scored;
+    the ones entered match the sweep's committed winners exactly."""
+    missing = [m for m in PREREG_METHODS if m not in table1.PREREG_CHOICES["miniimagenet-lite"]]
+    assert missing, "every choice is entered: pick another way to exercise the refusal"
+    with pytest.raises(SystemExit, match="no validation choice entered for miniimagenet-lite"):
+        table1.run("miniimagenet-lite", "prereg", tmp_path, missing[:1], "cpu")
+    sweeps = Path(table1.REPO) / "benchmarks" / "results" / "prereg-sweep"
+    for dataset, chosen in table1.PREREG_CHOICES.items():
+        for method, choice in chosen.items():
+            sweep = json.loads((sweeps / f"{dataset}-{method}.json").read_text())
+            assert sweep["complete"] and choice == sweep["winner"], (dataset, method)
