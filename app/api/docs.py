@@ -20,6 +20,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.responses import ErrorResponse
+
 DOCS_ASSETS_URL = "/docs-assets"
 # The docs pages may load nothing from outside this server: ReDoc's bundle would fetch its logo
 # from a CDN, which this policy blocks in the browser before any request is made (the logo then
@@ -263,6 +265,8 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
                 _document(operation, method, path)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["ErrorResponse"] = ErrorResponse.model_json_schema()
         app.openapi_schema = schema
     return app.openapi_schema
 

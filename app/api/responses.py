@@ -9,7 +9,15 @@ from pydantic import BaseModel
 
 
 class ErrorResponse(BaseModel):
+    """Every error answer: what went wrong, in one sentence a person can act on."""
+
     detail: str
+
+
+# One shared component that every error answer refers to (openapi_document adds it): client
+# generators then make one error type, where an inline schema per route, each titled
+# ErrorResponse, made them drop the duplicates.
+ERROR_REF = "#/components/schemas/ErrorResponse"
 
 
 WHY = {
@@ -25,8 +33,9 @@ WHY = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for FastAPI: each status with the error body and why it happens. The body
+    """`responses=` for FastAPI: each status with the error body (a reference to the shared
+    ErrorResponse component) and why it happens. The body
     is declared as JSON explicitly (not `model=`, which FastAPI would document in the route's
     own media type, e.g. text/event-stream for a stream's errors)."""
-    content = {"application/json": {"schema": ErrorResponse.model_json_schema()}}
+    content = {"application/json": {"schema": {"$ref": ERROR_REF}}}
     return {code: {"description": WHY[code], "content": content} for code in codes}

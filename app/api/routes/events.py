@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -12,7 +11,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentKey, SettingsDep
-from app.api.responses import WHY
+from app.api.responses import errors
 from app.infra.db import session_scope
 from app.infra.settings import Settings
 from app.infra.tables import ApiKeyRecord, JobRecord
@@ -22,23 +21,9 @@ from app.service.security import VerifiedKey
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-# The route's own media type is text/event-stream; its errors are JSON like every other error,
-# so they are declared with their content type rather than with `app.api.responses.errors`.
-_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": WHY[code],
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"detail": {"type": "string"}},
-                    "required": ["detail"],
-                }
-            }
-        },
-    }
-    for code in (401, 404, 422)
-}
+# The route's own media type is text/event-stream; its errors are JSON like every other error
+# (`errors` declares their content type explicitly).
+_JSON_ERRORS = errors(401, 404, 422)
 
 POLL_S = 0.5  # the worker writes progress at most every 0.5 s
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
