@@ -122,6 +122,51 @@ def adapt(
     return clf.eval()
 
 
+def fit_classifier(
+    net: MetaNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    class_names: Sequence[str],
+    config: AdaptConfig,
+    seed: int,
+    holdout: Sequence[int] = (),
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> tuple[Classifier, list[int] | None]:
+    """A custom classifier as the service trains one: with a `holdout` (indices), first `adapt`
+    on the other images and predict the holdout (phase "holdout_pass"), then `adapt` from the
+    base model again on every image (phase "final_pass"). Returns the final classifier and the
+    holdout's predicted labels (None without a holdout). `progress(step, total, loss)` counts
+    both passes as one run of steps."""
+    held = set(holdout)
+    train = [i for i in range(len(images)) if i not in held]
+    steps = [config.steps_for(len(train))] if held else []
+    steps.append(config.steps_for(len(images)))
+    total = sum(steps)
+
+    def offset(start: int) -> Callable[[int, int, float], None] | None:
+        if progress is None:
+            return None
+        return lambda step, _steps, loss: progress(start + step, total, loss)
+
+    predicted = None
+    if held:
+        if on_phase is not None:
+            on_phase("holdout_pass")
+        tr = torch.tensor(train, device=images.device)
+        ho = torch.tensor(list(holdout), device=images.device)
+        first = adapt(net, images[tr], labels[tr], class_names=class_names, config=config,
+                      seed=seed, progress=offset(0), should_stop=should_stop)
+        predicted = first.predict_proba(images[ho]).argmax(1).cpu().tolist()
+    if on_phase is not None:
+        on_phase("final_pass")
+    final = adapt(net, images, labels, class_names=class_names, config=config, seed=seed,
+                  progress=offset(total - steps[-1]), should_stop=should_stop)
+    return final, predicted
+
+
 @dataclass
 class CellResult:
     ways: int

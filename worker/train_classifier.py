@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,70 +20,85 @@ from worker.images import load_images
 from worker.lifecycle import JobFailed, Reporter
 
 
-def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str:
-    """Fine-tune the job's base model on its dataset; metrics from a holdout split, then the
-    final classifier is trained on every image."""
-    import torch
+@dataclass
+class _Job:
+    """What a training job's row says, read once."""
 
-    from models.adaptation import adapt
-    from models.checkpoint import load_base_model, save_classifier
-    from models.data import to_float
-    from models.training import resolve_device
+    params: dict[str, Any]
+    dataset_id: str
+    classifier_id: str
+    base_id: str
+    base_dir: Path
 
+
+def _read_job(settings: Settings, job_id: str) -> _Job:
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(JobRecord, job_id)
         assert job is not None and job.classifier_id and job.base_model_id
-        params, dataset_id = dict(job.params), job.dataset_id
-        classifier_id, base_id = job.classifier_id, job.base_model_id
-        base = session.get(BaseModelRecord, base_id)
+        base = session.get(BaseModelRecord, job.base_model_id)
         if base is None or base.status != ArtifactStatus.READY:
-            raise JobFailed(f"base model {base_id} is not available")
-        base_dir = base_model_dir(settings, base.storage)
-    device = resolve_device(settings.worker_device)
-    net, card = load_base_model(base_dir, device=device)
-    data = load_images(
-        settings, dataset_id, channels=card["channels"], image_size=card["image_size"]
-    )
-    config = adapt_config(params)
-    labels = data.labels.tolist()
-    train_idx, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
-    total = training_steps(params, list(Counter(labels).values()))
-    final_steps = config.steps_for(len(labels))
-    x_all = to_float(data.images).to(device)
-    y_all = data.labels.to(device)
+            raise JobFailed(f"base model {job.base_model_id} is not available")
+        return _Job(dict(job.params), job.dataset_id, job.classifier_id, job.base_model_id,
+                    base_model_dir(settings, base.storage))
 
-    def progress_from(offset: int) -> Callable[[int, int, float], None]:
-        return lambda step, _total, loss: reporter.progress(offset + step, total, loss)
+
+def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str:
+    """Fine-tune the job's base model on its dataset; metrics from a holdout split, then the
+    final classifier is trained on every image."""
+    from models.checkpoint import load_base_model
+    from models.training import resolve_device
+
+    job = _read_job(settings, job_id)
+    params = job.params
+    device = resolve_device(settings.worker_device)
+    net, card = load_base_model(job.base_dir, device=device)
+    data = load_images(
+        settings, job.dataset_id, channels=card["channels"], image_size=card["image_size"]
+    )
+    labels = data.labels.tolist()
+    _, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
+    total = training_steps(params, list(Counter(labels).values()))
+    clf, predicted = _fit(net, data, hold_idx, params, total, reporter, device)
+    metrics = None
+    if predicted is not None:
+        metrics = classification_metrics([labels[i] for i in hold_idx], predicted, data.class_names)
+    meta = {
+        "backbone": card["backbone"],
+        "channels": card["channels"],
+        "image_size": card["image_size"],
+        "base_model_id": job.base_id,
+        "params": params,
+        "metrics": metrics,
+        "data": {"dataset_id": job.dataset_id, "num_images": len(data)},
+    }
+    return _save_and_record(settings, job_id, job.classifier_id, clf, meta, data.class_names,
+                            metrics, reporter)
+
+
+def _fit(net: Any, data: Any, hold_idx: list[int], params: dict[str, Any], total: int,
+         reporter: Reporter, device: Any) -> tuple[Any, list[int] | None]:
+    """The classifier trained on every image, and (with a holdout) the holdout's predictions by
+    one trained on the rest first; progress runs over both passes as one count."""
+    from models.adaptation import fit_classifier
+    from models.data import to_float
+
+    def progress(step: int, _total: int, loss: float) -> None:
+        reporter.progress(step, total, loss)
 
     reporter.progress(0, total, None)
-    metrics = None
-    if hold_idx:
-        reporter.set_phase(JobPhase.HOLDOUT_PASS)
-        tr = torch.tensor(train_idx, device=device)
-        ho = torch.tensor(hold_idx, device=device)
-        held_out = adapt(
-            net,
-            x_all[tr],
-            y_all[tr],
-            class_names=data.class_names,
-            config=config,
-            seed=params["seed"],
-            progress=progress_from(0),
-            should_stop=reporter.should_stop,
-        )
-        pred = held_out.predict_proba(x_all[ho]).argmax(1).cpu().tolist()
-        metrics = classification_metrics([labels[i] for i in hold_idx], pred, data.class_names)
-    reporter.set_phase(JobPhase.FINAL_PASS)
-    clf = adapt(
-        net,
-        x_all,
-        y_all,
-        class_names=data.class_names,
-        config=config,
-        seed=params["seed"],
-        progress=progress_from(total - final_steps),
-        should_stop=reporter.should_stop,
+    return fit_classifier(
+        net, to_float(data.images).to(device), data.labels.to(device),
+        class_names=data.class_names, config=adapt_config(params), seed=params["seed"],
+        holdout=hold_idx, progress=progress, should_stop=reporter.should_stop,
+        on_phase=lambda phase: reporter.set_phase(JobPhase(phase)),
     )
+
+
+def _save_and_record(settings: Settings, job_id: str, classifier_id: str, clf: Any,
+                     meta: dict[str, Any], class_names: list[str], metrics: dict[str, Any] | None,
+                     reporter: Reporter) -> str:
+    from models.checkpoint import save_classifier
+
     # This attempt writes its own folder; only the attempt that still owns the job moves it into
     # place, inside the transaction that records the success, so a losing attempt can never
     # overwrite the winner's checkpoint.
@@ -91,23 +106,11 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     staged = settings.classifiers_dir / f".{classifier_id}.attempt-{reporter.claim.attempt}"
     shutil.rmtree(staged, ignore_errors=True)
     reporter.set_phase(JobPhase.SAVING)
-    save_classifier(
-        staged,
-        clf.cpu(),
-        {
-            "backbone": card["backbone"],
-            "channels": card["channels"],
-            "image_size": card["image_size"],
-            "base_model_id": base_id,
-            "params": params,
-            "metrics": metrics,
-            "data": {"dataset_id": dataset_id, "num_images": len(data)},
-        },
-    )
+    save_classifier(staged, clf.cpu(), meta)
 
     def record(session: Any) -> None:
         set_artifact_status(
-            session, job_id, ArtifactStatus.READY, labels=data.class_names, metrics=metrics
+            session, job_id, ArtifactStatus.READY, labels=class_names, metrics=metrics
         )
         install_checkpoint(staged, out)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
@@ -12,19 +13,56 @@ from typing import BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.infra.errors import InvalidInput, no_nul
 from app.infra.settings import Settings
 from app.infra.storage import ImageStore
 from app.infra.tables import DatasetImageRecord, DatasetRecord
 from app.service.access import get_tenant_row
 from app.service.security import VerifiedKey
-from app.service.uploads import CHUNK, CheckedUpload, LabelledFile, read_archive
+from app.service.uploads import CHUNK, CheckedUpload, LabelledFile, check_files, read_archive
 
 log = logging.getLogger(__name__)
+
+MAX_LABEL = 200  # characters of a class name
 
 
 def get_owned(session: Session, key: VerifiedKey, dataset_id: str) -> DatasetRecord:
     """The caller's dataset, or NotFound."""
     return get_tenant_row(session, key, DatasetRecord, dataset_id, "dataset")
+
+
+def create_from_upload(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    name: str,
+    archive: BinaryIO | None,
+    files: list[tuple[str, str, BinaryIO]],
+) -> DatasetRecord:
+    """A dataset from an upload: its archive, or its (file name, label, content) parts. Every
+    file goes to its own temporary file and is checked from there, so the upload's size never
+    decides how much memory it takes; what is not stored is removed. InvalidInput (422) when
+    a class name is unusable or fewer than 2 classes have a good image."""
+    with tempfile.TemporaryDirectory(dir=settings.uploads_dir, prefix="upload-") as work:
+        unpacked = unpack_upload(workdir=Path(work), archive=archive, files=files, settings=settings)
+        for f in unpacked.good:
+            if len(f.label) > MAX_LABEL:
+                raise InvalidInput(f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters")
+            no_nul(f.label, f"class name {f.label[:40]!r}")
+        checked = check_files(unpacked.good, max_pixels=settings.max_image_pixels)
+        rejected = unpacked.rejected + checked.rejected
+        counts = Counter(f.label for f in checked.good)
+        if len(counts) < 2:
+            why = "; ".join(f"{f}: {r}" for f, r in rejected[:5])
+            raise InvalidInput(
+                "a dataset needs at least 2 classes with at least one good image; "
+                f"this upload has {len(counts)}" + (f" (rejected: {why})" if why else "")
+            )
+        return store_dataset(
+            session=session, store=ImageStore(settings.images_dir), tenant=tenant, name=name,
+            files=checked.good, rejected=rejected,
+        )
 
 
 def unpack_upload(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.adaptation import adapt, evaluate, paired_difference
+from models.adaptation import adapt, evaluate, fit_classifier, paired_difference
 from models.checkpoint import (
     load_base_model,
     load_checkpoint,
@@ -237,3 +237,30 @@ def test_divergence_is_an_error_not_a_nan_classifier() -> None:
     x, y = some_images(5, 3)
     with pytest.raises(ConfigError, match="diverged.*lower the learning rate"):
         adapt(net, x, y, config=AdaptConfig(steps=60, lr=50.0, head_init="zeros", bn_stats="frozen"))
+
+
+def test_fit_classifier_measures_a_holdout_then_trains_on_every_image() -> None:
+    """The service's two passes in one pure function: the holdout's predictions come from a
+    model that never saw it, the final model is exactly `adapt` on every image, and progress
+    counts both passes as one run."""
+    net = small_net()
+    x, y = some_images(3, 6)
+    config = AdaptConfig(steps=4, lr=0.05, batch_size=5, min_epochs=2)
+    holdout = [0, 7, 14]
+    seen: list[tuple[int, int]] = []
+    phases: list[str] = []
+    final, predicted = fit_classifier(
+        net, x, y, class_names=["a", "b", "c"], config=config, seed=3, holdout=holdout,
+        progress=lambda step, total, _loss: seen.append((step, total)), on_phase=phases.append)
+    total = config.steps_for(15) + config.steps_for(18)
+    assert phases == ["holdout_pass", "final_pass"]
+    assert [s for s, _ in seen] == list(range(1, total + 1)) and {t for _, t in seen} == {total}
+    train = [i for i in range(18) if i not in holdout]
+    first = adapt(net, x[train], y[train], class_names=["a", "b", "c"], config=config, seed=3)
+    assert predicted == first.predict_proba(x[holdout]).argmax(1).tolist()
+    alone = adapt(net, x, y, class_names=["a", "b", "c"], config=config, seed=3)
+    for p, q in zip(final.parameters(), alone.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # Without a holdout: one pass, no predictions.
+    _, none = fit_classifier(net, x, y, class_names=["a", "b", "c"], config=config, seed=3)
+    assert none is None

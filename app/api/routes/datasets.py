@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections import Counter
-from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from app.api.deps import CurrentKey, SessionDep, SettingsDep
 from app.api.forms import file_fields, read_form, text_field
@@ -18,15 +17,14 @@ from app.api.responses import errors
 from app.infra.errors import no_nul
 from app.infra.storage import ImageStore
 from app.infra.tables import DatasetRecord
-from app.service.datasets import delete_dataset_row, get_owned, store_dataset, unpack_upload
+from app.service.datasets import MAX_LABEL, create_from_upload, delete_dataset_row, get_owned
 from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
 from app.service.schemas import DatasetPublic, Page
-from app.service.uploads import check_files, display_name
+from app.service.uploads import display_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 
-MAX_LABEL = 200
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -80,6 +78,17 @@ async def create_dataset(
     `Idempotency-Key`, a repeat within 24 h answers the first answer and stores nothing.
     """
     form = await read_form(request, max_files=settings.max_files)
+    name, archive, files = _upload_parts(form)
+    # Unpacking, decoding and storing block: off the event loop, in one go.
+    ds = await run_in_threadpool(
+        create_from_upload, session=session, settings=settings, tenant=key.tenant, name=name,
+        archive=archive, files=files,
+    )
+    return DatasetPublic.from_record(ds)
+
+
+def _upload_parts(form: FormData) -> tuple[str, BinaryIO | None, list[tuple[str, str, BinaryIO]]]:
+    """The upload's name, and either its archive or its (file name, label, content) parts."""
     name = (text_field(form, "name", required=True) or "").strip()
     if not name or len(name) > 200:
         raise HTTPException(422, "'name' must be 1 to 200 characters")
@@ -105,48 +114,12 @@ async def create_dataset(
         if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
             raise HTTPException(422, f"label {i + 1} must be 1 to {MAX_LABEL} characters")
         no_nul(label, f"label {i + 1}")
-    # Every file goes to its own temporary file in this folder, and is checked from there: the
-    # upload's size never decides how much memory it takes. What is not stored is removed here.
-    with tempfile.TemporaryDirectory(dir=settings.uploads_dir, prefix="upload-") as work:
-        unpacked = await run_in_threadpool(
-            unpack_upload,
-            workdir=Path(work),
-            archive=archives[0].file if archives else None,
-            files=[
-                (display_name(f.filename or f"file{i + 1}"), str(label).strip(), f.file)
-                for i, (f, label) in enumerate(zip(files, labels, strict=True))
-            ],
-            settings=settings,
-        )
-        for f in unpacked.good:
-            if len(f.label) > MAX_LABEL:
-                raise HTTPException(
-                    422, f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters"
-                )
-            no_nul(f.label, f"class name {f.label[:40]!r}")
-        checked = await run_in_threadpool(
-            check_files, unpacked.good, max_pixels=settings.max_image_pixels
-        )
-        rejected = unpacked.rejected + checked.rejected
-        counts = Counter(f.label for f in checked.good)
-        if len(counts) < 2:
-            why = "; ".join(f"{f}: {r}" for f, r in rejected[:5])
-            raise HTTPException(
-                422,
-                "a dataset needs at least 2 classes with at least one good image; "
-                f"this upload has {len(counts)}" + (f" (rejected: {why})" if why else ""),
-            )
-        # Writing files and rows blocks: off the event loop.
-        ds = await run_in_threadpool(
-            store_dataset,
-            session=session,
-            store=ImageStore(settings.images_dir),
-            tenant=key.tenant,
-            name=name,
-            files=checked.good,
-            rejected=rejected,
-        )
-    return DatasetPublic.from_record(ds)
+    archive = archives[0].file if archives else None
+    parts = [
+        (display_name(f.filename or f"file{i + 1}"), str(label).strip(), f.file)
+        for i, (f, label) in enumerate(zip(files, labels, strict=True))
+    ]
+    return name, archive, parts
 
 
 @router.get("", response_model=Page[DatasetPublic])
