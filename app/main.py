@@ -7,51 +7,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
 from app.api.docs import install_docs
+from app.api.errors import install_error_handlers
 from app.api.idempotency import Idempotency
 from app.api.main import api_router
-from app.api.middleware import BodySizeLimit, BodyTooLarge, NoNulInUrl, RequestContext
+from app.api.middleware import BodySizeLimit, NoNulInUrl, RequestContext
 from app.console import install_console
 from app.infra import metrics
 from app.infra.embedded import EmbeddedWorker, WorkerProbe, exit_with_parent
-from app.infra.errors import ServiceError, http_status
 from app.infra.logs import configure_logging
 from app.infra.settings import Settings, get_settings
 from app.service.predict import PredictService, keep_freed_memory
 from app.service.security import VerifiedKeyCache
-from models.errors import MTLError
 
 log = logging.getLogger(__name__)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        if err.get("type") == "json_invalid":
-            return f"malformed JSON: {err.get('msg')}"
-        msg = str(err.get("msg")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts) or "invalid request"
-
-
-def create_app(
-    settings: Settings | None = None, *, embedded_worker: EmbeddedWorker | None = None
-) -> FastAPI:
-    """The API for `settings` (default: from the environment). The database must be migrated.
-    With `embedded_worker` (`mtl serve`), /readyz also needs that worker running; so it does in
-    the API processes of `mtl serve --api-processes N`, which learn of it from their settings."""
-    settings = settings or get_settings()
-    worker: EmbeddedWorker | WorkerProbe | None = embedded_worker
-    if worker is None and settings.embedded_worker_ready_file is not None:
-        worker = WorkerProbe(settings.embedded_worker_ready_file)
-    metrics.setup(settings)
+def _lifespan(settings: Settings) -> Any:
+    """What every API process does once before it answers: logs, limits, memory, migrations."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,18 +46,11 @@ def create_app(
         initialize(settings)
         yield
 
-    # /docs and /redoc are served from local assets by install_docs (FastAPI's load a CDN).
-    app = FastAPI(
-        title="MTL model-customization service",
-        version="1",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.state.settings = settings
-    app.state.embedded_worker = worker
-    app.state.verified_keys = VerifiedKeyCache(settings.api_key_cache_s)
-    app.state.predict_service = PredictService(
+    return lifespan
+
+
+def _predict_service(settings: Settings) -> PredictService:
+    return PredictService(
         cache_size=settings.predict_cache_size,
         cache_bytes=settings.predict_cache_bytes,
         device=settings.predict_device,
@@ -91,41 +59,36 @@ def create_app(
         max_pixels=settings.max_image_pixels,
         decode_threads=settings.predict_decode_threads,
     )
+
+
+def create_app(
+    settings: Settings | None = None, *, embedded_worker: EmbeddedWorker | None = None
+) -> FastAPI:
+    """The API for `settings` (default: from the environment). The database must be migrated.
+    With `embedded_worker` (`mtl serve`), /readyz also needs that worker running; so it does in
+    the API processes of `mtl serve --api-processes N`, which learn of it from their settings."""
+    settings = settings or get_settings()
+    worker: EmbeddedWorker | WorkerProbe | None = embedded_worker
+    if worker is None and settings.embedded_worker_ready_file is not None:
+        worker = WorkerProbe(settings.embedded_worker_ready_file)
+    metrics.setup(settings)
+
+    # /docs and /redoc are served from local assets by install_docs (FastAPI's load a CDN).
+    app = FastAPI(
+        title="MTL model-customization service",
+        version="1",
+        lifespan=_lifespan(settings),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.embedded_worker = worker
+    app.state.verified_keys = VerifiedKeyCache(settings.api_key_cache_s)
+    app.state.predict_service = _predict_service(settings)
     app.include_router(api_router)
     install_docs(app)
     install_console(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if isinstance(exc.__cause__, BodyTooLarge):
-            # A JSON body over the limit that arrived without a Content-Length (chunked):
-            # FastAPI wraps the limit's exception in its own 400 while reading the body.
-            return JSONResponse({"detail": str(exc.__cause__)}, 413)
-        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's answer to a JSON body that is not even text (invalid UTF-8): malformed
-            # JSON, which this API answers with 422 like any other.
-            return JSONResponse({"detail": "malformed JSON: the body is not UTF-8 text"}, 422)
-        return await http_exception_handler(request, exc)
-
-    @app.exception_handler(ServiceError)
-    @app.exception_handler(MTLError)
-    async def _refused(_: Request, exc: Exception) -> JSONResponse:
-        # The one place a caller's mistake becomes a 4xx, the service's and the ML core's alike.
-        assert isinstance(exc, ServiceError | MTLError)
-        return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=413)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+    install_error_handlers(app)
 
     # Innermost first: the idempotency check reads a body the size limit is already counting.
     app.add_middleware(Idempotency, settings=settings)

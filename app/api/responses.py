@@ -1,5 +1,5 @@
 """The error answers each route can give, for the OpenAPI document: every one is
-`{"detail": "<message>"}` (validation errors included, see `app.main`)."""
+`{"detail": "<message>"}` (validation errors included, see `app.api.errors`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Errors a caller can cause, raised anywhere below the routes and mapped to one HTTP status in
-one place (`app.main`): the message becomes `{"detail": message}`. The ML core's own errors
+one place (`app.api.errors`): the message becomes `{"detail": message}`. The ML core's own errors
 (`models.errors`) are mapped there too, by `http_status`."""
 
 from __future__ import annotations
