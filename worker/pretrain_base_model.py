@@ -28,10 +28,8 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
     """Pretrain a base model, resuming from its checkpoint when an earlier attempt left one.
     With `params.processes` N > 1 the run is spread over N processes (`models.distributed`):
     this one and N - 1 it spawns, one GPU each, or on CPU sharing this worker's threads."""
-    from models.checkpoint import load_checkpoint
     from models.config import PretrainConfig
     from models.distributed import launch
-    from models.errors import CheckpointError
     from models.training import Progress
 
     with session_scope(settings.resolved_database_url) as session:
@@ -44,16 +42,7 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
     config = PretrainConfig.from_dict(params)
     data = load_images(settings, dataset_id, channels=config.channels, image_size=config.image_size)
     staged = out_dir.parent / f".{out_dir.name}.attempt-{reporter.claim.attempt}"
-    shutil.rmtree(staged, ignore_errors=True)
-    resumed_from = 0
-    furthest = _furthest_checkpoint(out_dir)
-    if furthest is not None:
-        shutil.copytree(furthest, staged)
-        try:
-            _, previous = load_checkpoint(staged)
-            resumed_from = int(previous.get("training", {}).get("iteration", 0))
-        except CheckpointError:
-            shutil.rmtree(staged, ignore_errors=True)
+    resumed_from = _stage_furthest(out_dir, staged)
 
     def on_progress(p: Progress) -> None:
         reporter.progress(p.iteration, p.total, p.loss)
@@ -88,6 +77,25 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
         for leftover in _attempt_folders(out_dir):
             shutil.rmtree(leftover, ignore_errors=True)
     return "succeeded" if won else "lost"
+
+
+def _stage_furthest(out_dir: Path, staged: Path) -> int:
+    """Copy the furthest checkpoint any attempt left into this attempt's `staged` folder; the
+    iteration it resumes from (0: none usable, start afresh)."""
+    from models.checkpoint import load_checkpoint
+    from models.errors import CheckpointError
+
+    shutil.rmtree(staged, ignore_errors=True)
+    furthest = _furthest_checkpoint(out_dir)
+    if furthest is None:
+        return 0
+    shutil.copytree(furthest, staged)
+    try:
+        _, previous = load_checkpoint(staged)
+    except CheckpointError:
+        shutil.rmtree(staged, ignore_errors=True)
+        return 0
+    return int(previous.get("training", {}).get("iteration", 0))
 
 
 def _attempt_folders(out_dir: Path) -> list[Path]:

@@ -73,6 +73,34 @@ def start_torch(settings: Settings) -> int:
     return int(torch.get_num_threads())
 
 
+def _prepare_process(settings: Settings, loglevel: str) -> None:
+    """Logging, metrics, image limits and torch threads, once, before Celery starts."""
+    from PIL import Image
+    from sqlalchemy.engine import make_url
+
+    from app.infra import metrics
+    from app.infra.logs import configure_logging
+
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    settings.ensure_dirs()
+    level = getattr(logging, loglevel.upper(), logging.INFO)
+    configure_logging(settings.log_format, level)
+
+    @setup_logging.connect(weak=False)
+    def _keep_our_logging(**_: object) -> None:
+        """Connected, so Celery leaves logging as configured above (JSON lines, with the job's
+        request id on the lines of each job)."""
+    metrics.setup(settings)
+    threads = start_torch(settings)
+    log.warning(
+        "worker: data dir %s, database %s, broker %s, torch threads %d",
+        settings.resolved_data_dir,
+        make_url(settings.resolved_database_url).render_as_string(hide_password=True),
+        settings.resolved_broker_url.split("@")[-1],
+        threads,
+    )
+
+
 def run_worker(
     settings: Settings,
     queues: list[str],
@@ -85,32 +113,9 @@ def run_worker(
     import os
     import socket
 
-    from PIL import Image
-    from sqlalchemy.engine import make_url
-
-    from app.infra import metrics
     from app.infra.broker import make_celery
-    from app.infra.logs import configure_logging
 
-    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-    settings.ensure_dirs()
-    level = getattr(logging, loglevel.upper(), logging.INFO)
-    configure_logging(settings.log_format, level)
-
-    @setup_logging.connect(weak=False)
-    def _keep_our_logging(**_: object) -> None:
-        """Connected, so Celery leaves logging as configured above (JSON lines, with the job's
-        request id on the lines of each job)."""
-
-    metrics.setup(settings)
-    threads = start_torch(settings)
-    log.warning(
-        "worker: data dir %s, database %s, broker %s, torch threads %d",
-        settings.resolved_data_dir,
-        make_url(settings.resolved_database_url).render_as_string(hide_password=True),
-        settings.resolved_broker_url.split("@")[-1],
-        threads,
-    )
+    _prepare_process(settings, loglevel)
     app = make_celery(settings)
     register_tasks(app, settings)
     if ready_file is not None:

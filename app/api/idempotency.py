@@ -289,22 +289,7 @@ class Idempotency:
         key: str,
     ) -> None:
         """Run the request on its spooled body, keep its answer."""
-        chunks = body.chunks()
-        pending = next(chunks, b"")
-        done = False
-
-        async def replay_receive() -> Message:
-            nonlocal pending, done
-            if done:
-                return await receive()
-            following = next(chunks, None)
-            message = {"type": "http.request", "body": pending, "more_body": following is not None}
-            if following is None:
-                done = True
-            else:
-                pending = following
-            return message
-
+        replay_receive = _replaying(body, receive)
         status: int | None = None
         content_type = ""
         start: Message | None = None
@@ -345,3 +330,24 @@ class Idempotency:
                     store_answer, self.settings, tenant=tenant, key=key, status=None, body=b"",
                     content_type="",
                 )
+
+
+def _replaying(body: _Spooled, receive: Receive) -> Receive:
+    """A `receive` that hands the app the spooled body, chunk by chunk, then the real one's."""
+    chunks = body.chunks()
+    pending = next(chunks, b"")
+    done = False
+
+    async def replay_receive() -> Message:
+        nonlocal pending, done
+        if done:
+            return await receive()
+        following = next(chunks, None)
+        message = {"type": "http.request", "body": pending, "more_body": following is not None}
+        if following is None:
+            done = True
+        else:
+            pending = following
+        return message
+
+    return replay_receive

@@ -187,6 +187,17 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_evaluate)
 
 
+def _print_results(card: dict[str, Any], args: argparse.Namespace, precision: str, config: Any,
+                   results: list[dict[str, Any]]) -> None:
+    mode = "transductive" if args.transductive else "non-transductive"
+    print(f"{card.get('algorithm')} on {' + '.join(map(str, args.dataset))} ({mode}; "
+          f"{precision}; adaptation {vars(config)})")
+    print(f"{'ways':>5} {'shots':>5} {'queries':>7} {'episodes':>8} {'accuracy':>9} {'ci95':>7}")
+    for r in results:
+        print(f"{r['ways']:>5} {r['shots']:>5} {r['queries']:>7} {r['episodes']:>8} "
+              f"{100 * r['accuracy']:>8.2f}% {100 * r['ci95']:>6.2f}%")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from models.adaptation import AdaptConfig, evaluate
     from models.checkpoint import load_base_model
@@ -237,13 +248,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                    "precision": precision, "workers": args.workers,
                    "seconds": round(time.perf_counter() - started, 1)},
     }
-    mode = "transductive" if args.transductive else "non-transductive"
-    print(f"{card.get('algorithm')} on {' + '.join(map(str, args.dataset))} ({mode}; "
-          f"{precision}; adaptation {vars(config)})")
-    print(f"{'ways':>5} {'shots':>5} {'queries':>7} {'episodes':>8} {'accuracy':>9} {'ci95':>7}")
-    for r in results:
-        print(f"{r['ways']:>5} {r['shots']:>5} {r['queries']:>7} {r['episodes']:>8} "
-              f"{100 * r['accuracy']:>8.2f}% {100 * r['ci95']:>6.2f}%")
+    _print_results(card, args, precision, config, results)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

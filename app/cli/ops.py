@@ -70,15 +70,44 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve)
 
 
+def _run_uvicorn(args: argparse.Namespace, settings: Any, worker: Any) -> None:
+    """The API in this process, or in `settings.api_processes` processes under uvicorn's
+    supervisor."""
+    import uvicorn
+
+    from app.main import create_app
+
+    processes = settings.api_processes
+    # A console following a job holds an event stream open: without a limit, shutting
+    # down would wait for every browser to go away.
+    if processes == 1:
+        uvicorn.run(
+            create_app(settings, embedded_worker=worker),
+            host=args.host,
+            port=args.port,
+            timeout_graceful_shutdown=5,
+            log_config=None,
+        )
+    else:
+        # uvicorn's supervisor binds the port once and restarts an API process that dies;
+        # this process keeps supervising the worker (the API processes only read its ready
+        # file) and stops it when uvicorn returns.
+        uvicorn.run(
+            "app.main:app",
+            host=args.host,
+            port=args.port,
+            workers=processes,
+            timeout_graceful_shutdown=5,
+            log_config=None,
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    import uvicorn
-
     from app.infra.embedded import EmbeddedWorker
     from app.infra.logs import configure_logging
-    from app.main import create_app
     from app.service.bootstrap import migrate
 
     if args.api_processes is not None:
@@ -110,28 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     # print its start-up lines as plain text before the app configures logging.
     configure_logging(settings.log_format)
     try:
-        # A console following a job holds an event stream open: without a limit, shutting
-        # down would wait for every browser to go away.
-        if processes == 1:
-            uvicorn.run(
-                create_app(settings, embedded_worker=worker),
-                host=args.host,
-                port=args.port,
-                timeout_graceful_shutdown=5,
-                log_config=None,
-            )
-        else:
-            # uvicorn's supervisor binds the port once and restarts an API process that dies;
-            # this process keeps supervising the worker (the API processes only read its ready
-            # file) and stops it when uvicorn returns.
-            uvicorn.run(
-                "app.main:app",
-                host=args.host,
-                port=args.port,
-                workers=processes,
-                timeout_graceful_shutdown=5,
-                log_config=None,
-            )
+        _run_uvicorn(args, settings, worker)
     except SystemExit:
         pass
     finally:

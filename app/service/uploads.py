@@ -99,6 +99,38 @@ def _safe_parts(name: str) -> list[str]:
     return parts
 
 
+def _checked_members(
+    zf: zipfile.ZipFile, max_files: int, max_uncompressed: int
+) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    """The archive's files with their safe path parts, or UploadError for the whole archive:
+    none, too many, a symbolic link, or more declared bytes than the limit."""
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    if not infos:
+        raise UploadError("archive is empty")
+    if len(infos) > max_files:
+        raise UploadError(
+            f"archive has {len(infos)} files; the limit is {max_files} (MTL_MAX_FILES)",
+            status=413,
+        )
+    members: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    for info in infos:
+        parts = _safe_parts(info.filename)
+        if _is_symlink(info):
+            raise UploadError(
+                f"archive member {info.filename!r} is a symbolic link; refusing the archive"
+            )
+        if parts:
+            members.append((info, parts))
+    declared = sum(i.file_size for i, _ in members)
+    if declared > max_uncompressed:
+        raise UploadError(
+            f"archive unpacks to {declared} bytes; the limit is "
+            f"{max_uncompressed} (MTL_MAX_ARCHIVE_UNCOMPRESSED_BYTES)",
+            status=413,
+        )
+    return members
+
+
 def read_archive(
     archive: BinaryIO, *, workdir: Path, max_files: int, max_uncompressed: int
 ) -> CheckedUpload:
@@ -115,30 +147,7 @@ def read_archive(
     except (zipfile.BadZipFile, OSError, ValueError):
         raise UploadError("archive is not a readable .zip file") from None
     with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if not infos:
-            raise UploadError("archive is empty")
-        if len(infos) > max_files:
-            raise UploadError(
-                f"archive has {len(infos)} files; the limit is {max_files} (MTL_MAX_FILES)",
-                status=413,
-            )
-        members: list[tuple[zipfile.ZipInfo, list[str]]] = []
-        for info in infos:
-            parts = _safe_parts(info.filename)
-            if _is_symlink(info):
-                raise UploadError(
-                    f"archive member {info.filename!r} is a symbolic link; refusing the archive"
-                )
-            if parts:
-                members.append((info, parts))
-        declared = sum(i.file_size for i, _ in members)
-        if declared > max_uncompressed:
-            raise UploadError(
-                f"archive unpacks to {declared} bytes; the limit is "
-                f"{max_uncompressed} (MTL_MAX_ARCHIVE_UNCOMPRESSED_BYTES)",
-                status=413,
-            )
+        members = _checked_members(zf, max_files, max_uncompressed)
         # One enclosing folder (as made by zipping a folder) is stripped.
         visible = [p for _, p in members if not _hidden(p)]
         tops = {p[0] for p in visible}
