@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.harness import ServeProcess, ServiceNotReady
 from benchmarks.table1 import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,40 +94,23 @@ def write_report(name: str, report: dict[str, Any], out_dir: Path) -> Path:
 # ----------------------------------------------------------------------------- the service
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Service:
     """`mtl serve` (API + one worker) on loopback with a fresh data directory."""
 
     def __init__(self, data_dir: Path, builtin_dir: Path, env: dict[str, str] | None = None,
                  *, server_repo: Path = REPO) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "MTL_DATA_DIR": str(data_dir),
-                    "MTL_BUILTIN_MODELS_DIR": str(builtin_dir), **(env or {})}
-        self.log = open(data_dir.parent / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
-        # `python -m app.cli` from `server_repo`: another checkout (e.g. `git archive` of an older
-        # commit) serves with its own code, for a before/after comparison in one window.
-        self.proc = subprocess.Popen([*MTL, "serve", "--host", "127.0.0.1", "--port",
-                                      str(self.port)], cwd=server_repo, env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mtl serve exited; see {self.log.name}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
+        env = {**os.environ, "MTL_DATA_DIR": str(data_dir),
+               "MTL_BUILTIN_MODELS_DIR": str(builtin_dir), **(env or {})}
+        self.env = env
+        # Run from `server_repo`: another checkout (e.g. `git archive` of an older commit) serves
+        # with its own code, for a before/after comparison in one window.
+        self.serve = ServeProcess(env, data_dir.parent / "serve.log", cwd=server_repo)
+        self.proc, self.url, self.port = self.serve.proc, self.serve.url, self.serve.port
+        try:
+            self.serve.wait_ready(timeout=120)
+        except ServiceNotReady:
             self.stop()
-            raise RuntimeError("mtl serve did not become ready in 120 s")
+            raise
         key = subprocess.run([*MTL, "keys", "create", "--tenant", "bench"], cwd=REPO, env=self.env,
                              capture_output=True, text=True, check=True).stdout.strip()
         self.headers = {"Authorization": f"Bearer {key}"}
@@ -140,13 +123,7 @@ class Service:
         raise RuntimeError("no VmRSS")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.serve.stop(timeout=40)
 
 
 @contextmanager

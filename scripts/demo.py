@@ -22,13 +22,14 @@ import csv
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.harness import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 10  # training images a class
@@ -99,12 +100,6 @@ def build_datasets(root: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Demo:
     """A throwaway `mtl serve` and the `mtl` commands run against it, each shown as it runs."""
 
@@ -117,42 +112,28 @@ class Demo:
         self.cwd = data_dir
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""
         self.log = workdir / "serve.log"
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: ServeProcess | None = None
 
     def start(self) -> None:
-        import httpx
+        from benchmarks.harness import ServeProcess, ServiceNotReady
 
-        print(f"$ mtl serve --port {self.port}   (log: {self.log})", flush=True)
-        with self.log.open("wb") as fh:
-            self.server = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                env=self.env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.server.poll() is not None or time.monotonic() > deadline:
-                raise DemoFailed("mtl serve did not start")
-            time.sleep(0.3)
+        self.server = ServeProcess(self.env, self.log)
+        self.url = self.server.url
+        print(f"$ mtl serve --port {self.server.port}   (log: {self.log})", flush=True)
+        try:
+            self.server.wait_ready(timeout=180)
+        except ServiceNotReady:
+            raise DemoFailed("mtl serve did not start") from None
         self.env["MTL_URL"] = self.url
         self.env["MTL_API_KEY"] = self.mtl("keys", "create", "--tenant", "demo", "--admin",
                                            show=False)
 
     def stop(self) -> None:
-        if self.server is not None and self.server.poll() is None:
+        if self.server is not None and self.server.proc.poll() is None:
             print("stopping mtl serve", flush=True)
-            self.server.terminate()
-            try:
-                self.server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+            self.server.stop()
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness import ServeProcess
 from tests.service.conftest import REPO
-from tests.utils.processes import free_port
 
 # Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
 pytestmark = pytest.mark.slow
@@ -51,35 +51,17 @@ def test_migrate_keys_and_worker_options(tmp_path: Path, builtin_dir: Path) -> N
     assert r.returncode == 2 and "MTL_DATA_DIR" in r.stderr
 
 
-def start_serve(env: dict[str, str], log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`mtl serve` on a free port, once /readyz says ready; (process, base URL)."""
-    port = free_port()
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-                                 *extra], env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(proc, url, log)
-    return proc, url
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.2)
-    raise AssertionError("mtl serve did not become ready:\n" + log.read_text()[-3000:])
+def start_serve(env: dict[str, str], log: Path, *extra: str) -> ServeProcess:
+    """`mtl serve` on a free port, once /readyz says ready."""
+    return ServeProcess(env, log, *extra).wait_ready(timeout=90)
 
 
 def test_serve_embedded_starts_migrated_with_builtin_models(tmp_path: Path,
                                                             builtin_dir: Path) -> None:
     env = {**embedded_env(tmp_path, builtin_dir), "MTL_TORCH_THREADS": "3"}
     log = tmp_path / "serve.log"
-    proc, url = start_serve(env, log)
+    serve = start_serve(env, log)
+    proc, url = serve.proc, serve.url
     try:
         # The one thread setting reaches the API and the worker it started (which reports the
         # count torch itself gives).
@@ -113,7 +95,8 @@ def test_serve_supervises_its_worker(tmp_path: Path, builtin_dir: Path) -> None:
     env = embedded_env(tmp_path, builtin_dir)
     ready = ready_file(Settings(data_dir=tmp_path / "data"))
     log = tmp_path / "serve.log"
-    proc, url = start_serve(env, log)
+    serve = start_serve(env, log)
+    proc, url = serve.proc, serve.url
     try:
         first = int(ready.read_text())
         os.kill(first, signal.SIGKILL)  # as the kernel's OOM killer does
@@ -122,7 +105,7 @@ def test_serve_supervises_its_worker(tmp_path: Path, builtin_dir: Path) -> None:
             assert time.monotonic() < deadline, "/readyz still 200 with the worker dead"
             time.sleep(0.05)
         assert httpx.get(f"{url}/healthz", timeout=2).status_code == 200  # alive, not ready
-        wait_ready(proc, url, log)
+        serve.wait_ready(timeout=90)
         second = int(ready.read_text())
         assert second != first and alive(second)
 
@@ -167,7 +150,8 @@ def test_serve_with_several_api_processes(tmp_path: Path, builtin_dir: Path) -> 
     assert r.returncode == 2 and "--api-processes: must be 1 to 64, got 0" in r.stderr
     ready = ready_file(Settings(data_dir=tmp_path / "data"))
     log = tmp_path / "serve.log"
-    proc, url = start_serve(env, log, "--api-processes", "2")
+    serve = start_serve(env, log, "--api-processes", "2")
+    proc, url = serve.proc, serve.url
     spawned: list[int] = []
     try:
         worker = int(ready.read_text())
@@ -183,7 +167,7 @@ def test_serve_with_several_api_processes(tmp_path: Path, builtin_dir: Path) -> 
         while httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
             assert time.monotonic() < deadline, "/readyz still 200 with the worker dead"
             time.sleep(0.05)
-        wait_ready(proc, url, log)
+        serve.wait_ready(timeout=90)
         assert int(ready.read_text()) != worker
 
         proc.send_signal(signal.SIGKILL)

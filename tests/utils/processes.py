@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from app.infra.settings import Settings
+from benchmarks.harness import free_port
+
+__all__ = ["RedisServer", "WorkerProcess", "free_port", "wait_for_job"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,14 +64,6 @@ def wait_for_job(client: Any, headers: dict[str, str], job_id: str, *, timeout: 
         time.sleep(0.3)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout} s: {job}\n{tail}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
