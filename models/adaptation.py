@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import to_backbone_input
-from models.config import AdaptConfig
+from models.config import AdaptConfig, check_head_init, fit_steps
 from models.data import Episode, EpisodeSampler, ImageSet, augment_images, to_float
 from models.errors import ConfigError, TrainingCancelled
 from models.network import Classifier, MetaNet
@@ -32,11 +32,7 @@ def _init_head(
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
     elif head_init == "meta":
-        if num_classes != net.meta_head.out_features:
-            raise ConfigError(
-                f"head_init 'meta' needs {net.meta_head.out_features} classes (the meta head's size), "
-                f"got {num_classes}"
-            )
+        check_head_init(head_init, num_classes, net.meta_head.out_features)
         head.load_state_dict(net.meta_head.state_dict())
     else:
         # Nearest class mean as a linear layer: -|f - c|^2 = 2 f.c - |c|^2 - |f|^2, and the last
@@ -142,9 +138,7 @@ def fit_classifier(
     both passes as one run of steps."""
     held = set(holdout)
     train = [i for i in range(len(images)) if i not in held]
-    steps = [config.steps_for(len(train))] if held else []
-    steps.append(config.steps_for(len(images)))
-    total = sum(steps)
+    total = fit_steps(config, len(images), len(held))
 
     def offset(start: int) -> Callable[[int, int, float], None] | None:
         if progress is None:
@@ -163,7 +157,8 @@ def fit_classifier(
     if on_phase is not None:
         on_phase("final_pass")
     final = adapt(net, images, labels, class_names=class_names, config=config, seed=seed,
-                  progress=offset(total - steps[-1]), should_stop=should_stop)
+                  progress=offset(total - config.steps_for(len(images))),
+                  should_stop=should_stop)
     return final, predicted
 
 

@@ -284,3 +284,16 @@ class AdaptConfig:
                       if k in base})
 
 
+def check_head_init(head_init: str, num_classes: int, meta_ways: int | None) -> None:
+    """ConfigError unless `head_init` can start a `num_classes`-way head: "meta" copies the base
+    model's meta head, so it needs exactly as many classes as that head has (`meta_ways`)."""
+    if head_init == "meta" and meta_ways != num_classes:
+        raise ConfigError(f"head_init 'meta' needs exactly {meta_ways} classes (the base model's "
+                          f"meta head); got {num_classes}")
+
+
+def fit_steps(config: AdaptConfig, num_images: int, num_holdout: int) -> int:
+    """SGD steps `fit_classifier` takes: a pass on the images outside the holdout (if there is
+    one), then one on every image."""
+    final = config.steps_for(num_images)
+    return final + (config.steps_for(num_images - num_holdout) if num_holdout else 0)

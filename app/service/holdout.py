@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.service.params import adapt_config
+from models.config import fit_steps
 
 
 def holdout_size(count: int, fraction: float) -> int:
@@ -34,10 +35,8 @@ def holdout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[i
 def training_steps(params: dict[str, Any], class_counts: list[int]) -> int:
     """SGD steps a classifier's job takes: on the training split when a holdout is measured,
     then on every image (the same count the job's progress reports)."""
-    config = adapt_config(params)
     held = sum(holdout_size(n, params["holdout_fraction"]) for n in class_counts)
-    total = config.steps_for(sum(class_counts))
-    return total + (config.steps_for(sum(class_counts) - held) if held else 0)
+    return fit_steps(adapt_config(params), sum(class_counts), held)
 
 
 def classification_metrics(true: list[int], pred: list[int], labels: list[str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from app.infra.tables import (
 )
 from app.service.holdout import training_steps
 from app.service.security import VerifiedKey
+from models.config import check_head_init
 
 if TYPE_CHECKING:
     from models.config import PretrainConfig
@@ -90,11 +91,7 @@ def create_classifier(
     """A queued classifier and its training job, committed, then sent. `params` are resolved
     (request, then the base model's card, then the defaults); `meta_ways` is the width of the
     base model's meta head, if it has one."""
-    if params["head_init"] == "meta" and meta_ways != len(dataset.classes):
-        raise InvalidInput(
-            f"head_init 'meta' needs exactly {meta_ways} classes (the base model's "
-            f"meta head); the dataset has {len(dataset.classes)}"
-        )
+    check_head_init(params["head_init"], len(dataset.classes), meta_ways)
     webhook = _webhook(settings, callback_url)
     clf = ClassifierRecord(
         tenant=tenant,

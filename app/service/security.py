@@ -70,10 +70,6 @@ def revoke_env_keys(*, session: Session, keep: str | None) -> int:
     return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
 
 
-def find_key(*, session: Session, key: str) -> ApiKeyRecord | None:
-    return session.scalar(select(ApiKeyRecord).where(ApiKeyRecord.key_hash == hash_key(key)))
-
-
 @dataclass(frozen=True)
 class VerifiedKey:
     """The caller, once its key was found in the database: whose data it may see (its tenant)

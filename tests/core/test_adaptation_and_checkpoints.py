@@ -112,7 +112,7 @@ def test_adapt_leaves_the_base_model_untouched_and_meta_head_needs_matching_ways
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
     x3, y3 = some_images(3, 2)
-    with pytest.raises(ConfigError, match="needs 5 classes"):
+    with pytest.raises(ConfigError, match="needs exactly 5 classes"):
         adapt(net, x3, y3, config=AdaptConfig(head_init="meta"))
 
 
