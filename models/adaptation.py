@@ -53,6 +53,51 @@ def _init_head(
     return head
 
 
+def _fine_tune(
+    clf: Classifier, images: torch.Tensor, labels: torch.Tensor, config: AdaptConfig, seed: int,
+    progress: Callable[[int, int, float], None] | None, should_stop: Callable[[], bool] | None,
+    precision: str,
+) -> None:
+    """`config.steps_for(len(images))` SGD steps on every layer of `clf`, in place."""
+    n = len(images)
+    steps = config.steps_for(n)
+    if steps <= 0:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(clf.parameters(), lr=config.lr)
+    bs = n if config.batch_size <= 0 else min(config.batch_size, n)
+    clf.train()
+    if config.bn_stats == "frozen":
+        for m in clf.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    loss_value = float("nan")
+    for step in range(steps):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"adaptation stopped at step {step}")
+        if bs < n:
+            idx = torch.randperm(n, generator=gen)[:bs].to(images.device)
+            xb, yb = images[idx], labels[idx]
+        else:
+            xb, yb = images, labels
+        if config.augment:
+            xb = augment_images(xb, gen)
+        with autocast(precision, images.device):
+            loss = F.cross_entropy(clf(xb), yb)
+        if not torch.isfinite(loss):
+            raise ConfigError(
+                f"adaptation diverged at step {step + 1} (lr {config.lr}); lower the learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.detach())
+        if progress is not None:
+            progress(step + 1, steps, loss_value)
+        if step + 1 >= config.steps and loss_value < config.stop_loss:
+            break
+
+
 def adapt(
     net: MetaNet,
     images: torch.Tensor,
@@ -79,42 +124,7 @@ def adapt(
     head = _init_head(net, backbone, images, labels, num_classes, config.head_init,
                       config.prototype_scale, precision)
     clf = Classifier(backbone, head, net.mean, net.std, names)
-    n = len(images)
-    steps = config.steps_for(n)
-    if steps > 0:
-        gen = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.SGD(clf.parameters(), lr=config.lr)
-        bs = n if config.batch_size <= 0 else min(config.batch_size, n)
-        clf.train()
-        if config.bn_stats == "frozen":
-            for m in clf.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        loss_value = float("nan")
-        for step in range(steps):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"adaptation stopped at step {step}")
-            if bs < n:
-                idx = torch.randperm(n, generator=gen)[:bs].to(images.device)
-                xb, yb = images[idx], labels[idx]
-            else:
-                xb, yb = images, labels
-            if config.augment:
-                xb = augment_images(xb, gen)
-            with autocast(precision, images.device):
-                loss = F.cross_entropy(clf(xb), yb)
-            if not torch.isfinite(loss):
-                raise ConfigError(
-                    f"adaptation diverged at step {step + 1} (lr {config.lr}); lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = float(loss.detach())
-            if progress is not None:
-                progress(step + 1, steps, loss_value)
-            if step + 1 >= config.steps and loss_value < config.stop_loss:
-                break
+    _fine_tune(clf, images, labels, config, seed, progress, should_stop, precision)
     return clf.eval()
 
 

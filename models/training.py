@@ -327,6 +327,157 @@ def _training_state(
     return state_json, tensors
 
 
+@dataclass
+class _RunState:
+    """Everything a pretraining run carries from one iteration to the next, and resumes."""
+
+    sampler: EpisodeSampler
+    rng: np.random.Generator
+    transfer_rng: np.random.Generator
+    gen: torch.Generator
+    opt_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    start_iteration: int = 0
+    elapsed_before: float = 0.0
+
+    @classmethod
+    def fresh(cls, config: PretrainConfig, data: ImageSet) -> _RunState:
+        sampler = EpisodeSampler(
+            data.labels, ways=config.ways, shots=config.shots, queries=config.queries,
+            replacement=config.replacement, seed=[config.seed, 1],
+        )
+        return cls(sampler, np.random.default_rng([config.seed, 2]),
+                   np.random.default_rng([config.seed, 3]), torch.Generator().manual_seed(config.seed))
+
+    def resume(self, net: MetaNet, out_dir: Path | str, config: PretrainConfig, fingerprint: str,
+               device: torch.device) -> None:
+        """Continue the run checkpointed in `out_dir` (nothing there: start afresh)."""
+        try:
+            tensors, card = load_checkpoint(out_dir)
+        except CheckpointError:
+            return
+        if card.get("data", {}).get("fingerprint") != fingerprint:
+            raise CheckpointError(f"{out_dir} was trained on different data; cannot resume")
+        if PretrainConfig.from_card(card["hyperparameters"]) != config:
+            raise CheckpointError(f"{out_dir} was trained with other options; cannot resume")
+        net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("_state.")})
+        state = card["training"]
+        self.start_iteration = int(state["iteration"])
+        self.elapsed_before = float(state["seconds"])
+        self.history = list(card.get("history", []))
+        self.validation = list(card.get("validation", []))
+        self.sampler.set_state(state["sampler"])
+        self.rng.bit_generator.state = state["rng"]
+        if "transfer_rng" in state:
+            self.transfer_rng.bit_generator.state = state["transfer_rng"]
+        # A finished run keeps no random or optimiser state: there is nothing left to train.
+        if not state["completed"]:
+            torch.set_rng_state(tensors["_state.torch_rng"])
+            self.gen.set_state(tensors["_state.aug_rng"])
+            self.opt_state = {k[len("_state.opt."):]: v.to(device) for k, v in tensors.items()
+                              if k.startswith("_state.opt.")}
+
+
+@dataclass
+class _Run:
+    """A pretraining run's network, state and where it goes: its card, checkpoints, validation."""
+
+    config: PretrainConfig
+    data: ImageSet
+    net: MetaNet
+    state: _RunState
+    device: torch.device
+    precision: str
+    fingerprint: str
+    mean: list[float]
+    std: list[float]
+    out_dir: Path | str | None
+    extra_card: dict[str, Any] | None
+    validate: Callable[[MetaNet], dict[str, float]] | None
+    writes: bool  # False in every process but the first of a distributed run
+
+    def card(self, iteration: int, seconds: float, completed: bool) -> dict[str, Any]:
+        config, data = self.config, self.data
+        card: dict[str, Any] = {
+            "kind": "base_model",
+            "algorithm": config.algorithm,
+            "combine": config.combine,
+            "backbone": {"name": config.backbone, "filters": config.filters},
+            "image_size": config.image_size,
+            "channels": config.channels,
+            "normalization": {"mean": self.mean, "std": self.std},
+            "meta_ways": config.ways,
+            "hyperparameters": asdict(config),
+            "adaptation": default_adaptation(config),
+            "base_classes": data.class_names,
+            "data": {"source": data.source, "fingerprint": self.fingerprint,
+                     "num_images": len(data), "num_classes": data.num_classes},
+            "seed": config.seed,
+            "device": str(self.device),
+            "precision": self.precision,
+            "machine": machine_description(self.device),
+            "training": {"iteration": iteration, "iterations": config.iterations,
+                         "completed": completed, "seconds": round(seconds, 2)},
+            "history": self.state.history,
+            "validation": self.state.validation,
+            "metrics": {},
+        }
+        if self.extra_card:
+            card.update(self.extra_card)
+        return card
+
+    def save(self, iteration: int, seconds: float, completed: bool) -> None:
+        if self.out_dir is None or not self.writes:
+            return
+        st = self.state
+        state_json, state_tensors = _training_state(st.sampler, st.rng, st.transfer_rng, st.gen,
+                                                    st.opt_state)
+        card = self.card(iteration, seconds, completed)
+        card["training"].update(state_json)
+        save_base_model(self.out_dir, self.net, card,
+                        extra_tensors=None if completed else state_tensors)
+
+    def run_validation(self, iteration: int, seconds: float) -> None:
+        if self.validate is None or any(v["iteration"] == iteration for v in self.state.validation):
+            return
+        # Validation must not change training: its own random draws come from a forked RNG, and
+        # the network goes back to train mode.
+        with torch.random.fork_rng(devices=[]):
+            metrics = self.validate(self.net)
+        self.net.train()
+        self.state.validation.append({
+            "iteration": iteration, "passes": iteration * self.config.passes_per_iteration(),
+            "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in metrics.items()}})
+
+
+def _start(config: PretrainConfig, data: ImageSet, device: torch.device, *,
+           out_dir: Path | str | None, resume: bool, extra_card: dict[str, Any] | None,
+           validate: Callable[[MetaNet], dict[str, float]] | None, sync: Sync | None) -> _Run:
+    """A run's network and state: fresh, or continued from `out_dir` with `resume`."""
+    if data.channels != config.channels or data.image_size != config.image_size:
+        raise ConfigError(
+            f"data is {data.channels}x{data.image_size}x{data.image_size} but the config asks for "
+            f"{config.channels}x{config.image_size}x{config.image_size}"
+        )
+    precision = effective_precision(config.precision, device)
+    seed_everything(config.seed)
+    fingerprint = data.fingerprint()
+    mean, std = channel_stats(data)
+    net = build_metanet(
+        backbone=config.backbone, filters=config.filters, channels=config.channels,
+        image_size=config.image_size, meta_ways=config.ways, num_base_classes=data.num_classes,
+        mean=mean, std=std, transfer_head=config.transfer_head, cosine_scale=config.cosine_scale,
+    ).to(device)
+    state = _RunState.fresh(config, data)
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resume needs the output folder of the interrupted run")
+        state.resume(net, out_dir, config, fingerprint, device)
+    return _Run(config, data, net, state, device, precision, fingerprint, mean, std, out_dir,
+                extra_card, validate, writes=sync is None or sync.rank == 0)
+
+
 def pretrain(
     config: PretrainConfig,
     data: ImageSet,
@@ -350,147 +501,46 @@ def pretrain(
     `validation` list: the training curve. `sync` is one process of a run on several
     (`models.distributed`): every process reads `out_dir`, the first alone writes it."""
     device = resolve_device(device) if isinstance(device, str) else device
-    if data.channels != config.channels or data.image_size != config.image_size:
-        raise ConfigError(
-            f"data is {data.channels}x{data.image_size}x{data.image_size} but the config asks for "
-            f"{config.channels}x{config.image_size}x{config.image_size}"
-        )
-    precision = effective_precision(config.precision, device)
-    seed_everything(config.seed)
-    fingerprint = data.fingerprint()
-    mean, std = channel_stats(data)
-    net = build_metanet(
-        backbone=config.backbone, filters=config.filters, channels=config.channels,
-        image_size=config.image_size, meta_ways=config.ways, num_base_classes=data.num_classes,
-        mean=mean, std=std, transfer_head=config.transfer_head, cosine_scale=config.cosine_scale,
-    ).to(device)
-    sampler = EpisodeSampler(
-        data.labels, ways=config.ways, shots=config.shots, queries=config.queries,
-        replacement=config.replacement, seed=[config.seed, 1],
-    )
-    rng = np.random.default_rng([config.seed, 2])
-    transfer_rng = np.random.default_rng([config.seed, 3])
-    gen = torch.Generator().manual_seed(config.seed)
-    opt_state: dict[str, torch.Tensor] = {}
-    validation: list[dict[str, float]] = []
-    start_iteration = 0
-    elapsed_before = 0.0
-    history: list[dict[str, float]] = []
-    if resume:
-        if out_dir is None:
-            raise ConfigError("resume needs the output folder of the interrupted run")
-        try:
-            tensors, card = load_checkpoint(out_dir)
-        except CheckpointError:
-            tensors, card = {}, {}
-        if card:
-            if card.get("data", {}).get("fingerprint") != fingerprint:
-                raise CheckpointError(f"{out_dir} was trained on different data; cannot resume")
-            if PretrainConfig.from_card(card["hyperparameters"]) != config:
-                raise CheckpointError(f"{out_dir} was trained with other options; cannot resume")
-            net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("_state.")})
-            state = card["training"]
-            start_iteration = int(state["iteration"])
-            elapsed_before = float(state["seconds"])
-            history = list(card.get("history", []))
-            validation = list(card.get("validation", []))
-            sampler.set_state(state["sampler"])
-            rng.bit_generator.state = state["rng"]
-            if "transfer_rng" in state:
-                transfer_rng.bit_generator.state = state["transfer_rng"]
-            # A finished run keeps no random or optimiser state: there is nothing left to train.
-            if not state["completed"]:
-                torch.set_rng_state(tensors["_state.torch_rng"])
-                gen.set_state(tensors["_state.aug_rng"])
-                opt_state = {k[len("_state.opt."):]: v.to(device) for k, v in tensors.items()
-                             if k.startswith("_state.opt.")}
-
+    run = _start(config, data, device, out_dir=out_dir, resume=resume, extra_card=extra_card,
+                 validate=validate, sync=sync)
+    st, net = run.state, run.net
     data_device = data.images.to(device) if device.type == "cuda" else data.images
     on_device = ImageSet(images=data_device, labels=data.labels, class_names=data.class_names,
                          source=data.source)
-
-    def card_for(iteration: int, seconds: float, completed: bool) -> dict[str, Any]:
-        card: dict[str, Any] = {
-            "kind": "base_model",
-            "algorithm": config.algorithm,
-            "combine": config.combine,
-            "backbone": {"name": config.backbone, "filters": config.filters},
-            "image_size": config.image_size,
-            "channels": config.channels,
-            "normalization": {"mean": mean, "std": std},
-            "meta_ways": config.ways,
-            "hyperparameters": asdict(config),
-            "adaptation": default_adaptation(config),
-            "base_classes": data.class_names,
-            "data": {"source": data.source, "fingerprint": fingerprint, "num_images": len(data),
-                     "num_classes": data.num_classes},
-            "seed": config.seed,
-            "device": str(device),
-            "precision": precision,
-            "machine": machine_description(device),
-            "training": {"iteration": iteration, "iterations": config.iterations,
-                         "completed": completed, "seconds": round(seconds, 2)},
-            "history": history,
-            "validation": validation,
-            "metrics": {},
-        }
-        if extra_card:
-            card.update(extra_card)
-        return card
-
-    def save(iteration: int, seconds: float, completed: bool) -> None:
-        if out_dir is None or (sync is not None and sync.rank != 0):
-            return
-        state_json, state_tensors = _training_state(sampler, rng, transfer_rng, gen, opt_state)
-        card = card_for(iteration, seconds, completed)
-        card["training"].update(state_json)
-        save_base_model(out_dir, net, card, extra_tensors=None if completed else state_tensors)
-
     passes = config.passes_per_iteration()
-
-    def run_validation(iteration: int, seconds: float) -> None:
-        if validate is None or any(v["iteration"] == iteration for v in validation):
-            return
-        # Validation must not change training: its own random draws come from a forked RNG, and
-        # the network goes back to train mode.
-        with torch.random.fork_rng(devices=[]):
-            metrics = validate(net)
-        net.train()
-        validation.append({"iteration": iteration, "passes": iteration * passes,
-                           "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in metrics.items()}})
-
     net.train()
     t0 = time.perf_counter()
     last_save = t0
     loss_ema = float("nan")
-    for iteration in range(start_iteration, config.iterations):
+    for iteration in range(st.start_iteration, config.iterations):
         if should_stop is not None and should_stop():
-            save(iteration, elapsed_before + time.perf_counter() - t0, completed=False)
+            run.save(iteration, st.elapsed_before + time.perf_counter() - t0, completed=False)
             raise TrainingCancelled(f"pretraining stopped at iteration {iteration}")
-        tasks = sample_tasks(on_device, sampler, config, device, gen)
-        mixed = (sample_transfer_batch(on_device, config, device, transfer_rng, gen)
+        tasks = sample_tasks(on_device, st.sampler, config, device, st.gen)
+        mixed = (sample_transfer_batch(on_device, config, device, st.transfer_rng, st.gen)
                  if config.transfer_batch > 0 and config.transfer_weight > 0 else None)
-        loss = train_step(net, tasks, config, iteration=iteration, rng=rng, state=opt_state,
+        loss = train_step(net, tasks, config, iteration=iteration, rng=st.rng, state=st.opt_state,
                           transfer_batch=mixed, sync=sync)
         if not np.isfinite(loss):
             raise ConfigError(
                 f"training diverged at iteration {iteration + 1} (loss {loss}); lower the learning rates"
             )
         loss_ema = loss if np.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss
-        seconds = elapsed_before + time.perf_counter() - t0
+        seconds = st.elapsed_before + time.perf_counter() - t0
         if (iteration + 1) % max(1, config.iterations // 50) == 0:
-            history.append({"iteration": iteration + 1, "passes": (iteration + 1) * passes,
-                            "loss": round(loss_ema, 5), "seconds": round(seconds, 2)})
+            st.history.append({"iteration": iteration + 1, "passes": (iteration + 1) * passes,
+                               "loss": round(loss_ema, 5), "seconds": round(seconds, 2)})
         # A periodic point within half an interval of the end would duplicate the final one.
         if (validate_every and (iteration + 1) % validate_every == 0
                 and config.iterations - (iteration + 1) >= validate_every // 2):
-            run_validation(iteration + 1, seconds)
+            run.run_validation(iteration + 1, seconds)
         if progress is not None:
             progress(Progress(iteration + 1, config.iterations, loss_ema, seconds))
         if time.perf_counter() - last_save >= checkpoint_every_s and iteration + 1 < config.iterations:
-            save(iteration + 1, seconds, completed=False)
+            run.save(iteration + 1, seconds, completed=False)
             last_save = time.perf_counter()
-    total_seconds = elapsed_before + time.perf_counter() - t0
-    run_validation(config.iterations, total_seconds)
-    save(config.iterations, total_seconds, completed=True)
-    return PretrainResult(net=net, card=card_for(config.iterations, total_seconds, True), history=history)
+    total_seconds = st.elapsed_before + time.perf_counter() - t0
+    run.run_validation(config.iterations, total_seconds)
+    run.save(config.iterations, total_seconds, completed=True)
+    return PretrainResult(net=net, card=run.card(config.iterations, total_seconds, True),
+                          history=st.history)
