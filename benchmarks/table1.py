@@ -383,6 +383,126 @@ def method_config(method: str, profile: Profile) -> Any:
     return config
 
 
+def _command(dataset: str, profile_name: str, methods: list[str], cells: list[tuple[int, int]] | None,
+             seed: int, precision: str, eval_precision: str, workers: int) -> str:
+    return (f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
+            + (f" --methods {','.join(methods)}" if methods != METHODS else "")
+            + (f" --cells {','.join(f'{w}x{k}' for w, k in cells)}" if cells else "")
+            + (f" --seed {seed}" if seed else "")
+            + (f" --precision {precision}" if precision != "fp32" else "")
+            + (f" --eval-precision {eval_precision}" if eval_precision != precision else "")
+            + (f" --workers {workers}" if workers > 1 else ""))
+
+
+def _check_prereg(profile_name: str, dataset: str, methods: list[str], report: dict[str, Any]) -> None:
+    """A prereg run only of methods whose validation choice is entered; its report names the
+    pre-registration's version."""
+    if profile_name not in PREREG_PROFILES:
+        return
+    missing = [m for m in methods if m not in PREREG_CHOICES[dataset]]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)}: no validation choice entered for {dataset} "
+                         "(docs/preregistration.md; run benchmarks/prereg_sweep.py first)")
+    report["preregistration"] = f"docs/preregistration.md, version {PREREG_VERSION}"
+
+
+@dataclass
+class _Scoring:
+    """What every method of one `run` shares: where, on which data, how."""
+
+    profile: Profile
+    splits: Splits
+    dev: Any
+    eval_precision: str
+    workers: int
+    report: dict[str, Any]
+    results_path: Path
+
+
+def _pretrained(method: str, config: Any, ckpt: Path, sc: _Scoring, adapt: Any) -> None:
+    """Pretrain `method` into `ckpt` unless a completed checkpoint is there (resuming one that
+    is not)."""
+    from models.checkpoint import load_checkpoint
+    from models.errors import CheckpointError
+    from models.training import pretrain
+
+    try:
+        if load_checkpoint(ckpt)[1]["training"]["completed"]:
+            return
+    except CheckpointError:
+        pass
+    profile, splits = sc.profile, sc.splits
+    print(f"[{method}] pretraining {config.iterations} iterations "
+          f"({config.passes_per_iteration()} passes each)", file=sys.stderr, flush=True)
+    val = splits.validation
+    validate = (validation_curve(val, adapt, profile, sc.eval_precision, sc.workers)
+                if val is not None else None)
+    rotated = profile.method_rotations(method) and not profile.rotations
+    if rotated and "rotated" not in splits.cache:
+        from models.data import with_rotations
+
+        splits.cache["rotated"] = with_rotations(splits.base)
+    pretrain(config, splits.cache["rotated"] if rotated else splits.base, device=sc.dev,
+             out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120,
+             validate=validate, validate_every=max(1, profile.validate_every
+                                                   // config.passes_per_iteration()))
+
+
+def _adaptation(method: str, net: Any, card: dict[str, Any], candidates: list[Any],
+                sc: _Scoring) -> tuple[Any, list[dict[str, Any]] | None]:
+    """The method's adaptation: its recipe's only one, or the best on validation classes (made
+    again if the checkpoint changed since the report's cells were scored)."""
+    from models.config import AdaptConfig
+
+    report, val = sc.report, sc.splits.validation
+    previous = report["methods"].get(method, {})
+    if previous.get("weights_sha256") and previous["weights_sha256"] != card.get("weights_sha256"):
+        # The checkpoint was trained again since these cells and this choice were made: they
+        # belong to another model and would be reported beside the new one's.
+        print(f"[{method}] its checkpoint changed since {sc.results_path} was written: its cells "
+              "and adaptation choice are made again", file=sys.stderr, flush=True)
+        previous = {}
+        report["cells"] = [c for c in report["cells"] if c["method"] != method]
+    choice = previous.get("adaptation_choice")
+    if len(candidates) > 1 and val is not None and not choice:
+        choice = choose_adaptation(net, val, candidates, sc.profile, sc.eval_precision, sc.workers)
+        print(f"[{method}] adaptation on validation: {json.dumps(choice)}", file=sys.stderr, flush=True)
+    if choice:
+        return AdaptConfig(**max(choice, key=lambda c: c["accuracy"])["adaptation"]), choice
+    return candidates[0], choice
+
+
+def _score_cells(method: str, net: Any, adapt: Any, cells: list[tuple[int, int]] | None,
+                 sc: _Scoring, started: float) -> float:
+    """Score the method in each cell not yet in the report, writing the report after each."""
+    from models.adaptation import evaluate
+
+    profile, report, unseen = sc.profile, sc.report, sc.splits.unseen
+    smallest = min(unseen.class_counts())
+    for ways in profile.ways:
+        for shots in profile.shots:
+            if cells and (ways, shots) not in cells:
+                continue
+            if any(c["method"] == method and c["ways"] == ways and c["shots"] == shots
+                   for c in report["cells"]):
+                continue
+            queries = profile.max_shot_queries if shots == max(profile.shots) else 15
+            queries = min(queries, smallest - shots)
+            t0 = time.perf_counter()
+            cell = evaluate(net, unseen, ways=ways, shots=shots, queries=queries,
+                            episodes=profile.episodes_for(shots), config=adapt, seed=2019,
+                            device=sc.dev, precision=sc.eval_precision, workers=sc.workers)
+            row = {"method": method, **cell.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+            print(json.dumps({k: v for k, v in row.items() if k != "per_episode"}),
+                  file=sys.stderr, flush=True)
+            report["cells"].append(row)
+            report["wall_clock_seconds"] = round(report.get("wall_clock_seconds", 0)
+                                                 + time.perf_counter() - started, 1)
+            started = time.perf_counter()
+            sc.results_path.write_text(json.dumps(report, indent=2) + "\n")
+    return started
+
+
 def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: str,
         cells: list[tuple[int, int]] | None = None, seed: int = 0, precision: str | None = None,
         eval_precision: str | None = None, workers: int = 1) -> dict[str, Any]:
@@ -395,14 +515,11 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     adaptation's (default: the same); `workers`
     spreads each cell's episodes over that many one-thread processes (the same result as one
     process at one thread)."""
-    from models.adaptation import evaluate
-    from models.checkpoint import load_base_model, load_checkpoint
+    from models.checkpoint import load_base_model
     from models.config import AdaptConfig
-    from models.errors import CheckpointError
-    from models.training import pretrain, resolve_device
+    from models.training import resolve_device
 
     profile = PROFILES[(dataset, profile_name)]
-    dev = resolve_device(device)
     precision = precision or str(profile.common.get("precision", "fp32"))
     eval_precision = eval_precision or precision
     out.mkdir(parents=True, exist_ok=True)
@@ -412,30 +529,20 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
         "dataset": dataset, "profile": profile_name, "profile_settings": asdict(profile),
         "budget": f"{profile.budget_passes} image forward+backward passes per method",
         "machine": machine_description(), "commit": git_commit(),
-        "command": f"mtl bench table1 --dataset {dataset} --profile {profile_name}"
-        + (f" --methods {','.join(methods)}" if methods != METHODS else "")
-        + (f" --cells {','.join(f'{w}x{k}' for w, k in cells)}" if cells else "")
-        + (f" --seed {seed}" if seed else "")
-        + (f" --precision {precision}" if precision != "fp32" else "")
-        + (f" --eval-precision {eval_precision}" if eval_precision != precision else "")
-        + (f" --workers {workers}" if workers > 1 else ""),
+        "command": _command(dataset, profile_name, methods, cells, seed, precision, eval_precision,
+                            workers),
         "precision": {"pretraining": precision, "evaluation": eval_precision},
         "unseen_classes": UNSEEN_CLASSES[dataset],
         "evaluation": "non-transductive; identical seeded episodes for every method",
     })
-    if profile_name in PREREG_PROFILES:
-        missing = [m for m in methods if m not in PREREG_CHOICES[dataset]]
-        if missing:
-            raise SystemExit(f"error: {', '.join(missing)}: no validation choice entered for {dataset} "
-                             "(docs/preregistration.md; run benchmarks/prereg_sweep.py first)")
-        report["preregistration"] = f"docs/preregistration.md, version {PREREG_VERSION}"
+    _check_prereg(profile_name, dataset, methods, report)
     report.setdefault("methods", {})
     report.setdefault("cells", [])
     splits = load_splits(dataset, profile)
-    base, unseen, val = splits.base, splits.unseen, splits.validation
-    if val is not None:
+    if splits.validation is not None:
         report["base_classes"], report["validation_classes"] = splits.base_text, splits.validation_text
-    smallest = min(unseen.class_counts())
+    sc = _Scoring(profile, splits, resolve_device(device), eval_precision, workers, report,
+                  results_path)
     # Smoke runs (the tests) keep their checkpoints with their report, never reusing an old one.
     smoke = profile_name.endswith("smoke")
     ckpt_root = ((out / "checkpoints" if smoke else REPO / "runs" / "bench")
@@ -445,43 +552,11 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     for method in methods:
         config = replace(method_config(method, profile), seed=seed, precision=precision)
         ckpt = ckpt_root / method
-        try:
-            _, card = load_checkpoint(ckpt)
-            done = card["training"]["completed"]
-        except CheckpointError:
-            done = False
         candidates = [AdaptConfig(**{**a, "batch_size": profile.adapt_batch})
-                       for a in RECIPES[profile.recipe][2][method]]
-        adapt = candidates[0]
-        if not done:
-            print(f"[{method}] pretraining {config.iterations} iterations "
-                  f"({config.passes_per_iteration()} passes each)", file=sys.stderr, flush=True)
-            validate = (validation_curve(val, adapt, profile, eval_precision, workers)
-                        if val is not None else None)
-            rotated = profile.method_rotations(method) and not profile.rotations
-            if rotated and "rotated" not in splits.cache:
-                from models.data import with_rotations
-
-                splits.cache["rotated"] = with_rotations(base)
-            pretrain(config, splits.cache["rotated"] if rotated else base, device=dev, out_dir=ckpt,
-                     resume=ckpt.exists(), checkpoint_every_s=120,
-                     validate=validate, validate_every=max(1, profile.validate_every
-                                                           // config.passes_per_iteration()))
-        net, card = load_base_model(ckpt, device=dev)
-        previous = report["methods"].get(method, {})
-        if previous.get("weights_sha256") and previous["weights_sha256"] != card.get("weights_sha256"):
-            # The checkpoint was trained again since these cells and this choice were made: they
-            # belong to another model and would be reported beside the new one's.
-            print(f"[{method}] its checkpoint changed since {results_path} was written: its cells "
-                  "and adaptation choice are made again", file=sys.stderr, flush=True)
-            previous = {}
-            report["cells"] = [c for c in report["cells"] if c["method"] != method]
-        choice = previous.get("adaptation_choice")
-        if len(candidates) > 1 and val is not None and not choice:
-            choice = choose_adaptation(net, val, candidates, profile, eval_precision, workers)
-            print(f"[{method}] adaptation on validation: {json.dumps(choice)}", file=sys.stderr, flush=True)
-        if choice:
-            adapt = AdaptConfig(**max(choice, key=lambda c: c["accuracy"])["adaptation"])
+                      for a in RECIPES[profile.recipe][2][method]]
+        _pretrained(method, config, ckpt, sc, candidates[0])
+        net, card = load_base_model(ckpt, device=sc.dev)
+        adapt, choice = _adaptation(method, net, card, candidates, sc)
         report["methods"][method] = {"config": asdict(config), "adaptation": asdict(adapt),
                                      "adaptation_choice": choice or [],
                                      "train_seconds": card["training"]["seconds"],
@@ -489,27 +564,7 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
                                      "checkpoint": str(ckpt),
                                      "weights_sha256": card.get("weights_sha256"),
                                      "validation": card.get("validation", [])}
-        for ways in profile.ways:
-            for shots in profile.shots:
-                if cells and (ways, shots) not in cells:
-                    continue
-                if any(c["method"] == method and c["ways"] == ways and c["shots"] == shots
-                       for c in report["cells"]):
-                    continue
-                queries = profile.max_shot_queries if shots == max(profile.shots) else 15
-                queries = min(queries, smallest - shots)
-                t0 = time.perf_counter()
-                cell = evaluate(net, unseen, ways=ways, shots=shots, queries=queries,
-                                episodes=profile.episodes_for(shots), config=adapt, seed=2019, device=dev,
-                                precision=eval_precision, workers=workers)
-                row = {"method": method, **cell.as_dict(), "seconds": round(time.perf_counter() - t0, 1)}
-                print(json.dumps({k: v for k, v in row.items() if k != "per_episode"}),
-                      file=sys.stderr, flush=True)
-                report["cells"].append(row)
-                report["wall_clock_seconds"] = round(report.get("wall_clock_seconds", 0)
-                                                     + time.perf_counter() - started, 1)
-                started = time.perf_counter()
-                results_path.write_text(json.dumps(report, indent=2) + "\n")
+        started = _score_cells(method, net, adapt, cells, sc, started)
     write_report(report, out)
     return report
 
