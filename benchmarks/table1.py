@@ -394,6 +394,22 @@ def _command(dataset: str, profile_name: str, methods: list[str], cells: list[tu
             + (f" --workers {workers}" if workers > 1 else ""))
 
 
+def _header(dataset: str, profile_name: str, methods: list[str], cells: list[tuple[int, int]] | None,
+            seed: int, precision: str, eval_precision: str, workers: int) -> dict[str, Any]:
+    """What a report says about how it was made."""
+    profile = PROFILES[(dataset, profile_name)]
+    return {
+        "dataset": dataset, "profile": profile_name, "profile_settings": asdict(profile),
+        "budget": f"{profile.budget_passes} image forward+backward passes per method",
+        "machine": machine_description(), "commit": git_commit(),
+        "command": _command(dataset, profile_name, methods, cells, seed, precision, eval_precision,
+                            workers),
+        "precision": {"pretraining": precision, "evaluation": eval_precision},
+        "unseen_classes": UNSEEN_CLASSES[dataset],
+        "evaluation": "non-transductive; identical seeded episodes for every method",
+    }
+
+
 def _check_prereg(profile_name: str, dataset: str, methods: list[str], report: dict[str, Any]) -> None:
     """A prereg run only of methods whose validation choice is entered; its report names the
     pre-registration's version."""
@@ -525,16 +541,8 @@ def run(dataset: str, profile_name: str, out: Path, methods: list[str], device: 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     report: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
-    report.update({
-        "dataset": dataset, "profile": profile_name, "profile_settings": asdict(profile),
-        "budget": f"{profile.budget_passes} image forward+backward passes per method",
-        "machine": machine_description(), "commit": git_commit(),
-        "command": _command(dataset, profile_name, methods, cells, seed, precision, eval_precision,
-                            workers),
-        "precision": {"pretraining": precision, "evaluation": eval_precision},
-        "unseen_classes": UNSEEN_CLASSES[dataset],
-        "evaluation": "non-transductive; identical seeded episodes for every method",
-    })
+    report.update(_header(dataset, profile_name, methods, cells, seed, precision, eval_precision,
+                          workers))
     _check_prereg(profile_name, dataset, methods, report)
     report.setdefault("methods", {})
     report.setdefault("cells", [])

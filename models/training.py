@@ -438,6 +438,18 @@ class _Run:
         save_base_model(self.out_dir, self.net, card,
                         extra_tensors=None if completed else state_tensors)
 
+    def after_iteration(self, done: int, loss_ema: float, seconds: float, validate_every: int) -> None:
+        """The training curve's points: the loss 50 times a run, validation every
+        `validate_every` iterations."""
+        config = self.config
+        if done % max(1, config.iterations // 50) == 0:
+            self.state.history.append({"iteration": done, "passes": done * config.passes_per_iteration(),
+                                       "loss": round(loss_ema, 5), "seconds": round(seconds, 2)})
+        # A periodic point within half an interval of the end would duplicate the final one.
+        if (validate_every and done % validate_every == 0
+                and config.iterations - done >= validate_every // 2):
+            self.run_validation(done, seconds)
+
     def run_validation(self, iteration: int, seconds: float) -> None:
         if self.validate is None or any(v["iteration"] == iteration for v in self.state.validation):
             return
@@ -507,7 +519,6 @@ def pretrain(
     data_device = data.images.to(device) if device.type == "cuda" else data.images
     on_device = ImageSet(images=data_device, labels=data.labels, class_names=data.class_names,
                          source=data.source)
-    passes = config.passes_per_iteration()
     net.train()
     t0 = time.perf_counter()
     last_save = t0
@@ -527,13 +538,7 @@ def pretrain(
             )
         loss_ema = loss if np.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss
         seconds = st.elapsed_before + time.perf_counter() - t0
-        if (iteration + 1) % max(1, config.iterations // 50) == 0:
-            st.history.append({"iteration": iteration + 1, "passes": (iteration + 1) * passes,
-                               "loss": round(loss_ema, 5), "seconds": round(seconds, 2)})
-        # A periodic point within half an interval of the end would duplicate the final one.
-        if (validate_every and (iteration + 1) % validate_every == 0
-                and config.iterations - (iteration + 1) >= validate_every // 2):
-            run.run_validation(iteration + 1, seconds)
+        run.after_iteration(iteration + 1, loss_ema, seconds, validate_every)
         if progress is not None:
             progress(Progress(iteration + 1, config.iterations, loss_ema, seconds))
         if time.perf_counter() - last_save >= checkpoint_every_s and iteration + 1 < config.iterations:
