@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api.responses import ErrorResponse
+from app.service.schemas import PredictRequest
 
 DOCS_ASSETS_URL = "/docs-assets"
 # The docs pages may load nothing from outside this server: ReDoc's bundle would fetch its logo
@@ -131,6 +132,10 @@ EXAMPLES: dict[str, Any] = {
         "created_at": _TIME,
     },
     "JobPublic": _JOB_EXAMPLE,
+    "PredictRequest": {
+        "images": [{"name": "a.png", "base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="}],
+        "top_k": 3,
+    },
     "PredictResponse": {
         "results": [
             {
@@ -266,7 +271,11 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
             for method, operation in operations.items():
                 _document(operation, method, path)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["ErrorResponse"] = ErrorResponse.model_json_schema()
+        # Referred to by hand (every error answer; predict's JSON body beside its form).
+        for model in (ErrorResponse, PredictRequest):
+            own = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(own.pop("$defs", {}))
+            components[model.__name__] = own
         app.openapi_schema = schema
     return app.openapi_schema
 

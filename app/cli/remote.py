@@ -111,6 +111,15 @@ def add_classifiers(sub: argparse._SubParsersAction) -> None:
             "holdout metrics", "classifier", _classifiers_show)
     _on_one(classifiers, "delete", "delete a classifier (its training job is cancelled if still "
             "running)", "classifier", _classifiers_delete)
+    ex = command(classifiers, "export", "save a classifier as a zip to run without the service "
+                 "(the model, labels.json, preprocessing.json, a README with example code)")
+    ex.add_argument("classifier", help="the classifier's id")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default="onnx",
+                    help="onnx or torchscript take float32 images (N, C, H, W) in [0, 1] and answer "
+                         "probabilities; safetensors is the service's own checkpoint")
+    ex.add_argument("-o", "--output", type=Path, default=None,
+                    help="the zip's path (default: classifier-ID-FORMAT.zip here)")
+    ex.set_defaults(handler=through_client(_classifiers_export))
 
 
 def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
@@ -139,6 +148,14 @@ def _classifiers_show(mtl: Any, args: argparse.Namespace) -> int:
 def _classifiers_delete(mtl: Any, args: argparse.Namespace) -> int:
     mtl.delete_classifier(args.classifier)
     _note(f"classifier {args.classifier} deleted")
+    return 0
+
+
+def _classifiers_export(mtl: Any, args: argparse.Namespace) -> int:
+    out = args.output or Path(f"classifier-{args.classifier}-{args.format}.zip")
+    path = mtl.export_classifier(args.classifier, out, fmt=args.format)
+    _note(f"classifier {args.classifier} exported as {args.format}")
+    print(path)
     return 0
 
 

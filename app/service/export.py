@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import warnings
 import zipfile
 from enum import StrEnum
@@ -91,7 +92,12 @@ def export_zip(
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for filename, data in files.items():
-            zf.writestr(filename, data)
+            # rw-r--r--: writestr's default (0600) left the unpacked files readable by their
+            # owner alone, e.g. not by the serving container's own user.
+            info = zipfile.ZipInfo(filename, date_time=time.gmtime()[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o100644 << 16
+            zf.writestr(info, data)
     return buf.getvalue()
 
 

@@ -581,6 +581,9 @@ def test_predict_limits_name_their_setting(make_settings: Any) -> None:
         files = [("files", (f"{i}.png", b"x", "image/png")) for i in range(4)]
         r = client.post(f"/v1/classifiers/{clf['id']}/predict", headers=user, files=files)
         assert_error(r, 413, "(MTL_MAX_PREDICT_FILES)")
+        images = [{"base64": "eA=="} for _ in range(4)]  # the same limit for a JSON body
+        r = client.post(f"/v1/classifiers/{clf['id']}/predict", headers=user, json={"images": images})
+        assert_error(r, 413, "(MTL_MAX_PREDICT_FILES)")
 
 
 def test_list_routes_page_with_a_cursor(client: Any, settings: Settings, admin: dict,

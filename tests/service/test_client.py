@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,8 @@ class Service:
 def service(tmp_path_factory: pytest.TempPathFactory, builtin_dir: Path) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("client")
     env = embedded_env(tmp, builtin_dir)
-    proc, url = start_serve(env, tmp / "serve.log")
+    serve = start_serve(env, tmp / "serve.log")
+    proc, url = serve.proc, serve.url
     settings = Settings(data_dir=tmp / "data", builtin_models_dir=builtin_dir)
     admin = new_key(settings, "ops", admin=True)["Authorization"].removeprefix("Bearer ")
     user = new_key(settings, "acme")["Authorization"].removeprefix("Bearer ")
@@ -135,6 +137,18 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     assert clf.metrics is not None and row[5] == f"{100 * clf.metrics.holdout_accuracy:.1f}%"
     status, out, _ = mtl("classifiers", "show", classifier_id)
     assert status == 0 and json.loads(out)["labels"] == ["ch0", "ch40", "ch80"]
+    # Export: the zip lands where -o says, readable by everyone (0644), its labels the model's.
+    target = tmp_path / "out" / "glyphs.zip"
+    target.parent.mkdir()
+    status, out, err = mtl("classifiers", "export", classifier_id, "--format", "torchscript",
+                           "-o", str(target))
+    assert (status, out.strip()) == (0, str(target)), err
+    with zipfile.ZipFile(target) as zf:
+        assert {"model.pt", "labels.json", "preprocessing.json", "README.txt"} == set(zf.namelist())
+        assert json.loads(zf.read("labels.json")) == ["ch0", "ch40", "ch80"]
+        assert {(i.external_attr >> 16) & 0o777 for i in zf.infolist()} == {0o644}
+    assert mtl("classifiers", "export", classifier_id, "-o", str(tmp_path))[::2] == (
+        2, f"error: {tmp_path} is a folder; give the zip's file name\n")
     status, _, err = mtl("classifiers", "delete", classifier_id)
     assert (status, err) == (0, f"classifier {classifier_id} deleted\n")
     assert mtl("classifiers", "show", classifier_id)[::2] == (

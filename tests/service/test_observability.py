@@ -77,7 +77,8 @@ def test_metrics_and_json_logs_of_a_real_server(tmp_path: Path, builtin_dir: Pat
            "MTL_TORCH_THREADS": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "serve.log"
-    proc, url = start_serve(env, log)
+    serve = start_serve(env, log)
+    proc, url = serve.proc, serve.url
     try:
         with session_scope(f"sqlite:///{tmp_path / 'data' / 'mtl.sqlite3'}") as session:
             key, _ = create_api_key(session=session, tenant="acme", admin=False)

@@ -46,7 +46,8 @@ def test_a_900_mib_archive_member_takes_little_memory(tmp_path: Path, builtin_di
     zip_with_a_huge_member(archive, 900 * MiB)
     assert archive.stat().st_size < 2 * MiB
     env = embedded_env(tmp_path, builtin_dir)
-    proc, url = start_serve(env, tmp_path / "serve.log", "--no-worker")
+    serve = start_serve(env, tmp_path / "serve.log", "--no-worker")
+    proc, url = serve.proc, serve.url
     try:
         headers = {"Authorization": "Bearer " + mtl("keys", "create", "--tenant", "acme",
                                                     env=env).stdout.strip()}

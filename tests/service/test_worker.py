@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from app.infra.settings import Settings
 from models.precision import bf16_supported
 from tests.service.conftest import new_key
+from tests.service.test_api import assert_error
 from tests.utils.images import omniglot_png, omniglot_zip
 from tests.utils.processes import wait_for_job
 
@@ -71,6 +73,20 @@ def test_end_to_end_classifier(client: Any, settings: Settings, start_worker: An
                           files=files).json()["results"]
     assert results[0] == {"filename": "junk.png", "error": "not a decodable image"}
     assert len(results[1]["predictions"]) == 5
+
+    # The same images as JSON (base64) get the same answers; bad base64 is answered in its place.
+    body = {"images": [{"name": "junk.png", "base64": base64.b64encode(b"junk").decode()},
+                       {"name": "ok.png",
+                        "base64": base64.b64encode(omniglot_png(CHARACTERS[0], 19)).decode()},
+                       {"base64": "not base64!"}]}
+    as_json = client.post(f"/v1/classifiers/{created['id']}/predict", headers=user, json=body)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["results"] == [*results, {"filename": "image3", "error": "not valid base64"}]
+    top1 = client.post(f"/v1/classifiers/{created['id']}/predict", headers=user,
+                       json={"images": body["images"][1:2], "top_k": 1}).json()["results"]
+    assert top1[0]["predictions"] == results[1]["predictions"][:1]
+    assert_error(client.post(f"/v1/classifiers/{created['id']}/predict", headers=user,
+                             json={"images": []}), 422, "images")
 
 
 def test_tiny_dataset_trains_without_holdout(client: Any, settings: Settings,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from app.api.deps import (
@@ -33,6 +37,7 @@ from app.service.schemas import (
     ClassifierPublic,
     Page,
     Prediction,
+    PredictRequest,
     PredictResponse,
     PredictResult,
     resolve_params,
@@ -54,7 +59,8 @@ _PREDICT_DOC = {
                         "top_k": {"type": "integer", "default": 5, "minimum": 1},
                     },
                 }
-            }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
         },
     },
 }
@@ -193,6 +199,44 @@ def export_classifier(
     )
 
 
+async def _form_images(request: Request, max_files: int) -> tuple[list[str], list[bytes | None], int]:
+    """Names, bytes and top_k of a multipart predict request (`files`, `top_k`)."""
+    form = await read_form(request, max_files=max_files, setting="MTL_MAX_PREDICT_FILES")
+    top_k_text = text_field(form, "top_k")
+    try:
+        top_k = 5 if top_k_text is None else int(top_k_text)
+    except ValueError:
+        raise HTTPException(422, f"top_k must be an integer, got {top_k_text!r}") from None
+    if top_k < 1:
+        raise HTTPException(422, "top_k must be at least 1")
+    files = file_fields(form, "files")
+    if not files:
+        raise HTTPException(422, "send at least one image as 'files'")
+    names = [f.filename or f"file{i + 1}" for i, f in enumerate(files)]
+    contents: list[bytes | None] = [await f.read() for f in files]
+    return names, contents, top_k
+
+
+async def _json_images(request: Request, max_files: int) -> tuple[list[str], list[bytes | None], int]:
+    """Names, bytes and top_k of a JSON predict request (`PredictRequest`); an image that is not
+    valid base64 is None, answered with its own error like an image that does not decode."""
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    if len(body.images) > max_files:
+        raise HTTPException(
+            413, f"too many images; the limit is {max_files} (MTL_MAX_PREDICT_FILES)")
+    names = [img.name or f"image{i + 1}" for i, img in enumerate(body.images)]
+    contents: list[bytes | None] = []
+    for img in body.images:
+        try:
+            contents.append(base64.b64decode(img.base64, validate=True))
+        except (binascii.Error, ValueError):
+            contents.append(None)
+    return names, contents, body.top_k
+
+
 @router.post(
     "/{classifier_id}/predict",
     response_model=PredictResponse,
@@ -209,9 +253,10 @@ async def predict(
 ) -> PredictResponse:
     """Classify images.
 
-    Repeated `files` and an optional `top_k` (default 5). Each file gets its top-k labels
-    with probabilities, or an `error` when it does not decode. Needs a classifier whose status
-    is `ready`.
+    Repeated `files` and an optional `top_k` (default 5) as multipart/form-data, or a JSON
+    body `{"images": [{"name": ..., "base64": ...}], "top_k": 5}` (the same limits). Each image
+    gets its top-k labels with probabilities, or an `error` when it does not decode (or is not
+    valid base64). Needs a classifier whose status is `ready`.
     """
     # Off the event loop, and no connection is held while predicting.
     status = await quick_read(settings, classifiers.owned_status, settings, key, classifier_id)
@@ -220,25 +265,16 @@ async def predict(
             409,
             f"classifier {classifier_id} is {status}; predict needs it trained (status 'ready')",
         )
-    form = await read_form(
-        request, max_files=settings.max_predict_files, setting="MTL_MAX_PREDICT_FILES"
-    )
-    top_k_text = text_field(form, "top_k")
-    try:
-        top_k = 5 if top_k_text is None else int(top_k_text)
-    except ValueError:
-        raise HTTPException(422, f"top_k must be an integer, got {top_k_text!r}") from None
-    if top_k < 1:
-        raise HTTPException(422, "top_k must be at least 1")
-    files = file_fields(form, "files")
-    if not files:
-        raise HTTPException(422, "send at least one image as 'files'")
-    names = [f.filename or f"file{i + 1}" for i, f in enumerate(files)]
-    contents = [await f.read() for f in files]
+    if request.headers.get("content-type", "").startswith("application/json"):
+        names, contents, top_k = await _json_images(request, settings.max_predict_files)
+    else:
+        names, contents, top_k = await _form_images(request, settings.max_predict_files)
     # Checking and decoding happen in the predict service's decoding threads, off the loop.
-    ranked = await predictor.predict(
-        classifier_id, resolved(settings).classifiers_dir / classifier_id, contents, top_k
-    )
+    given = [c for c in contents if c is not None]
+    decoded = iter(await predictor.predict(
+        classifier_id, resolved(settings).classifiers_dir / classifier_id, given, top_k
+    ) if given else [])
+    ranked = [next(decoded) if c is not None else "not valid base64" for c in contents]
     return PredictResponse(
         results=[
             PredictResult(filename=name, error=r)

@@ -44,6 +44,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = frozenset(FINISHED_STATUSES)
 # Images in one predict request: the service's default limit (MTL_MAX_PREDICT_FILES) is 256.
 PREDICT_BATCH = 64
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 
 M = TypeVar("M", bound=BaseModel)
 PathLike = str | os.PathLike[str]
@@ -195,6 +196,22 @@ class Client:
     def delete_classifier(self, classifier_id: str) -> None:
         """Delete a classifier and its files; its training job is cancelled if still running."""
         self._request("DELETE", f"/v1/classifiers/{classifier_id}")
+
+    def export_classifier(self, classifier_id: str, out: PathLike, *, fmt: str = "onnx") -> Path:
+        """Save the classifier as a zip to run outside the service: `fmt` "onnx", "torchscript"
+        or "safetensors", with labels.json, preprocessing.json and a README. Written to a
+        temporary file beside `out`, then renamed: `out` is never left half-written."""
+        if fmt not in EXPORT_FORMATS:
+            raise ClientError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        target = Path(out)
+        if target.is_dir():
+            raise ClientError(f"{target} is a folder; give the zip's file name")
+        response = self._request("GET", f"/v1/classifiers/{classifier_id}/export",
+                                 params={"format": fmt})
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(response.content)
+        partial.replace(target)
+        return target
 
     def predict(
         self, classifier_id: str, images: Sequence[PathLike], *, top_k: int = 5

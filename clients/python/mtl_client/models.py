@@ -244,6 +244,19 @@ class Prediction(BaseModel):
     probability: float
 
 
+class ImageIn(Strict):
+    name: Text | None = Field(default=None, max_length=500,
+                              description="echoed as the result's filename (default imageN)")
+    base64: str = Field(description="the image file's bytes (PNG, JPEG, ...), base64-encoded")
+
+
+class PredictRequest(Strict):
+    """Predict with a JSON body: the same answer as the multipart form's."""
+
+    images: list[ImageIn] = Field(min_length=1)
+    top_k: int = Field(default=5, ge=1, le=1000)
+
+
 class PredictResult(BaseModel):
     filename: str
     predictions: list[Prediction] | None = None
