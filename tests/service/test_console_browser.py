@@ -12,6 +12,7 @@ import re
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,11 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         page.on("dialog", lambda d: d.accept())
         page.set_default_timeout(20_000)
 
-        # Sign-in: a wrong key is refused with the server's reason.
+        # Sign-in: a wrong key is refused with the server's reason. Signed out, no nav or
+        # "Sign out" shows (a flex rule once beat the `hidden` attribute).
         page.goto(server.url + "/")
+        page.wait_for_selector("#sign-in-form")
+        assert not page.is_visible("#nav") and not page.is_visible("#sign-out")
         page.fill("#api-key", "mtl_00000000_not-a-real-key")
         page.click("#sign-in-form button[type=submit]")
         page.wait_for_selector("#sign-in-error:has-text('refused')")
@@ -211,6 +215,15 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         assert sum(t == f"char{c}" for t, c in zip(top, CHARACTERS, strict=True)) >= 2, top
         assert len(page.query_selector_all(".prediction .bar")) == 3 * 3  # top 3 each
         shot(page, "06-try-it")
+
+        # Export: the button downloads the zip the API makes, for the format chosen.
+        page.select_option("#export-format", "torchscript")
+        with page.expect_download() as download_info:
+            page.click("#export-button")
+        download = download_info.value
+        assert download.suggested_filename.endswith("-torchscript.zip")
+        with zipfile.ZipFile(download.path()) as zf:
+            assert {"model.pt", "labels.json", "preprocessing.json", "README.txt"} == set(zf.namelist())
 
         # Cancelling a long training job.
         page.goto(server.url + "/#/classifiers/new")

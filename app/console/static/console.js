@@ -591,10 +591,44 @@ async function classifierDetail(box, clf) {
     }));
   }
   if (clf.status === "ready") {
+    box.append(exportCard(clf));
     if (clf.metrics) box.append(resultsCard(clf));
     else box.append(el("div", { class: "card muted" }, "No holdout metrics: trained with holdout_fraction 0."));
     box.append(tryIt(clf));
   }
+}
+
+/** Download the classifier as a zip to run without the service (the API needs the key header,
+ * so the zip is fetched here and handed to the browser as an object URL). */
+function exportCard(clf) {
+  const format = el("select", { id: "export-format" },
+    el("option", { value: "onnx" }, "ONNX"), el("option", { value: "torchscript" }, "TorchScript"),
+    el("option", { value: "safetensors" }, "safetensors (the service's checkpoint)"));
+  const button = el("button", { type: "button", id: "export-button", onclick: async () => {
+    button.disabled = true;
+    try {
+      const res = await fetch(`/v1/classifiers/${clf.id}/export?format=${format.value}`,
+        { headers: { Authorization: `Bearer ${state.key}` }, signal: state.abort.signal });
+      if (!res.ok) {
+        const data = await res.json().catch(() => ({ detail: res.statusText }));
+        throw new ApiError(res.status, data.detail || res.statusText);
+      }
+      const url = URL.createObjectURL(await res.blob());
+      const link = el("a", { href: url, download: `classifier-${clf.id}-${format.value}.zip` });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    } catch (err) {
+      toast(err.message);
+    } finally {
+      button.disabled = false;
+    }
+  } }, "Download");
+  return el("div", { class: "card" }, el("h2", {}, "Export"),
+    el("p", { class: "muted" }, "A zip to run this classifier without the service: the model, "
+      + "labels.json, preprocessing.json and a README with example code."),
+    el("div", { class: "row" }, format, button));
 }
 
 function resultsCard(clf) {
