@@ -10,6 +10,7 @@ id, a table) on stdout and everything else on stderr."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,7 @@ from app.cli.bench import add_bench
 from app.cli.common import CommandFailed, HelpFormatter, Parser, UsageError
 from app.cli.ml import add_evaluate, add_pretrain
 from app.cli.ops import add_keys, add_migrate, add_serve, add_worker, service_settings
-from app.cli.remote import add_classifiers, add_datasets, add_jobs, add_predict
+from app.cli.remote import add_base_models, add_classifiers, add_datasets, add_jobs, add_predict
 
 # Commands that run torch in this process: they use `MTL_TORCH_THREADS` threads, as the service does.
 TRAINING_COMMANDS = ("pretrain", "evaluate", "bench")
@@ -31,6 +32,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_migrate,
     add_keys,
     add_datasets,
+    add_base_models,
     add_classifiers,
     add_predict,
     add_jobs,
@@ -84,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `mtl ... | head`: the reader has gone. No traceback; stdout goes nowhere from here, so
+        # flushing it at exit cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from app.cli.common import UsageError, command, setting_int
-from app.cli.remote import list_keys, revoke_key, through_client
+from app.cli.remote import client_command, list_keys, revoke_key, through_client
 
 # ----------------------------------------------------------------------------- service
 
@@ -176,9 +176,11 @@ def add_keys(sub: argparse._SubParsersAction) -> None:
                    help="whose key: 1-200 letters, digits or _.@- (each tenant sees its own data)")
     c.add_argument("--admin", action="store_true", help="an admin key (may use /v1/admin)")
     c.set_defaults(handler=_keys_create)
-    ls = command(keys, "list", "list every tenant's keys (admin key, through the API)")
+    ls = client_command(keys, "list", "every tenant's keys, newest first (admin key, through the "
+                        "API)")
     ls.set_defaults(handler=through_client(list_keys))
-    rv = command(keys, "revoke", "revoke a key (admin key, through the API)")
+    rv = client_command(keys, "revoke", "revoke a key (admin key, through the API)",
+                        json_flag=False)
     rv.add_argument("prefix", help="the key's prefix, as `mtl keys list` shows it")
     rv.set_defaults(handler=through_client(revoke_key))
 

@@ -31,7 +31,7 @@ def through_client(run: ClientCommand) -> Handler:
         from mtl_client import ApiError, Client, ClientError
 
         try:
-            with Client() as mtl:
+            with Client(getattr(args, "url", None), getattr(args, "api_key", None)) as mtl:
                 return run(mtl, args)
         except ApiError as exc:
             raise CommandFailed(str(exc)) from None
@@ -39,6 +39,32 @@ def through_client(run: ClientCommand) -> Handler:
             raise UsageError(str(exc)) from None
 
     return handler
+
+
+def client_command(sub: argparse._SubParsersAction, name: str, text: str, *,
+                   json_flag: bool = True) -> argparse.ArgumentParser:
+    """A command that calls the service: --url and --api-key override MTL_URL and MTL_API_KEY,
+    and --json prints the service's answer instead of a table or a line."""
+    p: argparse.ArgumentParser = command(sub, name, text)
+    p.add_argument("--url", default=None,
+                   help="the service (default: MTL_URL, else http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=None,
+                   help="the API key (default: MTL_API_KEY; a flag shows in the process list)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    return p
+
+
+def _json(value: Any) -> None:
+    """A model, or a list of them, as JSON on stdout."""
+    if isinstance(value, list):
+        print(json.dumps([v.model_dump(mode="json") for v in value], indent=2))
+    else:
+        print(value.model_dump_json(indent=2))
+
+
+def _newest_first(items: list[Any]) -> list[Any]:
+    return sorted(items, key=lambda i: i.created_at, reverse=True)
 
 
 def _note(text: str) -> None:
@@ -65,13 +91,59 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def add_datasets(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "datasets", "datasets on a running service (MTL_URL, MTL_API_KEY)")
     datasets = p.add_subparsers(dest="datasets_command", required=True)
-    up = command(datasets, "upload",
-                  "upload a folder of class folders or a .zip of one; prints the dataset's id")
+    up = client_command(datasets, "upload",
+                        "upload a folder of class folders or a .zip of one; prints the dataset's id")
     up.add_argument("source", type=Path,
                     help="a folder whose subfolders are the class names, or a .zip of one")
     up.add_argument("--name", default=None,
                     help="the dataset's name (default: the folder's or the zip's name)")
     up.set_defaults(handler=through_client(_datasets_upload))
+    ls = client_command(datasets, "list", "this key's datasets, newest first, as a table")
+    ls.set_defaults(handler=through_client(_datasets_list))
+    _on_one(datasets, "show", "one dataset as JSON: its classes with counts and rejected files",
+            "dataset", _datasets_show)
+    _on_one(datasets, "delete", "delete a dataset (classifiers trained on it keep working)",
+            "dataset", _datasets_delete)
+
+
+def _datasets_list(mtl: Any, args: argparse.Namespace) -> int:
+    datasets = _newest_first(mtl.datasets())
+    if args.json:
+        _json(datasets)
+        return 0
+    _table(["dataset", "name", "images", "classes", "created"],
+           [[d.id, d.name, str(d.num_images), str(len(d.classes)),
+             d.created_at.strftime("%Y-%m-%d %H:%M:%S")] for d in datasets])
+    return 0
+
+
+def _datasets_show(mtl: Any, args: argparse.Namespace) -> int:
+    _json(mtl.dataset(args.dataset))
+    return 0
+
+
+def _datasets_delete(mtl: Any, args: argparse.Namespace) -> int:
+    mtl.delete_dataset(args.dataset)
+    _note(f"dataset {args.dataset} deleted")
+    return 0
+
+
+def add_base_models(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "base-models", "the base models a classifier can start from")
+    models = p.add_subparsers(dest="base_models_command", required=True)
+    ls = client_command(models, "list", "the base models this key can use, as a table")
+    ls.set_defaults(handler=through_client(_base_models_list))
+
+
+def _base_models_list(mtl: Any, args: argparse.Namespace) -> int:
+    models = mtl.base_models()
+    if args.json:
+        _json(models)
+        return 0
+    _table(["base model", "name", "algorithm", "image", "status", "default"],
+           [[m.id, m.name, m.algorithm, f"{m.image_size}x{m.image_size}x{m.channels}", m.status,
+             "yes" if m.is_default else ""] for m in models])
+    return 0
 
 
 def _datasets_upload(mtl: Any, args: argparse.Namespace) -> int:
@@ -82,15 +154,18 @@ def _datasets_upload(mtl: Any, args: argparse.Namespace) -> int:
           f"({counts}{more})")
     for r in ds.rejected:
         _note(f"warning: left out {r.file}: {r.reason}")
-    print(ds.id)
+    if args.json:
+        _json(ds)
+    else:
+        print(ds.id)
     return 0
 
 
 def add_classifiers(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "classifiers", "classifiers on a running service (MTL_URL, MTL_API_KEY)")
     classifiers = p.add_subparsers(dest="classifiers_command", required=True)
-    c = command(classifiers, "create",
-                 "train a classifier on a dataset; prints the classifier's id")
+    c = client_command(classifiers, "create",
+                       "train a classifier on a dataset; prints the classifier's id")
     c.add_argument("--dataset", required=True, help="the dataset's id (mtl datasets upload prints it)")
     c.add_argument("--name", default=None, help="the classifier's name (default: the dataset's)")
     c.add_argument("--base-model", default=None,
@@ -105,14 +180,15 @@ def add_classifiers(sub: argparse._SubParsersAction) -> None:
                    help="with --wait: stop waiting after this many seconds (default: until the "
                         "job finishes)")
     c.set_defaults(handler=through_client(_classifiers_create))
-    ls = command(classifiers, "list", "this key's classifiers, oldest first, as a table")
+    ls = client_command(classifiers, "list", "this key's classifiers, newest first, as a table")
     ls.set_defaults(handler=through_client(_classifiers_list))
     _on_one(classifiers, "show", "one classifier as JSON: status, labels, parameters and "
             "holdout metrics", "classifier", _classifiers_show)
     _on_one(classifiers, "delete", "delete a classifier (its training job is cancelled if still "
             "running)", "classifier", _classifiers_delete)
-    ex = command(classifiers, "export", "save a classifier as a zip to run without the service "
-                 "(the model, labels.json, preprocessing.json, a README with example code)")
+    ex = client_command(classifiers, "export", "save a classifier as a zip to run without the "
+                        "service (the model, labels.json, preprocessing.json, a README with example "
+                        "code)", json_flag=False)
     ex.add_argument("classifier", help="the classifier's id")
     ex.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default="onnx",
                     help="onnx or torchscript take float32 images (N, C, H, W) in [0, 1] and answer "
@@ -125,14 +201,18 @@ def add_classifiers(sub: argparse._SubParsersAction) -> None:
 def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
             run: ClientCommand) -> None:
     """A client command on one resource given by its id (`args.<what>`)."""
-    p = command(sub, name, help)
+    p = client_command(sub, name, help)
     p.add_argument(what, help=f"the {what}'s id")
     p.set_defaults(handler=through_client(run))
 
 
 def _classifiers_list(mtl: Any, args: argparse.Namespace) -> int:
+    classifiers = _newest_first(mtl.classifiers())
+    if args.json:
+        _json(classifiers)
+        return 0
     rows = []
-    for c in mtl.classifiers():
+    for c in classifiers:
         accuracy = "" if c.metrics is None else f"{100 * c.metrics.holdout_accuracy:.1f}%"
         rows.append([c.id, c.name, c.status, c.base_model_id, str(len(c.labels)), accuracy,
                      c.created_at.strftime("%Y-%m-%d %H:%M:%S")])
@@ -141,7 +221,7 @@ def _classifiers_list(mtl: Any, args: argparse.Namespace) -> int:
 
 
 def _classifiers_show(mtl: Any, args: argparse.Namespace) -> int:
-    print(mtl.classifier(args.classifier).model_dump_json(indent=2))
+    _json(mtl.classifier(args.classifier))
     return 0
 
 
@@ -173,7 +253,10 @@ def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
         if metrics is not None:
             _note(f"classifier {created.id} is ready: holdout accuracy "
                   f"{100 * metrics.holdout_accuracy:.1f}%")
-    print(created.id)
+    if args.json:
+        _json(mtl.classifier(created.id))
+    else:
+        print(created.id)
     return 0
 
 
@@ -200,19 +283,26 @@ def _follow(mtl: Any, job_id: str, timeout: float | None) -> Any:
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
-    p = command(sub, "predict", "classify images with a trained classifier; prints the top "
-                 "labels of each (MTL_URL, MTL_API_KEY)")
+    p = client_command(sub, "predict", "classify images with a trained classifier; prints the "
+                       "top labels of each (MTL_URL, MTL_API_KEY)", json_flag=False)
     p.add_argument("classifier", help="the classifier's id")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     p.add_argument("--top-k", type=int, default=3, help="labels to show for each image")
     p.add_argument("--json", action="store_true",
                    help="print the service's answer as JSON instead of a table")
+    p.add_argument("--wait", action="store_true",
+                   help="if the classifier is still training, wait until it is ready (a progress "
+                        "bar), then predict")
     p.set_defaults(handler=through_client(_predict_images))
 
 
 def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
+    if args.wait:
+        clf = mtl.classifier(args.classifier)
+        if clf.status in ("queued", "training") and clf.job_id:
+            _follow(mtl, clf.job_id, None)
     answer = mtl.predict(args.classifier, args.images, top_k=args.top_k)
     if args.json:
         print(answer.model_dump_json(indent=2, exclude_none=True))
@@ -232,7 +322,7 @@ def add_jobs(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "jobs", "training and pretraining jobs on a running service "
                  "(MTL_URL, MTL_API_KEY)")
     jobs = p.add_subparsers(dest="jobs_command", required=True)
-    ls = command(jobs, "list", "the newest jobs, as a table")
+    ls = client_command(jobs, "list", "the newest jobs, as a table")
     ls.add_argument("--status", choices=JOB_STATUSES, default=None,
                     help="only jobs with this status (default: any)")
     ls.add_argument("--tenant", default=None,
@@ -246,6 +336,9 @@ def add_jobs(sub: argparse._SubParsersAction) -> None:
 
 def _jobs_list(mtl: Any, args: argparse.Namespace) -> int:
     page = mtl.jobs(limit=args.limit, status=args.status, tenant=args.tenant)
+    if args.json:
+        _json(page.data)
+        return 0
     _table(["job", "kind", "status", "phase", "step", "created"],
            [[j.id, j.kind, j.status, j.phase or "", f"{j.progress.step}/{j.progress.total_steps}",
              j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.data])
@@ -255,21 +348,28 @@ def _jobs_list(mtl: Any, args: argparse.Namespace) -> int:
 
 
 def _jobs_show(mtl: Any, args: argparse.Namespace) -> int:
-    print(mtl.job(args.job).model_dump_json(indent=2))
+    _json(mtl.job(args.job))
     return 0
 
 
 def _jobs_cancel(mtl: Any, args: argparse.Namespace) -> int:
     job = mtl.cancel_job(args.job)
+    if args.json:
+        _json(job)
+        return 0
     print(f"job {job.id}: {job.status}"
           + (" (it stops at its next step)" if job.status == "running" else ""))
     return 0
 
 
 def list_keys(mtl: Any, args: argparse.Namespace) -> int:
+    keys = _newest_first(mtl.api_keys())
+    if args.json:
+        _json(keys)
+        return 0
     _table(["prefix", "tenant", "scope", "created"],
            [[k.prefix, k.tenant, k.scope, k.created_at.strftime("%Y-%m-%d %H:%M:%S")]
-            for k in mtl.api_keys()])
+            for k in keys])
     return 0
 
 

@@ -113,10 +113,18 @@ def usable_base_model(
     else:
         base = session.get(BaseModelRecord, base_model_id)
         if base is None or not can_see(base, key):
-            raise ServiceError(f"base model {base_model_id} not found", 404)
+            raise ServiceError(f"base model {base_model_id} not found; the ready ones: "
+                               f"{', '.join(ready_ids(session, key)) or 'none'}", 404)
     if base.status != ArtifactStatus.READY:
         raise ServiceError(f"base model {base.id} is {base.status}, not ready", 409)
     return base, read_card(base_model_dir(settings, base.storage))
+
+
+def ready_ids(session: Session, key: VerifiedKey) -> list[str]:
+    """The ids of the ready base models the caller can use, for an error that lists them."""
+    rows = session.scalars(select(BaseModelRecord).where(
+        BaseModelRecord.status == ArtifactStatus.READY).order_by(BaseModelRecord.id))
+    return [r.id for r in rows if can_see(r, key)]
 
 
 def make_ready_default(*, session: Session, base_model_id: str) -> BaseModelRecord:

@@ -312,6 +312,64 @@ def test_cli_mistakes_are_one_line(service: Service, tmp_path: Path,
     status, _, err = mtl(service.user_key, "jobs", "list", url=f"http://127.0.0.1:{free_port()}")
     assert status == 1 and err.startswith("error: cannot reach the service at http://127.0.0.1:")
     assert len(err.splitlines()) == 1
+    # The refusals name what would be accepted: the parameters, the base models.
+    dataset_id = mtl(service.user_key, "datasets", "upload",
+                     str(glyph_folder(tmp_path / "glyphs", range(2))))[1].strip()
+    status, _, err = mtl(service.user_key, "classifiers", "create", "--dataset", dataset_id,
+                         "--params", '{"stepz": 3}')
+    assert status == 1 and "unknown parameter 'stepz'; the parameters are steps, learning_rate" in err
+    status, _, err = mtl(service.user_key, "classifiers", "create", "--dataset", dataset_id,
+                         "--base-model", "handwritting")
+    assert status == 1 and err.startswith("error: base model handwritting not found; the ready "
+                                          "ones: ") and "handwriting" in err.split(":")[2], err
+
+
+def test_datasets_base_models_flags_and_json(service: Service, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets list|show|delete and base-models list; --url and --api-key instead of the
+    environment; --json on what prints; lists newest first."""
+    def mtl(*argv: str) -> tuple[int, str, str]:
+        return run(capsys, monkeypatch, "http://127.0.0.1:1", None, *argv,
+                   "--url", service.url, "--api-key", service.user_key)
+
+    ids = []
+    for name in ("older", "newer"):
+        status, out, err = mtl("datasets", "upload", str(glyph_folder(tmp_path / name, range(2))))
+        assert status == 0, err
+        ids.append(out.strip())
+    status, out, err = mtl("datasets", "list")
+    assert status == 0, err
+    listed = [line.split()[0] for line in out.splitlines()[1:]]
+    assert listed.index(ids[1]) < listed.index(ids[0])  # newest first
+    status, out, _ = mtl("datasets", "list", "--json")
+    assert status == 0 and {d["id"] for d in json.loads(out)} >= set(ids)
+    status, out, _ = mtl("datasets", "show", ids[0])
+    assert status == 0 and json.loads(out)["num_images"] == 6
+    assert mtl("datasets", "delete", ids[0])[::2] == (0, f"dataset {ids[0]} deleted\n")
+    assert mtl("datasets", "show", ids[0])[::2] == (1, f"error: dataset {ids[0]} not found (HTTP 404)\n")
+    status, out, err = mtl("base-models", "list")
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["base", "model", "name"]
+    assert any(r.split()[0] == "handwriting" for r in rows)
+    status, out, _ = mtl("base-models", "list", "--json")
+    assert "handwriting" in {m["id"] for m in json.loads(out)}
+
+
+def test_a_closed_pipe_is_a_quiet_exit(service: Service) -> None:
+    """`mtl ... | head -1`: no BrokenPipeError traceback."""
+    import os
+    import sys
+
+    env = {**os.environ, "MTL_URL": service.url, "MTL_API_KEY": service.admin_key}
+    reader = subprocess.Popen([sys.executable, "-m", "app.cli", "base-models", "list", "--json"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # the reader of the pipe has gone before anything was written
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
 def run_demo(data: Path, timeout: float) -> subprocess.CompletedProcess[str]:

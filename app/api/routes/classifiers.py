@@ -261,9 +261,12 @@ async def predict(
     # Off the event loop, and no connection is held while predicting.
     status = await quick_read(settings, classifiers.owned_status, settings, key, classifier_id)
     if status != ArtifactStatus.READY:
+        wait = ("; wait for its job (GET /v1/classifiers/{id} until 'ready', or `mtl predict "
+                "--wait`)") if status in (ArtifactStatus.QUEUED, ArtifactStatus.TRAINING) else ""
         raise HTTPException(
             409,
-            f"classifier {classifier_id} is {status}; predict needs it trained (status 'ready')",
+            f"classifier {classifier_id} is {status}; predict needs it trained (status "
+            f"'ready'){wait}",
         )
     if request.headers.get("content-type", "").startswith("application/json"):
         names, contents, top_k = await _json_images(request, settings.max_predict_files)

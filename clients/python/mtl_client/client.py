@@ -162,6 +162,14 @@ class Client:
     def dataset(self, dataset_id: str) -> DatasetPublic:
         return self._get(DatasetPublic, f"/v1/datasets/{dataset_id}")
 
+    def datasets(self) -> list[DatasetPublic]:
+        """Every dataset of this key's tenant, oldest first (all pages)."""
+        return list(self._pages(DatasetPublic, "/v1/datasets"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset; classifiers trained on it keep working."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
     # ------------------------------------------------------------------------- classifiers
 
     def create_classifier(

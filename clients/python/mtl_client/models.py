@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    field_validator,
+    model_validator,
+)
 
 T = TypeVar("T")
 
@@ -149,6 +157,17 @@ class ClassifierParams(Strict):
     augment: bool | None = Field(
         default=None, description="a random flip and shift of each image at every step"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        # Named with the valid ones: pydantic alone says only "Extra inputs are not permitted".
+        if isinstance(value, dict):
+            unknown = sorted(str(k) for k in value if k not in cls.model_fields)
+            if unknown:
+                raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))}; the "
+                                 f"parameters are {', '.join(cls.model_fields)}")
+        return value
 
 
 class ClassifierCreate(Strict):
