@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: setup browser run demo quick-pretrain test lint
 
 TORCH := torch==2.14.1 torchvision==0.29.1
-# PyTorch's CPU-only builds: without a GPU, the default build's CUDA libraries (about 5 GB) are
+# PyTorch's CPU-only builds: without a GPU, the default build's CUDA libraries (3.2 GB installed) are
 # dead weight. Tried first where there is no nvidia-smi, torch and torchvision only (their small
 # dependencies come with the project below); the check after it asks torch itself, since pip may
 # also find the default build (a local mirror). When that index cannot be reached, or has no
@@ -44,8 +44,10 @@ browser:
 # The main job: the service, embedded (SQLite + a filesystem broker + one worker under var/),
 # with the built-in base models registered at first start. The console is http://127.0.0.1:8000/,
 # the API docs http://127.0.0.1:8000/docs.
+# `make run PORT=8001` when 8000 is taken (or MTL_PORT=8001).
+PORT ?= $(or $(MTL_PORT),8000)
 run: setup
-	MTL_DATA_DIR=$${MTL_DATA_DIR:-var} $(BIN)/mtl serve
+	MTL_DATA_DIR=$${MTL_DATA_DIR:-var} $(BIN)/mtl serve --port $(PORT)
 
 # The README's walk-through end to end on a throwaway service: sample datasets from MTL_DATA_ROOT
 # (Omniglot glyphs, miniImageNet-lite photos), `mtl serve` on a free port with a temporary data

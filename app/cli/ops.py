@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from app.cli.common import UsageError, command, setting_int
@@ -48,7 +49,8 @@ def _redacted(url: str) -> str:
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "serve", "run the API, with one training worker beside it")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    p.add_argument("--port", type=int, default=None,
+                   help="the port to listen on (default: MTL_PORT, else 8000)")
     p.add_argument(
         "--no-worker",
         action="store_true",
@@ -102,6 +104,34 @@ def _run_uvicorn(args: argparse.Namespace, settings: Any, worker: Any) -> None:
         )
 
 
+def _default_port() -> int:
+    import os
+
+    text = os.environ.get("MTL_PORT", "8000")
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"MTL_PORT must be a port number (1-65535), got {text!r}")
+    return int(text)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """UsageError, before anything starts, if another process listens on the port: uvicorn
+    would log it as one JSON line and exit 0."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise UsageError(f"port {port} is already in use on {host} (another mtl serve?); pick "
+                             f"another: mtl serve --port {port + 1}, MTL_PORT={port + 1}, or "
+                             f"make run PORT={port + 1}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import os
     import signal
@@ -113,6 +143,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.api_processes is not None:
         # The API processes are spawned and read their settings from the environment.
         os.environ["MTL_API_PROCESSES"] = str(args.api_processes)
+    args.port = args.port if args.port is not None else _default_port()
+    _check_port_free(args.host, args.port)
     settings = service_settings()
     processes = settings.api_processes
     # Embedded SQLite is migrated here; a shared PostgreSQL is migrated by a one-shot `mtl migrate`.
@@ -138,6 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
     # Ours from the first line: uvicorn's own logging config (log_config=None: none) would
     # print its start-up lines as plain text before the app configures logging.
     configure_logging(settings.log_format)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"mtl serve: the console is at http://{shown}:{args.port}/ (API docs: /docs); make a key "
+          f"with `mtl keys create --tenant NAME --admin` (data folder {settings.resolved_data_dir})",
+          file=sys.stderr, flush=True)
     try:
         _run_uvicorn(args, settings, worker)
     except SystemExit:
@@ -195,7 +231,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,200}", args.tenant):
         raise UsageError("--tenant must be 1-200 letters, digits or _.@-")
-    settings = service_settings()
+    settings = _service_with_its_data()
     try:
         with session_scope(settings.resolved_database_url) as session:
             key, _ = create_api_key(session=session, tenant=args.tenant, admin=args.admin)
@@ -203,5 +239,33 @@ def _keys_create(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write the key (run `mtl migrate` first?): {exc.orig}") from None
     print(key)
     return 0
+
+
+def _service_with_its_data() -> Any:
+    """The settings of the service a key is made for. With the default embedded database and no
+    MTL_DATA_DIR, the data folder is the nearest ./var holding one, here or in a folder above
+    (`make run` serves from the repository's var/ wherever this runs in it); a database that does
+    not exist is an error naming the folder, never a second, empty one."""
+    import os
+
+    settings = service_settings()
+    if settings.database_url is not None:
+        return settings
+    if "MTL_DATA_DIR" not in os.environ:
+        for folder in [Path.cwd(), *Path.cwd().parents]:
+            if (folder / "var" / "mtl.sqlite3").exists():
+                settings = settings.model_copy(update={"data_dir": folder / "var"})
+                break
+    database = settings.resolved_data_dir / "mtl.sqlite3"
+    if not database.exists() and "MTL_DATA_DIR" in os.environ:
+        raise UsageError(f"no service database in {settings.resolved_data_dir} (MTL_DATA_DIR): "
+                         "start the service there first (`mtl serve`), or `mtl migrate` to make "
+                         "an empty one")
+    if not database.exists():
+        raise UsageError(f"no service database in {settings.resolved_data_dir} or a var/ above "
+                         "it: run this where `mtl serve` runs (make run uses var/ in the "
+                         "repository), or set MTL_DATA_DIR to its data folder")
+    print(f"the service's data folder: {settings.resolved_data_dir}", file=sys.stderr)
+    return settings
 
 

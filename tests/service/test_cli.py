@@ -43,6 +43,22 @@ def test_migrate_keys_and_worker_options(tmp_path: Path, builtin_dir: Path) -> N
     assert r.stdout.startswith("mtl_") and len(r.stdout.strip()) > 30
     r = mtl("keys", "create", "--tenant", "bad tenant!", env=env)
     assert r.returncode == 2 and "--tenant" in r.stderr
+    # Without MTL_DATA_DIR, from a folder below the service's: the nearest var/ with a database.
+    served = tmp_path / "repo"
+    (served / "deep" / "er").mkdir(parents=True)
+    bare = {k: v for k, v in env.items() if k != "MTL_DATA_DIR"}
+    r = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme"],
+                       env={**bare, "PYTHONPATH": str(REPO)}, cwd=served / "deep" / "er",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no service database in" in r.stderr and "var/ above" in r.stderr
+    assert not (served / "deep" / "er" / "var").exists()  # no second, empty database
+    r = mtl("migrate", env={**env, "MTL_DATA_DIR": str(served / "var")})
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme"],
+                       env={**bare, "PYTHONPATH": str(REPO)}, cwd=served / "deep" / "er",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("mtl_"), r.stderr
+    assert f"the service's data folder: {served / 'var'}" in r.stderr
     r = mtl("worker", "--queues", "gpu", env=env)
     assert r.returncode == 2 and "unknown queue" in r.stderr
     # A worker without the API's settings would quietly use ./var and never see a job.
@@ -62,6 +78,13 @@ def test_serve_embedded_starts_migrated_with_builtin_models(tmp_path: Path,
     log = tmp_path / "serve.log"
     serve = start_serve(env, log)
     proc, url = serve.proc, serve.url
+    # One line for a person: where the console is and how to get a key.
+    assert f"the console is at {url}/" in log.read_text()
+    # The port taken: a second `mtl serve` says so in one line and exits 2, naming a way out.
+    taken = mtl("serve", "--port", url.rsplit(":", 1)[1], env=env)
+    assert taken.returncode == 2, taken.stderr
+    assert taken.stderr.startswith(f"error: port {url.rsplit(':', 1)[1]} is already in use")
+    assert "make run PORT=" in taken.stderr and len(taken.stderr.splitlines()) == 1
     try:
         # The one thread setting reaches the API and the worker it started (which reports the
         # count torch itself gives).
