@@ -128,6 +128,24 @@ def adapt(
     return clf.eval()
 
 
+# The open-set threshold is this quantile of the calibration images' scores: about 95% of images
+# like the known ones are accepted (docs/service.md, "Unknown").
+UNKNOWN_QUANTILE = 0.05
+
+
+@torch.no_grad()
+def class_prototypes(clf: Classifier, images: torch.Tensor, labels: torch.Tensor,
+                     batch: int = 256) -> torch.Tensor:
+    """Each class's mean feature direction (C, D), unit length: an image's cosine similarity to
+    the nearest one is how much it looks like the classes the classifier was trained on."""
+    clf.eval()
+    feats = torch.cat([F.normalize(clf.features(images[i:i + batch]), dim=1)
+                       for i in range(0, len(images), batch)])
+    num_classes = int(labels.max()) + 1
+    sums = torch.zeros(num_classes, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
+    return F.normalize(sums, dim=1)
+
+
 def fit_classifier(
     net: MetaNet,
     images: torch.Tensor,
@@ -144,7 +162,10 @@ def fit_classifier(
     """A custom classifier as the service trains one: with a `holdout` (indices), first `adapt`
     on the other images and predict the holdout (phase "holdout_pass"), then `adapt` from the
     base model again on every image (phase "final_pass"). Returns the final classifier and the
-    holdout's predicted labels (None without a holdout). `progress(step, total, loss)` counts
+    holdout's predicted labels (None without a holdout). The classifier carries its open-set
+    prototypes and a threshold: the UNKNOWN_QUANTILE of the holdout's scores by the first model,
+    or, without a holdout, of the training images' scores by the final one (optimistic: it fit
+    them, so more new images of known classes fall below it). `progress(step, total, loss)` counts
     both passes as one run of steps."""
     held = set(holdout)
     train = [i for i in range(len(images)) if i not in held]
@@ -156,6 +177,7 @@ def fit_classifier(
         return lambda step, _steps, loss: progress(start + step, total, loss)
 
     predicted = None
+    calibration: torch.Tensor | None = None
     if held:
         if on_phase is not None:
             on_phase("holdout_pass")
@@ -163,12 +185,20 @@ def fit_classifier(
         ho = torch.tensor(list(holdout), device=images.device)
         first = adapt(net, images[tr], labels[tr], class_names=class_names, config=config,
                       seed=seed, progress=offset(0), should_stop=should_stop)
-        predicted = first.predict_proba(images[ho]).argmax(1).cpu().tolist()
+        first.set_open_set(class_prototypes(first, images[tr], labels[tr]), None)
+        probs, calibration = first.probabilities_and_scores(images[ho])
+        predicted = probs.argmax(1).cpu().tolist()
     if on_phase is not None:
         on_phase("final_pass")
     final = adapt(net, images, labels, class_names=class_names, config=config, seed=seed,
                   progress=offset(total - config.steps_for(len(images))),
                   should_stop=should_stop)
+    final.set_open_set(class_prototypes(final, images, labels), None)
+    if calibration is None:  # no holdout: the training images' own scores (they were fit)
+        calibration = final.probabilities_and_scores(images)[1]
+    assert calibration is not None
+    threshold = float(torch.quantile(calibration.float().cpu(), UNKNOWN_QUANTILE))
+    final.set_open_set(final.prototypes, threshold)  # type: ignore[arg-type]
     return final, predicted
 
 

@@ -149,6 +149,8 @@ def load_classifier(directory: Path | str, device: torch.device | str = "cpu") -
                                    filters=card["backbone"]["filters"])
         head = torch.nn.Linear(tensors["head.weight"].shape[1], tensors["head.weight"].shape[0])
         clf = Classifier(backbone, head, tensors["mean"], tensors["std"], card["labels"])
+        if "prototypes" in tensors:  # classifiers trained before open-set scores have none
+            clf.set_open_set(tensors["prototypes"], float(tensors["open_set_threshold"]))
         clf.load_state_dict(tensors)
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{directory}: card and weights disagree: {exc}") from None

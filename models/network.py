@@ -106,7 +106,8 @@ class Classifier(nn.Module):
 
     def __init__(
         self, backbone: nn.Module, head: nn.Linear, mean: torch.Tensor, std: torch.Tensor,
-        labels: Sequence[str],
+        labels: Sequence[str], *, prototypes: torch.Tensor | None = None,
+        threshold: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -114,6 +115,32 @@ class Classifier(nn.Module):
         self.register_buffer("mean", mean.detach().clone())
         self.register_buffer("std", std.detach().clone())
         self.labels = list(labels)
+        # None until set: a None buffer is left out of the state dict (older checkpoints load).
+        self.prototypes: torch.Tensor | None
+        self.open_set_threshold: torch.Tensor | None
+        self.register_buffer("prototypes", None)
+        self.register_buffer("open_set_threshold", None)
+        if prototypes is not None:
+            self.set_open_set(prototypes, threshold)
+
+    def set_open_set(self, prototypes: torch.Tensor, threshold: float | None) -> None:
+        """Unit class directions (C, D) in feature space, and the score below which an image is
+        "unknown" (`open_set_scores`); saved with the weights."""
+        self.register_buffer("prototypes", prototypes.detach().clone())
+        value = float("nan") if threshold is None else float(threshold)
+        self.register_buffer("open_set_threshold", torch.tensor(value))
+
+    @torch.no_grad()
+    def probabilities_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class probabilities, and each image's open-set score: the cosine similarity of its
+        features to the nearest class prototype (None without prototypes)."""
+        self.eval()
+        feats = self.features(x)
+        probs = torch.softmax(self.head(feats), dim=1)
+        if self.prototypes is None:
+            return probs, None
+        cosine = torch.nn.functional.normalize(feats, dim=1) @ self.prototypes.T
+        return probs, cosine.max(dim=1).values
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(to_backbone_input((x - self.mean) / self.std))

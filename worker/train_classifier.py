@@ -70,6 +70,9 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         "params": params,
         "metrics": metrics,
         "data": {"dataset_id": job.dataset_id, "num_images": len(data)},
+        "open_set": {"score": "cosine similarity to the nearest class prototype",
+                     "threshold": float(clf.open_set_threshold),
+                     "calibrated_on": "holdout" if hold_idx else "training images"},
     }
     return _save_and_record(settings, job_id, job.classifier_id, clf, meta, data.class_names,
                             metrics, reporter)

@@ -310,11 +310,15 @@ def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
     rows = []
     for image, result in zip(args.images, answer.results, strict=True):
         if result.error is not None:
-            rows.append([str(image), f"error: {result.error}", ""])
+            rows.append([str(image), f"error: {result.error}", "", ""])
             continue
+        score = "" if result.score is None else f"{result.score:.3f}" + (
+            " unknown" if result.unknown else "")
         for rank, p in enumerate(result.predictions or []):
-            rows.append([str(image) if rank == 0 else "", p.label, f"{p.probability:.3f}"])
-    _table(["image", "label", "probability"], rows)
+            rows.append([str(image) if rank == 0 else "", p.label, f"{p.probability:.3f}",
+                         score if rank == 0 else ""])
+    # score: likeness to the classifier's classes; "unknown" below the classifier's threshold.
+    _table(["image", "label", "probability", "score"], rows)
     return 0
 
 

@@ -33,7 +33,13 @@ from app.infra import metrics
 from app.service.classifier_cache import ClassifierCache
 from app.service.uploads import check_image
 
-Ranked = list[tuple[str, float]]
+
+class Ranked(list[tuple[str, float]]):
+    """An image's top-k (label, probability), best first, with its open-set score and the
+    classifier's threshold for it (both None for a classifier trained before open-set scores)."""
+
+    score: float | None = None
+    threshold: float | None = None
 
 # A request decodes on the event loop when it has at most this many images, each declaring at
 # most this many pixels (an 84x84 JPEG decodes in about 0.1 ms; a 128x128 one in well under 1 ms).
@@ -182,7 +188,8 @@ class PredictService:
         return self.cache.peek(classifier_id, directory)
 
     def inference(self, clf: Any, batch: Any) -> Any:
-        """Class probabilities of a uint8 batch, one forward pass (in a thread)."""
+        """Class probabilities of a uint8 batch and, as one more column, each image's open-set
+        score (NaN without one): one forward pass (in a thread)."""
         import torch
 
         from models.data import to_float
@@ -190,7 +197,10 @@ class PredictService:
         self.forward_passes += 1
         metrics.observe_predict_batch(len(batch))
         with torch.inference_mode():
-            return clf.predict_proba(to_float(batch.to(self.device))).cpu()
+            probs, scores = clf.probabilities_and_scores(to_float(batch.to(self.device)))
+            if scores is None:
+                scores = torch.full((len(probs),), float("nan"), device=probs.device)
+            return torch.cat([probs, scores.unsqueeze(1)], dim=1).cpu()
 
     # ------------------------------------------------------------------ the batcher
 
@@ -294,21 +304,32 @@ class PredictService:
         if batch is None:
             return [e or "" for e in errors]
         probs = await self._probabilities(classifier_id, clf, batch)
-        return self.postprocess(probs, errors, list(clf.labels), top_k)
+        threshold = getattr(clf, "open_set_threshold", None)
+        return self.postprocess(probs, errors, list(clf.labels), top_k,
+                                None if threshold is None else float(threshold))
 
     @staticmethod
     def postprocess(
-        probs: Any, errors: list[str | None], labels: list[str], top_k: int
+        probs: Any, errors: list[str | None], labels: list[str], top_k: int,
+        threshold: float | None = None,
     ) -> list[Ranked | str]:
-        """Per image, in request order: its top-k (label, probability), or why it did not
-        decode. `probs` has a row per decodable image."""
-        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
-        rows = iter(zip(values.tolist(), indices.tolist(), strict=True))
+        """Per image, in request order: its top-k (label, probability) with its open-set score,
+        or why it did not decode. `probs` has a row per decodable image: the probabilities, then
+        the score (NaN: none)."""
+        import math
+
+        scores = probs[:, -1].tolist()
+        values, indices = probs[:, :-1].topk(min(top_k, probs.shape[1] - 1), dim=1)
+        rows = iter(zip(values.tolist(), indices.tolist(), scores, strict=True))
         out: list[Ranked | str] = []
         for error in errors:
             if error is not None:
                 out.append(error)
-            else:
-                vs, ix = next(rows)
-                out.append([(labels[i], round(float(v), 6)) for v, i in zip(vs, ix, strict=True)])
+                continue
+            vs, ix, score = next(rows)
+            ranked = Ranked((labels[i], round(float(v), 6)) for v, i in zip(vs, ix, strict=True))
+            if not math.isnan(score):
+                ranked.score = round(float(score), 6)
+                ranked.threshold = None if threshold is None or math.isnan(threshold) else threshold
+            out.append(ranked)
         return out

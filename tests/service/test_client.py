@@ -117,12 +117,13 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     status, out, err = mtl("predict", classifier_id, *map(str, queries), "--top-k", "2")
     assert status == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["image", "label", "probability"]
+    assert lines[0].split() == ["image", "label", "probability", "score"]
     assert len(lines) == 1 + 2 * len(queries)
     for i, (path, c) in enumerate(zip(queries, CHARACTERS, strict=True)):
         first, second = lines[1 + 2 * i].split(), lines[2 + 2 * i].split()
         assert first[:2] == [str(path), f"ch{c}"]  # top-1 is the right character
         assert 1 >= float(first[2]) >= float(second[1]) >= 0
+        assert -1 <= float(first[3]) <= 1 and len(second) == 2  # the score once, on the top row
 
     status, out, _ = mtl("predict", classifier_id, str(queries[0]), "--json", "--top-k", "1")
     assert status == 0

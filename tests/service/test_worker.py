@@ -13,7 +13,7 @@ from app.infra.settings import Settings
 from models.precision import bf16_supported
 from tests.service.conftest import new_key
 from tests.service.test_api import assert_error
-from tests.utils.images import omniglot_png, omniglot_zip
+from tests.utils.images import data_root, omniglot_png, omniglot_zip
 from tests.utils.processes import wait_for_job
 
 # Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
@@ -87,6 +87,25 @@ def test_end_to_end_classifier(client: Any, settings: Settings, start_worker: An
     assert top1[0]["predictions"] == results[1]["predictions"][:1]
     assert_error(client.post(f"/v1/classifiers/{created['id']}/predict", headers=user,
                              json={"images": []}), 422, "images")
+
+    # Unknown: a photo is none of these characters; the drawings are. A request's threshold wins.
+    photo = next((data_root() / "miniimagenet-lite" / "test").glob("*/*.jpg")).read_bytes()
+    glyphs = [omniglot_png(c, 18) for c in CHARACTERS]
+    files = [("files", ("photo.jpg", photo, "image/jpeg"))] + [
+        ("files", (f"g{i}.png", g, "image/png")) for i, g in enumerate(glyphs)]
+    answer = client.post(f"/v1/classifiers/{created['id']}/predict", headers=user, files=files).json()
+    assert -1 <= answer["threshold"] <= 1
+    photo_result, *glyph_results = answer["results"]
+    assert photo_result["unknown"] is True and photo_result["score"] < answer["threshold"]
+    assert sum(not r["unknown"] for r in glyph_results) >= 4, glyph_results
+    assert min(r["score"] for r in glyph_results) > photo_result["score"]
+    for threshold, unknown in (("-1", False), ("1", True)):
+        got = client.post(f"/v1/classifiers/{created['id']}/predict", headers=user, files=files,
+                          data={"threshold": threshold}).json()
+        assert got["threshold"] == float(threshold)
+        assert {r["unknown"] for r in got["results"]} == {unknown}
+    assert_error(client.post(f"/v1/classifiers/{created['id']}/predict", headers=user,
+                             files=files, data={"threshold": "2"}), 422, "between -1 and 1")
 
 
 def test_tiny_dataset_trains_without_holdout(client: Any, settings: Settings,

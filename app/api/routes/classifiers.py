@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -57,6 +58,9 @@ _PREDICT_DOC = {
                     "properties": {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "top_k": {"type": "integer", "default": 5, "minimum": 1},
+                        "threshold": {"type": "number", "minimum": -1, "maximum": 1,
+                                      "description": "open-set threshold (default: the "
+                                                     "classifier's)"},
                     },
                 }
             },
@@ -199,8 +203,29 @@ def export_classifier(
     )
 
 
-async def _form_images(request: Request, max_files: int) -> tuple[list[str], list[bytes | None], int]:
-    """Names, bytes and top_k of a multipart predict request (`files`, `top_k`)."""
+@dataclass
+class _PredictInput:
+    names: list[str]
+    contents: list[bytes | None]  # None: not valid base64
+    top_k: int
+    threshold: float | None
+
+
+def _form_threshold(form: Any) -> float | None:
+    text = text_field(form, "threshold")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPException(422, f"threshold must be a number, got {text!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise HTTPException(422, "threshold must be between -1 and 1 (a cosine similarity)")
+    return value
+
+
+async def _form_images(request: Request, max_files: int) -> _PredictInput:
+    """A multipart predict request (`files`, `top_k`, `threshold`)."""
     form = await read_form(request, max_files=max_files, setting="MTL_MAX_PREDICT_FILES")
     top_k_text = text_field(form, "top_k")
     try:
@@ -214,12 +239,12 @@ async def _form_images(request: Request, max_files: int) -> tuple[list[str], lis
         raise HTTPException(422, "send at least one image as 'files'")
     names = [f.filename or f"file{i + 1}" for i, f in enumerate(files)]
     contents: list[bytes | None] = [await f.read() for f in files]
-    return names, contents, top_k
+    return _PredictInput(names, contents, top_k, _form_threshold(form))
 
 
-async def _json_images(request: Request, max_files: int) -> tuple[list[str], list[bytes | None], int]:
-    """Names, bytes and top_k of a JSON predict request (`PredictRequest`); an image that is not
-    valid base64 is None, answered with its own error like an image that does not decode."""
+async def _json_images(request: Request, max_files: int) -> _PredictInput:
+    """A JSON predict request (`PredictRequest`); an image that is not valid base64 is None,
+    answered with its own error like an image that does not decode."""
     try:
         body = PredictRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -234,7 +259,24 @@ async def _json_images(request: Request, max_files: int) -> tuple[list[str], lis
             contents.append(base64.b64decode(img.base64, validate=True))
         except (binascii.Error, ValueError):
             contents.append(None)
-    return names, contents, body.top_k
+    return _PredictInput(names, contents, body.top_k, body.threshold)
+
+
+def _answer(given: _PredictInput, ranked: list[Any]) -> PredictResponse:
+    """Each image's top-k, score and "unknown" (its score below the request's threshold, else
+    the classifier's), or its error."""
+    results, used = [], given.threshold
+    for name, r in zip(given.names, ranked, strict=True):
+        if isinstance(r, str):
+            results.append(PredictResult(filename=name, error=r))
+            continue
+        threshold = given.threshold if given.threshold is not None else r.threshold
+        used = threshold if used is None else used
+        results.append(PredictResult(
+            filename=name, predictions=[Prediction(label=lbl, probability=p) for lbl, p in r],
+            score=r.score,
+            unknown=None if r.score is None or threshold is None else r.score < threshold))
+    return PredictResponse(results=results, threshold=used)
 
 
 @router.post(
@@ -256,7 +298,10 @@ async def predict(
     Repeated `files` and an optional `top_k` (default 5) as multipart/form-data, or a JSON
     body `{"images": [{"name": ..., "base64": ...}], "top_k": 5}` (the same limits). Each image
     gets its top-k labels with probabilities, or an `error` when it does not decode (or is not
-    valid base64). Needs a classifier whose status is `ready`.
+    valid base64). Each also gets a `score` (how much it looks like the classifier's classes)
+    and `unknown`: true when the score is below `threshold` (the request's, else the one the
+    classifier calibrated on its holdout when it was trained). Needs a classifier whose status
+    is `ready`.
     """
     # Off the event loop, and no connection is held while predicting.
     status = await quick_read(settings, classifiers.owned_status, settings, key, classifier_id)
@@ -269,22 +314,13 @@ async def predict(
             f"'ready'){wait}",
         )
     if request.headers.get("content-type", "").startswith("application/json"):
-        names, contents, top_k = await _json_images(request, settings.max_predict_files)
+        given = await _json_images(request, settings.max_predict_files)
     else:
-        names, contents, top_k = await _form_images(request, settings.max_predict_files)
+        given = await _form_images(request, settings.max_predict_files)
     # Checking and decoding happen in the predict service's decoding threads, off the loop.
-    given = [c for c in contents if c is not None]
+    readable = [c for c in given.contents if c is not None]
     decoded = iter(await predictor.predict(
-        classifier_id, resolved(settings).classifiers_dir / classifier_id, given, top_k
-    ) if given else [])
-    ranked = [next(decoded) if c is not None else "not valid base64" for c in contents]
-    return PredictResponse(
-        results=[
-            PredictResult(filename=name, error=r)
-            if isinstance(r, str)
-            else PredictResult(
-                filename=name, predictions=[Prediction(label=lbl, probability=p) for lbl, p in r]
-            )
-            for name, r in zip(names, ranked, strict=True)
-        ]
-    )
+        classifier_id, resolved(settings).classifiers_dir / classifier_id, readable, given.top_k
+    ) if readable else [])
+    ranked = [next(decoded) if c is not None else "not valid base64" for c in given.contents]
+    return _answer(given, ranked)

@@ -274,16 +274,27 @@ class PredictRequest(Strict):
 
     images: list[ImageIn] = Field(min_length=1)
     top_k: int = Field(default=5, ge=1, le=1000)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
+                                    description="open-set threshold (default: the classifier's)")
 
 
 class PredictResult(BaseModel):
     filename: str
     predictions: list[Prediction] | None = None
     error: str | None = None
+    score: float | None = Field(
+        default=None, description="how much the image looks like the classifier's classes: the "
+        "cosine similarity of its features to the nearest class's mean (-1 to 1)")
+    unknown: bool | None = Field(
+        default=None, description="true when `score` is below the threshold: the image is likely "
+        "none of the classes, whatever its top label")
 
 
 class PredictResponse(BaseModel):
     results: list[PredictResult]
+    threshold: float | None = Field(
+        default=None, description="the open-set threshold used: the request's, else the one the "
+        "classifier calibrated when it was trained (null: a classifier trained without one)")
 
 
 class BaseModelPublic(FromRecord):
