@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 
+from app.infra import outbound
 from app.infra.logs import job_context
 from app.infra.settings import Settings
 from app.service import webhooks
@@ -42,8 +43,9 @@ def deliver(settings: Settings, job_id: str) -> bool:
         return False
     started = time.monotonic()
     status_code, error = _post(settings, delivery)
+    refused = error is not None and error.startswith("refused")
     status = webhooks.record(settings, delivery, status_code, error,
-                             round((time.monotonic() - started) * 1000, 1))
+                             0.0 if refused else round((time.monotonic() - started) * 1000, 1))
     with job_context(job_id, delivery.request_id):
         log.log(
             logging.INFO if status == DELIVERED else logging.WARNING,
@@ -51,22 +53,37 @@ def deliver(settings: Settings, job_id: str) -> bool:
             job_id,
             delivery.tries,
             status if error is None else f"{error}; {status}",
-            extra={"event": "webhook.attempt", "url": delivery.url, "attempt": delivery.tries,
+            extra={"event": "webhook.attempt", "url": outbound.redacted(delivery.url),
+                   "attempt": delivery.tries,
                    "status_code": status_code, "webhook_status": status},
         )
     return True
 
 
 def _post(settings: Settings, delivery: webhooks.Delivery) -> tuple[int | None, str | None]:
-    """The receiver's status, and what went wrong (None: it answered 2xx)."""
+    """The receiver's status, and what went wrong (None: it answered 2xx). A target that is not
+    public is "refused" and nothing else: no status, error or timing of a private address
+    reaches the tenant."""
     import httpx
 
     try:
-        # Only the status matters: the answer's body is never read (a receiver that sent an
-        # endless or trickling one held this thread, and every later webhook, indefinitely).
-        with httpx.stream("POST", delivery.url, content=delivery.body, headers=delivery.headers,
-                          timeout=settings.webhook_timeout_s) as response:
+        target = outbound.resolve(delivery.url, allow_private=settings.webhook_allow_private)
+    except outbound.Unresolvable as exc:
+        return None, str(exc)
+    except outbound.RefusedTarget as exc:
+        return None, f"refused: {exc}"
+    url, host = outbound.pinned_url(target)
+    https = url.startswith("https:")
+    try:
+        # trust_env off: a proxy from the environment would make its own lookup. Redirects stay
+        # off (httpx's default). Only the status matters: the answer's body is never read.
+        with httpx.Client(timeout=settings.webhook_timeout_s, trust_env=False) as client:
+            request = client.build_request(
+                "POST", url, content=delivery.body, headers={**delivery.headers, "Host": host},
+                extensions={"sni_hostname": target.host} if https else None)
+            response = client.send(request, stream=True)
             status_code = response.status_code
+            response.close()
     except Exception as exc:  # any failure (a URL httpx cannot encode, say) is a failed try
         return None, f"{type(exc).__name__}: {exc}"[:500]
     if not 200 <= status_code < 300:

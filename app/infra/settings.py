@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="wait before the 2nd try; doubled before each later one"
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="one try's HTTP timeout")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let callback_url reach loopback, private and link-local addresses "
+        "(development and tests only: a tenant could then probe the service's own network)",
+    )
     log_format: Literal["json", "text"] = Field(
         default="json", description="'json': one JSON object per line and event; 'text': plain"
     )

@@ -17,7 +17,7 @@ from mtl_client.models import FINISHED, ArtifactStatus, JobKind, JobPhase, JobSt
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.infra import metrics
+from app.infra import metrics, outbound
 from app.infra.broker import TASK_OF_KIND, enqueue
 from app.infra.db import session_scope
 from app.infra.errors import InvalidInput, NotFound, ServiceError
@@ -179,6 +179,12 @@ def _webhook(settings: Settings, callback_url: str | None) -> dict[str, Any]:
             "callback_url needs a webhook secret on the server (MTL_WEBHOOK_SECRET) to sign "
             "its deliveries; ask the operator to set it"
         )
+    try:  # decided now where it can be; a host that does not resolve yet is decided at delivery
+        outbound.resolve(callback_url, allow_private=settings.webhook_allow_private)
+    except outbound.Unresolvable:
+        pass
+    except outbound.RefusedTarget as exc:
+        raise InvalidInput(f"callback_url: {exc}") from None
     return {"callback_url": callback_url, "webhook_status": "pending", "webhook_attempts": []}
 
 

@@ -76,7 +76,7 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
 
     from app.main import create_app
 
-    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.2,
+    settings = make_settings(webhook_secret=SECRET, webhook_allow_private=True, webhook_retry_base_s=0.2,
                              webhook_max_attempts=3)
     with TestClient(create_app(settings)) as client:
         user = {**new_key(settings, "acme"), "X-Request-ID": "hook-1"}
@@ -133,7 +133,7 @@ def test_pretraining_jobs_call_back_too(make_settings: Any, receiver: Receiver) 
 
     from app.main import create_app
 
-    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.01)
+    settings = make_settings(webhook_secret=SECRET, webhook_allow_private=True, webhook_retry_base_s=0.01)
     receiver.fail_first = 0
     with TestClient(create_app(settings)) as client:
         admin = new_key(settings, "ops", admin=True)
@@ -196,7 +196,7 @@ def test_a_receiver_that_never_ends_its_answer_holds_nothing_up(make_settings: A
                 return
 
     threading.Thread(target=trickle, daemon=True).start()
-    settings = make_settings(webhook_secret=SECRET, webhook_timeout_s=1.0)
+    settings = make_settings(webhook_secret=SECRET, webhook_allow_private=True, webhook_timeout_s=1.0)
     with TestClient(create_app(settings)) as client:
         user = new_key(settings, "acme")
         created = create_classifier(client, user,
@@ -219,7 +219,7 @@ def test_a_url_that_cannot_be_sent_ends_failed(make_settings: Any) -> None:
 
     from app.main import create_app
 
-    settings = make_settings(webhook_secret=SECRET, webhook_retry_base_s=0.01,
+    settings = make_settings(webhook_secret=SECRET, webhook_allow_private=True, webhook_retry_base_s=0.01,
                              webhook_max_attempts=2)
     with TestClient(create_app(settings)) as client:
         user = new_key(settings, "acme")
@@ -230,3 +230,86 @@ def test_a_url_that_cannot_be_sent_ends_failed(make_settings: Any) -> None:
             "webhook"]["status"] == "failed")
         attempts = client.get(job_url, headers=user).json()["webhook"]["attempts"]
         assert len(attempts) == 2 and all(a["status_code"] is None and a["error"] for a in attempts)
+
+
+# Every spelling of an address inside: loopback (numeric tricks included), unspecified, private,
+# unique-local, link-local (cloud metadata), IPv4-mapped, and this host's own name.
+INSIDE = ["http://127.0.0.1:6379/", "http://localhost/", "http://[::1]/", "http://0.0.0.0/",
+          "http://127.1/", "http://2130706433/", "http://0x7f000001/", "http://[fd00::1]/",
+          "http://10.0.0.1/", "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data",
+          "http://[::ffff:127.0.0.1]/", "http://224.0.0.1/"]
+
+
+def test_callback_urls_cannot_reach_inside(make_settings: Any) -> None:
+    """Refused at creation (422) for every inside address form; credentials refused too; a
+    public one accepted."""
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(webhook_secret=SECRET)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        ds = client.post("/v1/datasets", headers=user, data={"name": "s"},
+                         files={"archive": ("s.zip", small_zip())}).json()["id"]
+
+        def create(url: str) -> Any:
+            return client.post("/v1/classifiers", headers=user,
+                               json={"name": "c", "dataset_id": ds, "callback_url": url})
+
+        for url in [*INSIDE, f"http://{socket.gethostname()}/"]:
+            r = create(url)
+            assert r.status_code == 422, (url, r.text)
+            assert r.json()["detail"] == ("callback_url: the URL's host is not a public internet "
+                                          "address"), url
+        r = create("http://user:secret@93.184.216.34/hook")
+        assert r.status_code == 422 and "credentials" in r.json()["detail"]
+        assert "secret" not in r.text.replace("a-webhook-secret", "")
+        assert create("http://93.184.216.34/hook").status_code == 202
+
+
+def test_a_name_that_turns_inside_at_delivery_is_refused(make_settings: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: public when the job was created, loopback when the worker delivers. The
+    try is recorded as refused, with no status, timing or error text of the inside target."""
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    real = socket.getaddrinfo
+    answer = {"rebind.example": "93.184.216.34"}
+
+    def fake(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in answer:
+            return real(answer[host], *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    settings = make_settings(webhook_secret=SECRET, webhook_max_attempts=1)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        created = create_classifier(client, user, callback_url="http://rebind.example:6379/")
+        client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=user)
+        answer["rebind.example"] = "127.0.0.1"
+        job_url = f"/v1/jobs/{created['job_id']}"
+        _deliver_until(settings, lambda: client.get(job_url, headers=user).json()[
+            "webhook"]["status"] == "failed")
+        (attempt,) = client.get(job_url, headers=user).json()["webhook"]["attempts"]
+        assert attempt["status_code"] is None and attempt["duration_ms"] == 0
+        assert attempt["error"] == "refused: the URL's host is not a public internet address"
+
+
+def test_the_address_forms_are_all_refused_by_the_check() -> None:
+    """The check itself, address by address (with private allowed, the same all pass)."""
+    from app.infra.outbound import RefusedTarget, pinned_url, resolve
+
+    for url in INSIDE:
+        with pytest.raises(RefusedTarget):
+            resolve(url, allow_private=False)
+        assert resolve(url, allow_private=True).address
+    target = resolve("https://93.184.216.34:8443/x?y=1", allow_private=False)
+    assert pinned_url(target) == ("https://93.184.216.34:8443/x?y=1", "93.184.216.34:8443")
