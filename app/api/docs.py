@@ -30,7 +30,7 @@ DOCS_ASSETS_URL = "/docs-assets"
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; "
-    "connect-src 'self'"
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 DESCRIPTION = """\

@@ -43,7 +43,10 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                answer = MutableHeaders(scope=message)
+                answer.append(REQUEST_ID_HEADER, request_id)
+                # Browsers must not guess a type (a JSON answer run as HTML, an upload as script).
+                answer.setdefault("X-Content-Type-Options", "nosniff")
             await send(message)
 
         try:

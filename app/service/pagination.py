@@ -65,6 +65,9 @@ def paginate(
         kind = id.type.python_type
         if type(last_id) is not kind or (isinstance(last_id, str) and "\x00" in last_id):
             raise InvalidInput(f"cursor {cursor!r} is not a cursor from this API")
+        # Nor an integer no column holds (SQLite: OverflowError, PostgreSQL: out of range).
+        if isinstance(last_id, int) and not -(2**63) <= last_id < 2**63:
+            raise InvalidInput(f"cursor {cursor!r} is not a cursor from this API")
         if newest_first:
             after = or_(created_at < last_time, and_(created_at == last_time, id < last_id))
         else:

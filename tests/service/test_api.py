@@ -631,4 +631,25 @@ def test_list_routes_page_with_a_cursor(client: Any, settings: Settings, admin: 
         crafted = encode_cursor(["2026-01-01T00:00:00", bad_id])
         for path in ("/v1/jobs", "/v1/datasets", "/v1/classifiers", "/v1/base-models"):
             assert_error(client.get(path, headers=user, params={"cursor": crafted}), 422, "cursor")
+    # Integer ids no column holds (a 500 before: OverflowError on SQLite, out of range on
+    # PostgreSQL), on the lists keyed by integers.
+    ds = upload_zip(client, user, small_zip()).json()["id"]
+    for huge in (2**63, -(2**63) - 1, 10**30):
+        crafted = encode_cursor(["2026-01-01T00:00:00", huge])
+        for path, headers in ((f"/v1/datasets/{ds}/images", user), ("/v1/admin/api-keys", admin)):
+            assert_error(client.get(path, headers=headers, params={"cursor": crafted}), 422,
+                         "cursor")
     assert client.get("/v1/jobs", headers=user, params={"limit": 0}).status_code == 422
+
+
+def test_security_headers(client: Any, settings: Settings, admin: dict, user: dict) -> None:
+    """nosniff on every answer (JSON, errors, the console, the docs); no-store on the answers
+    that carry a secret; the docs pages may not be framed."""
+    for path, headers in (("/healthz", {}), ("/v1/datasets", user), ("/v1/nope", user),
+                          ("/v1/datasets", {}), ("/", {}), ("/docs", {}), ("/openapi.json", {})):
+        r = client.get(path, headers=headers)
+        assert r.headers.get("x-content-type-options") == "nosniff", (path, r.status_code)
+    r = client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "t"})
+    assert r.status_code == 201 and r.headers["cache-control"] == "no-store"
+    for page in ("/docs", "/redoc"):
+        assert "frame-ancestors 'none'" in client.get(page).headers["content-security-policy"]

@@ -100,7 +100,9 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
         first, second, third = receiver.times
         assert second - first >= 0.2 and third - second >= 0.4
         # Each tenant verifies with its own key, which signs nobody else's deliveries.
-        signing = client.get("/v1/webhooks/signing-secret", headers=user).json()
+        answer = client.get("/v1/webhooks/signing-secret", headers=user)
+        assert answer.headers["cache-control"] == "no-store"  # a secret: no cache keeps it
+        signing = answer.json()
         assert signing["tenant"] == "acme"
         other = client.get("/v1/webhooks/signing-secret", headers=new_key(settings, "globex")).json()
         assert other["secret"] != signing["secret"] and SECRET not in signing["secret"]

@@ -88,6 +88,7 @@ def create_key(
     body: ApiKeyCreate,
     session: SessionDep,
     key: AdminKey,
+    response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> ApiKeyCreated:
     """Create an API key.
@@ -97,6 +98,7 @@ def create_key(
     with `key` null (it is never stored).
     """
     plain, row = keys.create_key(session=session, tenant=body.tenant, admin=body.admin)
+    response.headers["Cache-Control"] = "no-store"  # the key: no cache may keep it
     return ApiKeyCreated(key=plain, prefix=row.prefix, tenant=row.tenant, scope=row.scope)
 
 

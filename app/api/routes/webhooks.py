@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import CurrentKey, SettingsDep
 from app.api.responses import errors
@@ -14,7 +14,9 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=errors(40
 
 
 @router.get("/signing-secret", response_model=WebhookSigningSecret, responses=errors(409))
-def read_signing_secret(key: CurrentKey, settings: SettingsDep) -> WebhookSigningSecret:
+def read_signing_secret(
+    key: CurrentKey, settings: SettingsDep, response: Response
+) -> WebhookSigningSecret:
     """The key that signs your webhooks.
 
     Every delivery to a `callback_url` of this tenant's jobs carries `X-MTL-Signature`:
@@ -24,6 +26,7 @@ def read_signing_secret(key: CurrentKey, settings: SettingsDep) -> WebhookSignin
     """
     if not settings.webhook_secret:
         raise ServiceError("the server sends no webhooks: MTL_WEBHOOK_SECRET is not set", 409)
+    response.headers["Cache-Control"] = "no-store"  # a secret: no cache may keep it
     return WebhookSigningSecret(
         tenant=key.tenant, secret=tenant_webhook_secret(settings.webhook_secret, key.tenant)
     )
