@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import warnings
 import zipfile
+from collections import OrderedDict
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -68,10 +70,35 @@ def preprocessing(card: dict[str, Any], mean: list[float], std: list[float]) -> 
     }
 
 
+# torch's ONNX and TorchScript exporters keep global state: two exports at once failed
+# ("GLOBALS.in_onnx_export must be False", TracingCheckError). One export at a time per process,
+# and each zip kept for its classifier version, so concurrent requests wait for the one made.
+_EXPORT_LOCK = threading.Lock()
+_MADE: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+_MADE_MAX = 16
+
+
 def export_zip(
     directory: Path, fmt: ExportFormat, *, classifier_id: str, name: str
 ) -> bytes:
-    """The zip for the classifier checkpoint in `directory` in format `fmt`."""
+    """The zip for the classifier checkpoint in `directory` in format `fmt`: made once per
+    checkpoint version (its files' modification times) and format, then served as made."""
+    from models.checkpoint import CARD, WEIGHTS
+
+    version = tuple((directory / f).stat().st_mtime_ns for f in (CARD, WEIGHTS))
+    key = (str(directory), fmt, version, classifier_id, name)
+    with _EXPORT_LOCK:
+        if key in _MADE:
+            _MADE.move_to_end(key)
+            return _MADE[key]
+        data = _make_zip(directory, fmt, classifier_id=classifier_id, name=name)
+        _MADE[key] = data
+        while len(_MADE) > _MADE_MAX:
+            _MADE.popitem(last=False)
+        return data
+
+
+def _make_zip(directory: Path, fmt: ExportFormat, *, classifier_id: str, name: str) -> bytes:
     from models.checkpoint import CARD, WEIGHTS, load_classifier
 
     clf, card = load_classifier(directory, device="cpu")
@@ -89,12 +116,14 @@ def export_zip(
     files["preprocessing.json"] = (json.dumps(prep, indent=2) + "\n").encode()
     files["README.txt"] = readme(fmt, classifier_id=classifier_id, name=name, prep=prep,
                                  labels=labels).encode()
+    # The checkpoint's time, not now: the same classifier version always makes the same zip.
+    stamp = time.gmtime((directory / WEIGHTS).stat().st_mtime)[:6]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for filename, data in files.items():
             # rw-r--r--: writestr's default (0600) left the unpacked files readable by their
             # owner alone, e.g. not by the serving container's own user.
-            info = zipfile.ZipInfo(filename, date_time=time.gmtime()[:6])
+            info = zipfile.ZipInfo(filename, date_time=stamp)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16
             zf.writestr(info, data)

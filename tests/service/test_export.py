@@ -87,3 +87,20 @@ def test_readme_names_the_input(fmt: str) -> None:
     prep = preprocessing({"channels": 3, "image_size": 84}, [0.5] * 3, [0.25] * 3)
     text = readme(ExportFormat(fmt), classifier_id="c", name="n", prep=prep, labels=["a", "b"])
     assert "(N, 3, 84, 84)" in text and "RGB" in text
+
+
+def test_parallel_exports_all_succeed_and_agree(client: Any, settings: Settings, user: dict) -> None:
+    """20 requests at once for each model format: every one a 200 with the same zip (torch's
+    exporters failed one in three of 2 parallel ONNX exports before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.service import export
+
+    clf_id = trained_classifier(client, settings, user)
+    export._MADE.clear()
+    for fmt in ("onnx", "torchscript"):
+        url = f"/v1/classifiers/{clf_id}/export?format={fmt}"
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: client.get(url, headers=user), range(20)))
+        assert [a.status_code for a in answers] == [200] * 20, [a.text[:200] for a in answers]
+        assert len({a.content for a in answers}) == 1
