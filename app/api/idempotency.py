@@ -208,7 +208,9 @@ def _without(body: bytes, fields: tuple[str, ...]) -> bytes:
 
 async def _tenant(scope: Scope, settings: Settings) -> str | None:
     """The caller's tenant, from its key (as `app.api.deps.get_current_key` finds it); None when
-    the key is missing or unknown (the route then answers 401)."""
+    the key is missing or unknown (the route then answers 401), or when the key may not use the
+    route at all (a user key on /v1/admin: the route answers 403), so nothing is ever replayed
+    to a caller the route itself would refuse."""
     headers = dict(scope.get("headers") or [])
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -219,7 +221,11 @@ async def _tenant(scope: Scope, settings: Settings) -> str | None:
         known = await run_in_threadpool(
             lookup_key, database_url=settings.resolved_database_url, digest=digest
         )
-    return None if known is None else str(known.tenant)
+    if known is None:
+        return None
+    if scope.get("path", "").startswith("/v1/admin/") and known.scope != "admin":
+        return None
+    return str(known.tenant)
 
 
 class Idempotency:

@@ -101,6 +101,6 @@ def test_parallel_exports_all_succeed_and_agree(client: Any, settings: Settings,
     for fmt in ("onnx", "torchscript"):
         url = f"/v1/classifiers/{clf_id}/export?format={fmt}"
         with ThreadPoolExecutor(20) as pool:
-            answers = list(pool.map(lambda _: client.get(url, headers=user), range(20)))
+            answers = list(pool.map(lambda _, u=url: client.get(u, headers=user), range(20)))
         assert [a.status_code for a in answers] == [200] * 20, [a.text[:200] for a in answers]
         assert len({a.content for a in answers}) == 1

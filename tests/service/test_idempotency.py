@@ -188,3 +188,18 @@ def test_the_answer_is_stored_before_it_is_sent(client: Any, user: dict, monkeyp
     repeat = client.post("/v1/classifiers", content=body, headers={
         **user, "Idempotency-Key": "race-1", "Content-Type": "application/json"})
     assert repeat.status_code == 202 and repeat.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_replay_needs_the_scope_the_route_needs(client: Any, settings: Settings,
+                                                  admin: dict) -> None:
+    """A user key of the admin's own tenant repeating the admin's key creation with the same
+    Idempotency-Key gets the route's 403, not the admin's 201 replay."""
+    from tests.service.conftest import new_key
+
+    same_tenant_user = new_key(settings, "ops")  # the `admin` fixture's tenant, user scope
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = client.post("/v1/admin/api-keys", headers={**admin, **key}, json={"tenant": "z"})
+    assert first.status_code == 201
+    again = client.post("/v1/admin/api-keys", headers={**same_tenant_user, **key},
+                        json={"tenant": "z"})
+    assert again.status_code == 403 and "Idempotent-Replayed" not in again.headers
