@@ -25,7 +25,7 @@ from playwright.sync_api import Page, sync_playwright  # a dev dependency: never
 
 from app.infra.settings import Settings
 from tests.service.conftest import IN_CI, REPO, REPO_BUILTINS, new_key
-from tests.utils.images import omniglot_eval
+from tests.utils.images import omniglot_eval, random_png, zip_bytes
 from tests.utils.processes import free_port
 
 # Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
@@ -177,6 +177,7 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         reasons = dict(line.split("\t") for line in rejected.splitlines()[1:])
         assert reasons["glyphs/char0/notes.txt"] == "not a decodable image"
         assert "truncated" in reasons["glyphs/char7/broken.png"].lower()
+        assert not page.is_visible("#imbalance")  # every class has as many drawings
         rows = page.query_selector_all("#classes tbody tr")
         assert [r.inner_text().split("\t")[:2] for r in rows] == [  # classes sorted by name
             [name, str(len(TRAIN_DRAWINGS))] for name in sorted(f"char{c}" for c in CHARACTERS)]
@@ -207,6 +208,9 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         cells = [int(c.inner_text()) for c in page.query_selector_all("#confusion tbody td")]
         assert len(cells) == len(CHARACTERS) ** 2 and sum(cells) == len(CHARACTERS)  # 1 held out each
         shot(page, "05-results")
+        # The list says which classifier is which: date, base model, holdout accuracy.
+        listed = page.inner_text("#classifier-list a.active")
+        assert "handwriting" in listed and re.search(r"\d+\.\d%", listed), listed
 
         # Try it: drawings the classifier never saw, top-k labels with probability bars.
         page.set_input_files("#try-input", [str(tmp_path / f"try-char{c}.png") for c in CHARACTERS])
@@ -264,6 +268,25 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         page.goto(server.url + "/redoc")
         page.wait_for_selector("h2:has-text('Follow a job live')")
         shot(page, "11-redoc")
+
+        # An unbalanced dataset (4 and 1 images) is flagged, naming the small class.
+        import httpx
+
+        members = {f"u/big/{i}.png": random_png(i) for i in range(4)}
+        members["u/small/0.png"] = random_png(9)
+        unbalanced = httpx.post(f"{server.url}/v1/datasets", data={"name": "unbalanced"},
+                                headers={"Authorization": f"Bearer {admin_key}"},
+                                files={"archive": ("u.zip", zip_bytes(members))}).json()
+        page.goto(server.url + f"/#/datasets/{unbalanced['id']}")
+        note = page.wait_for_selector("#imbalance").inner_text()
+        assert "1 to 4 images" in note and "small" in note, note
+
+        # A phone's width: the top bar wraps, nothing overflows sideways.
+        page.set_viewport_size({"width": 420, "height": 800})
+        page.goto(server.url + "/#/datasets")
+        page.wait_for_selector("#nav")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 420
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         # Signing out forgets the key.
         page.goto(server.url + "/")

@@ -366,6 +366,7 @@ async function datasetDetail(box, ds) {
         await api(`/v1/datasets/${ds.id}`, { method: "DELETE" });
         location.hash = "#/datasets";
       } }, "Delete")),
+    imbalanceNote(ds.classes),
     el("h3", {}, "Classes"),
     el("table", { id: "classes" }, el("thead", {}, el("tr", {}, el("th", {}, "Class"), el("th", { class: "num" }, "Images"),
       el("th", {}, "Examples"))), classes),
@@ -380,6 +381,20 @@ async function datasetDetail(box, ds) {
   if (ds.classes.length > shown.length) {
     classes.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, `… and ${ds.classes.length - shown.length} more classes`)));
   }
+}
+
+/** A warning when the largest class has at least twice the images of the smallest: a classifier
+ * then leans to the large classes, and its holdout measures the small ones on very few images. */
+function imbalanceNote(classes) {
+  if (classes.length < 2) return null;
+  const counts = classes.map((c) => c.count);
+  const least = Math.min(...counts), most = Math.max(...counts);
+  if (most < 2 * least) return null;
+  const small = classes.filter((c) => c.count < most / 2).map((c) => c.name);
+  const names = small.slice(0, 5).join(", ") + (small.length > 5 ? ` and ${small.length - 5} more` : "");
+  return el("p", { class: "warning", id: "imbalance", role: "note" },
+    `Unbalanced classes: ${least} to ${most} images a class. A classifier leans towards the large `
+    + `classes; add images to ${names} if you can.`);
 }
 
 async function loadThumbs(datasetId, label, box) {
@@ -410,8 +425,11 @@ async function classifiersPage(page, selectedId, query) {
   const current = creating ? null
     : classifiers.find((c) => c.id === selectedId) || classifiers[classifiers.length - 1];
   for (const c of classifiers.slice().reverse()) {
+    const accuracy = c.metrics ? ` · ${pct(c.metrics.holdout_accuracy)}` : "";
     list.append(el("li", {}, el("a", { href: `#/classifiers/${c.id}`, class: c === current ? "active" : "" },
-      el("span", {}, c.name), badge(c.status))));
+      el("span", {}, c.name, el("small", { class: "muted meta" },
+        `${new Date(c.created_at).toLocaleString()} · ${c.base_model_id}${accuracy}`)),
+      badge(c.status))));
   }
   if (creating) await newClassifier(detail, query);
   else await classifierDetail(detail, current);
@@ -729,6 +747,11 @@ async function adminPage(page) {
     el("div", { class: "row" }, el("label", {}, "Algorithm", ptAlgorithm),
       el("label", {}, "Parameters (JSON: iterations, ways, shots, queries, image_size, channels, …)", ptParams),
       el("button", { type: "submit" }, "Start pretraining")), error);
+  if (!datasets.length) {
+    // Nothing to pretrain on: say so, instead of a form whose submit can only be refused.
+    ptForm.querySelector("button[type=submit]").disabled = true;
+    error.textContent = "No dataset of yours to pretrain on: upload the base classes under Datasets first.";
+  }
   ptForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     error.textContent = "";
