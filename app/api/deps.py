@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.limits import FailureWindow
 from app.infra.db import session_factory
 from app.infra.settings import Settings, database_url
 from app.service.predict import PredictService
@@ -69,10 +70,15 @@ async def get_current_key(
     digest = hash_key(credentials.credentials)
     key = cache.get(digest)
     if key is None:
+        # Guessing keys costs a database lookup each: an address that keeps failing waits.
+        address = request.client.host if request.client else "unknown"
+        failures: FailureWindow = request.app.state.auth_failures
+        failures.check(address)
         key = await run_in_threadpool(
             lookup_key, database_url=database_url(settings), digest=digest
         )
         if key is None:
+            failures.record(address)
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         cache.put(digest, key)
     request.state.tenant = key.tenant  # for the request's log line (app.api.middleware)

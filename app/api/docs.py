@@ -204,6 +204,7 @@ ERROR_EXAMPLES = {
     413: "too many files; the limit is 10000 (MTL_MAX_FILES)",
     415: "send multipart/form-data",
     422: "name: String should have at least 1 character",
+    429: "this key already follows 10 event streams (MTL_MAX_EVENT_STREAMS_PER_KEY); close one first",
     503: "database unreachable: OperationalError",
 }
 

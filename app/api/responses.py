@@ -28,6 +28,7 @@ WHY = {
     413: "the request is over a size or count limit (the message names the setting)",
     415: "the body must be multipart/form-data",
     422: "an invalid, out-of-bounds or malformed value (the message names it)",
+    429: "over a cap (open event streams, failed authentications): wait `Retry-After` seconds",
     503: "the database, the broker or the embedded worker is not available",
 }
 

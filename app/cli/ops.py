@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -171,9 +172,10 @@ def _serve(args: argparse.Namespace) -> int:
     # print its start-up lines as plain text before the app configures logging.
     configure_logging(settings.log_format)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"mtl serve: the console is at http://{shown}:{args.port}/ (API docs: /docs); make a key "
-          f"with `mtl keys create --tenant NAME --admin` (data folder {settings.resolved_data_dir})",
-          file=sys.stderr, flush=True)
+    # Through logging, so it keeps the log format (one JSON record by default, a line in text).
+    logging.getLogger("mtl.serve").warning(
+        "the console is at http://%s:%d/ (API docs: /docs); make a key with `mtl keys create "
+        "--tenant NAME --admin` (data folder %s)", shown, args.port, settings.resolved_data_dir)
     try:
         _run_uvicorn(args, settings, worker)
     except SystemExit:

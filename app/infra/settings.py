@@ -136,6 +136,14 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="wait before the 2nd try; doubled before each later one"
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="one try's HTTP timeout")
+    max_event_streams_per_key: int = Field(
+        default=10, ge=1, description="open GET /v1/jobs/{id}/events streams one key may hold "
+        "(per API process); past it: 429")
+    max_event_streams: int = Field(
+        default=200, ge=1, description="open event streams in all (per API process); past it: 429")
+    auth_failures_per_minute: int = Field(
+        default=30, ge=1, description="failed authentications one client address may make a "
+        "minute (per API process); past it, keys not verified recently get 429 until it cools")
     webhook_allow_private: bool = Field(
         default=False,
         description="let callback_url reach loopback, private and link-local addresses "

@@ -653,3 +653,39 @@ def test_security_headers(client: Any, settings: Settings, admin: dict, user: di
     assert r.status_code == 201 and r.headers["cache-control"] == "no-store"
     for page in ("/docs", "/redoc"):
         assert "frame-ancestors 'none'" in client.get(page).headers["content-security-policy"]
+
+
+def test_caps_answer_429_with_retry_after(make_settings: Any) -> None:
+    """Failed authentications per address, and event streams per key, are capped: past the cap
+    a 429 with Retry-After; a key verified before keeps working."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(auth_failures_per_minute=3, max_event_streams_per_key=2)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        assert client.get("/v1/datasets", headers=user).status_code == 200  # verified: cached
+        for _ in range(3):
+            assert client.get("/v1/datasets", headers={
+                "Authorization": "Bearer mtl_00000000_wrong"}).status_code == 401
+        r = client.get("/v1/datasets", headers={"Authorization": "Bearer mtl_00000000_wrong"})
+        assert_error(r, 429, "too many failed authentications")
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert client.get("/v1/datasets", headers=user).status_code == 200
+        # Streams: with the key's two slots taken, a third stream is refused before it opens.
+        ds = upload_zip(client, user, small_zip()).json()
+        created = client.post("/v1/classifiers", headers=user,
+                              json={"name": "c", "dataset_id": ds["id"]}).json()
+        slots = client.app.state.event_streams
+        prefix = user["Authorization"].split("_")[1]
+        slots.acquire(prefix)
+        slots.acquire(prefix)
+        r = client.get(f"/v1/jobs/{created['job_id']}/events", headers=user)
+        assert_error(r, 429, "MTL_MAX_EVENT_STREAMS_PER_KEY")
+        assert r.headers["retry-after"] == "5"
+        slots.release(prefix)
+        client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=user)
+        r = client.get(f"/v1/jobs/{created['job_id']}/events", headers=user)  # ends at once
+        assert r.status_code == 200 and '"status":"cancelled"' in r.text
+        assert slots.open == {prefix: 1}  # the finished stream gave its slot back

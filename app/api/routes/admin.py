@@ -23,7 +23,7 @@ from app.service.schemas import (
     PretrainingJobCreated,
 )
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403, 422))
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403, 422, 429))
 
 
 @router.post(

@@ -13,7 +13,7 @@ from app.service.model_cards import base_model_card
 from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
 from app.service.schemas import BaseModelCard, BaseModelPublic, Page
 
-router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/base-models", tags=["base models"], responses=errors(401, 422, 429))
 
 
 @router.get("", response_model=Page[BaseModelPublic])

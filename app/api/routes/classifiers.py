@@ -44,7 +44,7 @@ from app.service.schemas import (
     resolve_params,
 )
 
-router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=errors(401, 422, 429))
 log = logging.getLogger(__name__)
 
 _PREDICT_DOC = {

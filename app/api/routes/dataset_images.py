@@ -16,7 +16,7 @@ from app.service.datasets import get_owned
 from app.service.pagination import Cursor
 from app.service.schemas import DatasetImagePage
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422, 429))
 
 
 @router.get("/{dataset_id}/images", response_model=DatasetImagePage, responses=errors(404))

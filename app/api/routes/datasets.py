@@ -23,7 +23,7 @@ from app.service.schemas import DatasetPublic, Page
 from app.service.uploads import display_name
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422, 429))
 
 
 _UPLOAD_DOC = {

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentKey, SettingsDep
+from app.api.limits import StreamSlots
 from app.api.responses import errors
 from app.infra.db import session_scope
 from app.infra.settings import Settings
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 # The route's own media type is text/event-stream; its errors are JSON like every other error
 # (`errors` declares their content type explicitly).
-_JSON_ERRORS = errors(401, 404, 422)
+_JSON_ERRORS = errors(401, 404, 422, 429)
 
 POLL_S = 0.5  # the worker writes progress at most every 0.5 s
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
@@ -94,7 +95,7 @@ async def job_events(
     },
 )
 async def stream_job_events(
-    job_id: str, settings: SettingsDep, key: CurrentKey
+    job_id: str, request: Request, settings: SettingsDep, key: CurrentKey
 ) -> EventStreamResponse:
     """Follow a job live (server-sent events).
 
@@ -105,7 +106,19 @@ async def stream_job_events(
     `Authorization` header like every other call, so a browser reads the stream with `fetch`.
     """
     first = await run_in_threadpool(_visible_job, settings, key, job_id)
+    slots: StreamSlots = request.app.state.event_streams
+    slots.acquire(key.prefix)
     return EventStreamResponse(
-        job_events(settings, first, key.prefix),
+        _counted(job_events(settings, first, key.prefix), slots, key.prefix),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _counted(events: AsyncIterator[str], slots: StreamSlots, key_prefix: str
+                   ) -> AsyncIterator[str]:
+    """The stream, holding its slot until it ends or the client goes away."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        slots.release(key_prefix)

@@ -15,7 +15,7 @@ from app.service.jobs import JobStatus, get_visible
 from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
 from app.service.schemas import JobPublic, Page, job_public
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422, 429))
 
 
 @router.get("", response_model=Page[JobPublic])

@@ -10,7 +10,7 @@ from app.infra.errors import ServiceError
 from app.service.schemas import WebhookSigningSecret
 from app.service.security import tenant_webhook_secret
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=errors(401, 422))
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=errors(401, 422, 429))
 
 
 @router.get("/signing-secret", response_model=WebhookSigningSecret, responses=errors(409))
