@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by `mtl serve` for its embedded worker: exit when that process is gone, and say when
     # ready by writing this process's pid to a file.
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", type=Path, default=None,
+                   help="write this process's pid here once it takes jobs (a health check reads it)")
     return p
 
 

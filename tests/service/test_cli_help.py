@@ -104,3 +104,14 @@ def test_bench_without_the_benchmarks_says_why(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert err.startswith("error: mtl bench needs the benchmarks of a repository checkout")
     assert "Traceback" not in err
+
+
+def test_the_compose_worker_has_its_own_health_check() -> None:
+    """The image's HEALTHCHECK asks the API's port; the worker serves none, so it checks the
+    ready file the worker writes once it takes jobs."""
+    import yaml
+
+    worker = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["worker"]
+    ready = worker["command"][worker["command"].index("--ready-file") + 1]
+    check = " ".join(worker["healthcheck"]["test"])
+    assert ready in check and "8000" not in check
