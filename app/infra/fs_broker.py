@@ -41,3 +41,9 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
 
 class Transport(filesystem.Transport):  # type: ignore[misc]
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # A folder has no host: kombu's default ('localhost') only made it log "No hostname was
+        # supplied" on every connection, i.e. on every job.
+        return {}

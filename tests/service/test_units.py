@@ -148,3 +148,14 @@ def test_a_mangled_api_key_is_refused_without_being_printed(monkeypatch: pytest.
     with pytest.raises(ClientError, match="copy it again") as refused:
         Client("http://127.0.0.1:9", api_key=secret[:12] + " " + secret[12:])
     assert "S3CRET" not in str(refused.value)
+
+
+def test_the_embedded_broker_connects_without_a_hostname_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from app.infra.broker import make_celery
+    from app.infra.settings import Settings
+
+    app = make_celery(Settings(data_dir=tmp_path / "data"))
+    with caplog.at_level("WARNING", logger="kombu.connection"), app.connection_for_write() as conn:
+        assert conn.info()["transport"] == "app.infra.fs_broker:Transport"
+    assert not [r for r in caplog.records if "No hostname" in r.getMessage()]
