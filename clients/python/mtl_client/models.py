@@ -4,7 +4,6 @@ this client (which reads them): one definition, so the two cannot drift apart. p
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
@@ -17,46 +16,20 @@ from pydantic import (
     model_validator,
 )
 
+from mtl_client.statuses import FINISHED, ArtifactStatus, JobKind, JobPhase, JobStatus
+
+__all__ = [
+    "FINISHED", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic", "ArtifactStatus",
+    "BaseModelCard", "BaseModelPublic", "CallbackUrl", "CardAccuracy", "ClassCount",
+    "ClassMetrics", "ClassifierCreate", "ClassifierCreated", "ClassifierMetrics",
+    "ClassifierParams", "ClassifierPublic", "DatasetImagePage", "DatasetImagePublic",
+    "DatasetPublic", "FromRecord", "ImageIn", "JobKind", "JobPhase", "JobProgress",
+    "JobPublic", "JobStatus", "JobWebhook", "Page", "PredictRequest", "PredictResponse",
+    "PredictResult", "Prediction", "PretrainingJobCreate", "PretrainingJobCreated",
+    "RejectedFile", "Strict", "Text", "WebhookAttempt", "WebhookSigningSecret", "as_utc",
+]
+
 T = TypeVar("T")
-
-
-class JobKind(StrEnum):
-    TRAINING = "training"  # fine-tunes a classifier
-    PRETRAINING = "pretraining"  # trains a base model
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class JobPhase(StrEnum):
-    """What a job is doing. A classifier's job trains twice: first on its training split to
-    measure holdout accuracy, then from the base model again on every image, so its loss starts
-    high a second time; the phase says why."""
-
-    QUEUED = "queued"
-    PREPARING = "preparing"
-    HOLDOUT_PASS = "holdout_pass"
-    FINAL_PASS = "final_pass"
-    PRETRAINING = "pretraining"
-    SAVING = "saving"
-
-
-class ArtifactStatus(StrEnum):
-    """A classifier's or base model's status: what its job made of it."""
-
-    QUEUED = "queued"
-    TRAINING = "training"
-    READY = "ready"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 def as_utc(value: datetime | None) -> datetime | None:
