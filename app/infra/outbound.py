@@ -7,6 +7,7 @@ sent on as Basic auth."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -54,11 +55,13 @@ def check_url_form(url: str) -> None:
                             "belongs in the receiver, which can verify the signature instead")
 
 
-def _own_addresses() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _own_addresses() -> frozenset[str]:
+    # Looked up once per process: the host's own name does not move under a running service.
     try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None))
     except OSError:
-        return set()
+        return frozenset()
 
 
 def resolve(url: str, *, allow_private: bool) -> Target:
