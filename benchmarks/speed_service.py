@@ -164,13 +164,14 @@ def upload(svc: Service, name: str, members: dict[str, bytes]) -> str:
     return str(r.json()["id"])
 
 
-def train(svc: Service, dataset_id: str, base: str, *, poll_s: float = 0.1,
+def train(svc: Service, dataset_id: str, base: str | None, *, poll_s: float = 0.1,
           timeout_s: float = 600) -> tuple[str, float, dict[str, Any]]:
-    """Create a classifier; (its id, seconds from the POST to `succeeded`, the final job)."""
+    """Create a classifier (`base` None: the job chooses the base model); (its id, seconds from
+    the POST to `succeeded`, the final job)."""
+    body = {"name": "bench", "dataset_id": dataset_id, **({"base_model_id": base} if base else {})}
     with httpx.Client(base_url=svc.url, headers=svc.headers, timeout=30) as client:
         t0 = time.perf_counter()
-        r = client.post("/v1/classifiers", json={"name": "bench", "dataset_id": dataset_id,
-                                                 "base_model_id": base})
+        r = client.post("/v1/classifiers", json=body)
         r.raise_for_status()
         created = r.json()
         deadline = t0 + timeout_s
@@ -205,12 +206,13 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         datasets = [upload(svc, f"glyphs{i}", {f"chars/ch{c}/{d}.png": png(images[c, d].astype(
             np.uint8) * 255) for c in chars for d in range(5)}) for i, chars in enumerate(characters)]
         for i, dataset_id in enumerate(datasets):
-            _, seconds, job = train(svc, dataset_id, "handwriting")
+            _, seconds, job = train(svc, dataset_id, None if args.base_model == "choose"
+                                    else args.base_model)
             rows.append({
                 "run": i, "warm_up": i == 0, "seconds": round(seconds, 3),
                 "queued_s": round(_seconds_between(job["created_at"], job["started_at"]), 3),
                 "running_s": round(_seconds_between(job["started_at"], job["finished_at"]), 3),
-                "steps": job["progress"]["total_steps"],
+                "steps": job["progress"]["total_steps"], "base_model": job["base_model_id"],
             })
             print(f"run {i}{' (warm-up)' if i == 0 else ''}: {seconds:.2f} s "
                   f"(queued {rows[-1]['queued_s']:.2f} s, running {rows[-1]['running_s']:.2f} s)")
@@ -229,7 +231,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "time to a custom classifier (POST /v1/classifiers to succeeded)",
             "setup": "embedded mtl serve (SQLite, filesystem broker, one worker), CPU; 5 Omniglot "
                      "evaluation characters x 5 drawings per run (a different dataset each run, "
-                     "uploaded before timing), handwriting base model, default params, job polled "
+                     f"uploaded before timing), base model: {args.base_model} ('choose': the request "
+                     "names none and the job scores each ready one first), default params, job polled "
                      "every 100 ms; run 0 is a warm-up (the worker imports torch then) and is not "
                      "in the percentiles",
             "summary": summary, "goal": goal, "runs": rows}
@@ -717,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--builtin-dir", type=Path, default=REPO / "app" / "builtin_models",
                    help="folder with handwriting/ and natural/ base models")
     p.add_argument("--runs", type=int, default=10, help="train: timed runs (after one warm-up)")
+    p.add_argument("--base-model", default="handwriting",
+                   help="train: the base model's id, or 'choose' to leave it to the job")
     p.add_argument("--requests", type=int, default=200, help="predict: requests per level")
     p.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")],
                    default=[1, 8, 32])

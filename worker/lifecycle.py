@@ -112,7 +112,8 @@ class Reporter:
         self._deadline = self._start + self.time_limit_s
         self.timed_out = False
 
-    def _owned(self) -> Any:
+    def owned(self) -> Any:
+        """The condition a write of this attempt's needs: the job is still its own and running."""
         return and_(
             JobRecord.id == self.claim.job_id,
             JobRecord.attempts == self.claim.attempt,
@@ -133,7 +134,7 @@ class Reporter:
         with session_scope(self.url) as session:
             result = session.execute(
                 update(JobRecord)
-                .where(self._owned())
+                .where(self.owned())
                 .values(
                     step=step,
                     total_steps=total,
@@ -150,7 +151,7 @@ class Reporter:
         are few."""
         assert phase in RUNNING_PHASES, phase
         with session_scope(self.url) as session:
-            session.execute(update(JobRecord).where(self._owned()).values(phase=phase))
+            session.execute(update(JobRecord).where(self.owned()).values(phase=phase))
 
     def should_stop(self) -> bool:
         """True once the job was cancelled, this attempt no longer owns it, or its time is up."""
@@ -162,7 +163,7 @@ class Reporter:
             self._last_check = now
             with session_scope(self.url) as session:
                 row = session.execute(
-                    select(JobRecord.cancel_requested).where(self._owned())
+                    select(JobRecord.cancel_requested).where(self.owned())
                 ).first()
             self._stop = row is None or bool(row[0])
         return self._stop
@@ -183,7 +184,7 @@ class Reporter:
         TrainingCancelled instead, for the caller to record the job as cancelled."""
         from models.errors import TrainingCancelled
 
-        owned = self._owned()
+        owned = self.owned()
         if status == JobStatus.SUCCEEDED:
             owned = and_(owned, JobRecord.cancel_requested.is_(False))
         with session_scope(self.url) as session:
@@ -205,7 +206,7 @@ class Reporter:
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 session.rollback()
                 if status == JobStatus.SUCCEEDED and session.scalar(
-                    select(JobRecord.cancel_requested).where(self._owned())
+                    select(JobRecord.cancel_requested).where(self.owned())
                 ):
                     self._stop = True
                     raise TrainingCancelled("the job was cancelled as it finished")

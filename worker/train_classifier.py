@@ -12,10 +12,12 @@ from typing import Any
 from app.infra.db import session_scope
 from app.infra.settings import Settings
 from app.infra.tables import BaseModelRecord, JobRecord
+from app.service import base_model_choice
 from app.service.base_models import base_model_dir
 from app.service.holdout import classification_metrics, holdout_split, training_steps
 from app.service.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
 from app.service.params import adapt_config
+from worker.choose_base_model import choose_base_model
 from worker.images import load_images
 from worker.lifecycle import JobFailed, Reporter
 
@@ -29,6 +31,7 @@ class _Job:
     classifier_id: str
     base_id: str
     base_dir: Path
+    choice: dict[str, Any] | None
 
 
 def _read_job(settings: Settings, job_id: str) -> _Job:
@@ -39,7 +42,7 @@ def _read_job(settings: Settings, job_id: str) -> _Job:
         if base is None or base.status != ArtifactStatus.READY:
             raise JobFailed(f"base model {job.base_model_id} is not available")
         return _Job(dict(job.params), job.dataset_id, job.classifier_id, job.base_model_id,
-                    base_model_dir(settings, base.storage))
+                    base_model_dir(settings, base.storage), job.base_model_choice)
 
 
 def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str:
@@ -49,12 +52,19 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     from models.training import resolve_device
 
     job = _read_job(settings, job_id)
-    params = job.params
     device = resolve_device(settings.worker_device)
+    data = None
+    if base_model_choice.is_pending(job.choice):
+        assert job.choice is not None
+        data = choose_base_model(settings, job_id, job.choice, job.dataset_id, reporter, device)
+        job = _read_job(settings, job_id)
+        reporter.set_phase(JobPhase.PREPARING)
+    params = job.params
     net, card = load_base_model(job.base_dir, device=device)
-    data = load_images(
-        settings, job.dataset_id, channels=card["channels"], image_size=card["image_size"]
-    )
+    if data is None:
+        data = load_images(
+            settings, job.dataset_id, channels=card["channels"], image_size=card["image_size"]
+        )
     labels = data.labels.tolist()
     _, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
     total = training_steps(params, list(Counter(labels).values()))
@@ -67,6 +77,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
         "channels": card["channels"],
         "image_size": card["image_size"],
         "base_model_id": job.base_id,
+        "base_model_choice": base_model_choice.public(job.choice),
         "params": params,
         "metrics": metrics,
         "data": {"dataset_id": job.dataset_id, "num_images": len(data)},

@@ -169,8 +169,8 @@ def add_classifiers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dataset", required=True, help="the dataset's id (mtl datasets upload prints it)")
     c.add_argument("--name", default=None, help="the classifier's name (default: the dataset's)")
     c.add_argument("--base-model", default=None,
-                   help="the base model's id, e.g. handwriting or natural (default: the service's "
-                        "default base model)")
+                   help="the base model's id, e.g. handwriting or natural (default: the job "
+                        "scores every ready base model on the dataset and trains from the best)")
     c.add_argument("--params", type=_json_object, default=None,
                    help="""training parameters as a JSON object, e.g. '{"steps": 50}' (default: """
                         "the base model card's)")
@@ -196,6 +196,14 @@ def add_classifiers(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("-o", "--output", type=Path, default=None,
                     help="the zip's path (default: classifier-ID-FORMAT.zip here)")
     ex.set_defaults(handler=through_client(_classifiers_export))
+
+
+def _choice_line(choice: Any) -> str:
+    """How the service chose the base model, in one line: each candidate's proxy score."""
+    scores = ", ".join(f"{c.base_model_id} {'-' if c.score is None else f'{100 * c.score:.0f}%'}"
+                       for c in choice.candidates)
+    return (f"base model {choice.chosen}: the best of the ready base models on this dataset "
+            f"(leave-one-out accuracy of the prototype head: {scores})")
 
 
 def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
@@ -249,7 +257,10 @@ def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
         if job.status != "succeeded":
             raise CommandFailed(f"job {job.id} of classifier {created.id} {job.status}"
                                 + (f": {job.error}" if job.error else ""))
-        metrics = mtl.classifier(created.id).metrics
+        clf = mtl.classifier(created.id)
+        if clf.base_model_choice is not None:
+            _note(_choice_line(clf.base_model_choice))
+        metrics = clf.metrics
         if metrics is not None:
             _note(f"classifier {created.id} is ready: holdout accuracy "
                   f"{100 * metrics.holdout_accuracy:.1f}%")

@@ -117,6 +117,8 @@ class ClassifierRecord(Base):
     labels: Mapped[list[Any]] = mapped_column(default=list)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # How the base model was chosen when the request named none (app.service.base_model_choice).
+    base_model_choice: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -133,6 +135,7 @@ class JobRecord(Base):
     dataset_id: Mapped[str] = mapped_column(String(32))
     classifier_id: Mapped[str | None] = mapped_column(String(32))
     base_model_id: Mapped[str | None] = mapped_column(String(64))
+    base_model_choice: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     loss: Mapped[float | None] = mapped_column(Float)

@@ -87,10 +87,12 @@ def create_classifier(
     params: dict[str, Any],
     meta_ways: int | None,
     callback_url: str | None = None,
+    base_model_choice: dict[str, Any] | None = None,
 ) -> ClassifierRecord:
     """A queued classifier and its training job, committed, then sent. `params` are resolved
     (request, then the base model's card, then the defaults); `meta_ways` is the width of the
-    base model's meta head, if it has one."""
+    base model's meta head, if it has one. With a pending `base_model_choice`
+    (app.service.base_model_choice), `base` is its first candidate until the job has chosen."""
     check_head_init(params["head_init"], len(dataset.classes), meta_ways)
     webhook = _webhook(settings, callback_url)
     clf = ClassifierRecord(
@@ -101,6 +103,7 @@ def create_classifier(
         status=ArtifactStatus.QUEUED,
         params=params,
         labels=[c["name"] for c in dataset.classes],
+        base_model_choice=base_model_choice,
     )
     session.add(clf)
     session.flush()
@@ -112,6 +115,7 @@ def create_classifier(
         dataset_id=dataset.id,
         classifier_id=clf.id,
         base_model_id=base.id,
+        base_model_choice=base_model_choice,
         total_steps=training_steps(params, [c["count"] for c in dataset.classes]),
         request_id=request_id_var.get(),
         **webhook,

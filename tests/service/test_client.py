@@ -97,8 +97,9 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     dataset_id = out.strip()
     assert "'glyphs': 15 images in 3 classes (ch0: 5, ch40: 5, ch80: 5)" in err
 
-    status, out, err = mtl("classifiers", "create", "--dataset", dataset_id, "--base-model",
-                           "handwriting", "--params", json.dumps(FAST), "--wait")
+    # As the README does: no --base-model, so the job chooses one and --wait says which.
+    status, out, err = mtl("classifiers", "create", "--dataset", dataset_id,
+                           "--params", json.dumps(FAST), "--wait")
     assert status == 0, err
     classifier_id = out.strip()
     with service.client() as client:
@@ -109,6 +110,8 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     assert job.status == "succeeded" and total > 0
     assert f"{total}/{total}" in err  # the bar followed the job to its last step
     assert "holdout accuracy" in err
+    assert clf.base_model_id == "handwriting" and clf.base_model_choice is not None
+    assert "base model handwriting: the best of the ready base models on this dataset" in err, err
 
     queries = []
     for c in CHARACTERS:  # drawings the classifier never saw

@@ -190,9 +190,14 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
 
         # A classifier: the base model's card, then live progress through both passes.
         page.click("text=Train a classifier")
+        # By default the job chooses the base model; picking one shows its card.
+        note = page.wait_for_selector("#clf-choice-note").inner_text()
+        assert "handwriting" in note and "natural" in note, note
         page.select_option("#clf-base-model", "handwriting")
         page.wait_for_selector("#model-card:has-text('handwritten')")
         assert re.search(r"5-way 1-shot.*\d+\.\d%", page.inner_text("#model-card"), re.S)
+        page.select_option("#clf-base-model", "")
+        page.wait_for_selector("#clf-choice-note")
         page.fill("#clf-name", "glyphs")
         page.fill("#clf-steps", "100")  # long enough to watch both passes
         shot(page, "03-new-classifier")
@@ -208,6 +213,7 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         cells = [int(c.inner_text()) for c in page.query_selector_all("#confusion tbody td")]
         assert len(cells) == len(CHARACTERS) ** 2 and sum(cells) == len(CHARACTERS)  # 1 held out each
         shot(page, "05-results")
+        assert "chosen for this dataset: handwriting" in page.inner_text("#base-model-choice")
         # The list says which classifier is which: date, base model, holdout accuracy.
         listed = page.inner_text("#classifier-list a.active")
         assert "handwriting" in listed and re.search(r"\d+\.\d%", listed), listed

@@ -61,3 +61,12 @@ def omniglot_png(character: int, drawing: int) -> bytes:
 def omniglot_zip(characters: list[int], drawings: range) -> bytes:
     return zip_bytes({f"chars/ch{c}/{d}.png": omniglot_png(c, d)
                       for c in characters for d in drawings})
+
+
+def photo_zip(classes: int, per_class: int) -> bytes:
+    """The first `per_class` photos of the first `classes` miniImageNet-lite test classes (unseen
+    by every base model), as a user's archive of JPEG folders."""
+    folders = sorted(p for p in (data_root() / "miniimagenet-lite" / "test").iterdir() if p.is_dir())
+    return zip_bytes({f"photos/{folder.name}/{photo.name}": photo.read_bytes()
+                      for folder in folders[:classes]
+                      for photo in sorted(folder.glob("*.jpg"))[:per_class]})

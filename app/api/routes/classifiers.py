@@ -26,7 +26,7 @@ from app.api.responses import errors
 from app.infra.errors import ServiceError
 from app.infra.settings import resolved
 from app.infra.tables import ClassifierRecord
-from app.service import classifiers, jobs
+from app.service import base_model_choice, classifiers, jobs
 from app.service.base_models import usable_base_model
 from app.service.datasets import get_owned as get_owned_dataset
 from app.service.export import ExportFormat, export_zip
@@ -81,17 +81,26 @@ def create_classifier(
 ) -> ClassifierCreated:
     """Train a classifier.
 
-    Starts a training job (202) that fine-tunes the base model (the default one when
-    `base_model_id` is left out) on the dataset: first on a training split to measure holdout
-    accuracy, then on every image. Parameters left out take the base model card's values.
+    Starts a training job (202) that fine-tunes a base model on the dataset: first on a training
+    split to measure holdout accuracy, then on every image. When `base_model_id` is left out,
+    the job first scores every ready base model the caller may use on the dataset itself and
+    trains from the best (`base_model_choice` on the classifier and job says how each scored);
+    a given `base_model_id` is always obeyed. Parameters left out take the base model card's values.
     Follow the job with `GET /v1/jobs/{job_id}/events`. With an `Idempotency-Key`, a repeat
     within 24 h answers the first answer and starts nothing. With a `callback_url`, the job's
     JSON is POSTed there, signed, once it has finished (see the job's `webhook`).
     """
     dataset = get_owned_dataset(session, key, body.dataset_id)
-    base, card = usable_base_model(
-        session=session, settings=settings, key=key, base_model_id=body.base_model_id
-    )
+    choice = None
+    if body.base_model_id is None:
+        options = base_model_choice.candidates(session, settings, key, num_classes=len(
+            dataset.classes), head_init=body.params.head_init)
+        choice = base_model_choice.pending([row.id for row, _ in options], body.params)
+        base, card = options[0]
+    else:
+        base, card = usable_base_model(
+            session=session, settings=settings, key=key, base_model_id=body.base_model_id
+        )
     clf = jobs.create_classifier(
         session=session,
         settings=settings,
@@ -102,6 +111,7 @@ def create_classifier(
         params=resolve_params(body.params, card.get("adaptation") or {}),
         meta_ways=card.get("meta_ways"),
         callback_url=None if body.callback_url is None else str(body.callback_url),
+        base_model_choice=choice,
     )
     assert clf.job_id is not None
     return ClassifierCreated(id=clf.id, status=ArtifactStatus(clf.status), job_id=clf.job_id)

@@ -10,6 +10,7 @@ const ALGORITHMS = ["mtl-reptile", "mtl-fomaml", "mtl-maml", "mtl-protonet", "re
 const PHASE_TEXT = {
   queued: "Queued: waiting for a worker",
   preparing: "Preparing: loading the base model and the images",
+  choosing_base_model: "Choosing the base model: scoring each ready one on this dataset",
   holdout_pass: "Holdout pass: training on the training split to measure accuracy",
   final_pass: "Final pass: training again on every image (the loss starts high again)",
   pretraining: "Pretraining",
@@ -462,13 +463,22 @@ async function newClassifier(box, query) {
   }
   const dsSelect = el("select", { id: "clf-dataset" }, datasets.slice().reverse().map((d) =>
     el("option", { value: d.id, selected: d.id === query.get("dataset") }, `${d.name} (${d.num_images} images, ${d.classes.length} classes)`)));
-  const modelSelect = el("select", { id: "clf-base-model" }, ready.map((m) =>
-    el("option", { value: m.id, selected: m.is_default }, `${m.name}${m.is_default ? " (default)" : ""}`)));
+  // Left empty, the job scores every ready base model on the dataset and trains from the best.
+  const modelSelect = el("select", { id: "clf-base-model" },
+    el("option", { value: "", selected: true }, "The best for this dataset (the job scores each)"),
+    ready.map((m) => el("option", { value: m.id }, `${m.name}${m.is_default ? " (default)" : ""}`)));
   const name = el("input", { type: "text", id: "clf-name", placeholder: "e.g. glyphs classifier" });
   const holdout = el("input", { type: "number", id: "clf-holdout", min: 0, max: 0.5, step: 0.05, value: 0.2 });
   const steps = el("input", { type: "number", id: "clf-steps", min: 0, max: 10000, placeholder: "the base model's (usually 30)" });
   const cardBox = el("div");
   async function showCard() {
+    if (!modelSelect.value) {
+      cardBox.replaceChildren(el("p", { class: "muted", id: "clf-choice-note" },
+        `Before training, the job scores ${ready.map((m) => m.name).join(", ")} on this dataset ` +
+        "(how well each one's features tell its classes apart) and trains from the best; the " +
+        "classifier's page shows the scores."));
+      return;
+    }
     cardBox.replaceChildren(el("p", { class: "muted" }, "Loading the model card…"));
     try {
       cardBox.replaceChildren(modelCard(await api(`/v1/base-models/${modelSelect.value}/card`)));
@@ -495,7 +505,8 @@ async function newClassifier(box, query) {
     const ds = datasets.find((d) => d.id === dsSelect.value);
     try {
       const created = await api("/v1/classifiers", { method: "POST", json: {
-        name: name.value.trim() || ds.name, dataset_id: dsSelect.value, base_model_id: modelSelect.value,
+        name: name.value.trim() || ds.name, dataset_id: dsSelect.value,
+        ...(modelSelect.value ? { base_model_id: modelSelect.value } : {}),
         params: { holdout_fraction: Number(holdout.value), ...(steps.value ? { steps: Number(steps.value) } : {}) },
       } });
       location.hash = `#/classifiers/${created.id}`;
@@ -582,6 +593,17 @@ function progressPanel(job, { onFinished, onUpdate, cancellable = true } = {}) {
   return panel;
 }
 
+/** How the job chose the base model, when the request named none (null otherwise). */
+function choiceLine(choice) {
+  if (!choice) return null;
+  if (!choice.chosen) return el("p", { class: "muted", id: "base-model-choice" },
+    `The base model is chosen when the job starts, among ${choice.candidates.map((c) => c.base_model_id).join(", ")}.`);
+  const scores = choice.candidates.map((c) =>
+    `${c.base_model_id} ${c.score === null ? "–" : `${Math.round(100 * c.score)}%`}`).join(", ");
+  return el("p", { class: "muted", id: "base-model-choice", title: choice.rule },
+    `Base model chosen for this dataset: ${choice.chosen} (leave-one-out accuracy of each one's prototypes: ${scores}).`);
+}
+
 async function classifierDetail(box, clf) {
   const statusBadge = el("span", { id: "classifier-status" }, badge(clf.status));
   const CLASSIFIER_STATUS = { running: "training", succeeded: "ready" };
@@ -589,7 +611,8 @@ async function classifierDetail(box, clf) {
     el("div", { class: "row" },
       el("div", {}, el("h1", {}, clf.name, " ", statusBadge),
         el("p", { class: "muted" }, `${clf.labels.length} classes · base model ${clf.base_model_id} · `,
-          el("a", { href: `#/datasets/${clf.dataset_id}` }, "dataset"))),
+          el("a", { href: `#/datasets/${clf.dataset_id}` }, "dataset")),
+        choiceLine(clf.base_model_choice)),
       el("button", { type: "button", class: "danger", onclick: async () => {
         if (!confirm(`Delete classifier “${clf.name}”?`)) return;
         await api(`/v1/classifiers/${clf.id}`, { method: "DELETE" });

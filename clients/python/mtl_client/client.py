@@ -182,8 +182,9 @@ class Client:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> ClassifierCreated:
-        """Start training a classifier on a dataset (the default base model unless one is
-        given); `params` are the API's `ClassifierParams` (steps, learning_rate, ...); the
+        """Start training a classifier on a dataset, from `base_model_id`, or when it is None from
+        the ready base model that scores best on the dataset (the job chooses; the classifier's
+        `base_model_choice` says how); `params` are the API's `ClassifierParams` (steps, learning_rate, ...); the
         service POSTs the finished job to `callback_url`, signed (docs/service.md)."""
         body: dict[str, Any] = {"name": name, "dataset_id": dataset_id, "params": params or {}}
         if base_model_id is not None:

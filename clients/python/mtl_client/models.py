@@ -16,11 +16,18 @@ from pydantic import (
     model_validator,
 )
 
+from mtl_client.base_models import (
+    BaseModelCandidate,
+    BaseModelCard,
+    BaseModelChoice,
+    BaseModelFields,
+    CardAccuracy,
+)
 from mtl_client.statuses import FINISHED, ArtifactStatus, JobKind, JobPhase, JobStatus
 
 __all__ = [
     "FINISHED", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic", "ArtifactStatus",
-    "BaseModelCard", "BaseModelPublic", "CallbackUrl", "CardAccuracy", "ClassCount",
+    "BaseModelCandidate", "BaseModelCard", "BaseModelChoice", "BaseModelPublic", "CallbackUrl", "CardAccuracy", "ClassCount",
     "ClassMetrics", "ClassifierCreate", "ClassifierCreated", "ClassifierMetrics",
     "ClassifierParams", "ClassifierPublic", "DatasetImagePage", "DatasetImagePublic",
     "DatasetPublic", "FromRecord", "ImageIn", "JobKind", "JobPhase", "JobProgress",
@@ -180,6 +187,9 @@ class ClassifierPublic(FromRecord):
     job_id: str | None
     params: dict[str, Any]
     metrics: ClassifierMetrics | None
+    base_model_choice: BaseModelChoice | None = Field(
+        default=None, description="how the service chose the base model for a request that left "
+        "`base_model_id` out; null when the request named one")
     created_at: datetime
 
 
@@ -213,7 +223,8 @@ class JobPublic(BaseModel):
     status: JobStatus
     phase: JobPhase | None = Field(
         description="what the job is doing: queued; preparing (loading the base model and "
-        "images); holdout_pass (a classifier trained on its training split, to measure holdout "
+        "images); choosing_base_model (scoring the candidates, when the request named none); "
+        "holdout_pass (a classifier trained on its training split, to measure holdout "
         "accuracy); final_pass (trained again from the base model on every image, so the loss "
         "starts high again); pretraining; saving. Null once the job has finished."
     )
@@ -222,6 +233,9 @@ class JobPublic(BaseModel):
     error: str | None
     classifier_id: str | None
     base_model_id: str | None
+    base_model_choice: BaseModelChoice | None = Field(
+        default=None, description="how the service chose the base model for a request that left "
+        "`base_model_id` out; null when the request named one")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -270,14 +284,7 @@ class PredictResponse(BaseModel):
         "classifier calibrated when it was trained (null: a classifier trained without one)")
 
 
-class BaseModelPublic(FromRecord):
-    id: str
-    name: str
-    algorithm: str
-    image_size: int
-    channels: int
-    is_default: bool
-    status: ArtifactStatus
+class BaseModelPublic(BaseModelFields, FromRecord):
     metrics: dict[str, Any]
 
     @field_validator("metrics", mode="before")
@@ -336,35 +343,6 @@ class DatasetImagePage(BaseModel):
     count: int = Field(description="images matching the query, across all pages")
     next_cursor: str | None = Field(
         default=None, description="pass as `cursor` for the next page; null on the last page"
-    )
-
-
-class CardAccuracy(BaseModel):
-    """One measured few-shot result: accuracy on classes the base model never saw."""
-
-    ways: int
-    shots: int
-    episodes: int
-    accuracy: float
-    ci95: float | None
-
-
-class BaseModelCard(BaseModel):
-    id: str
-    name: str
-    algorithm: str
-    image_size: int
-    channels: int
-    is_default: bool
-    status: ArtifactStatus
-    suits: str = Field(description="what kind of images this base model is meant for")
-    pretrained_on: str | None = Field(description="the data it was pretrained on")
-    training_seconds: float | None
-    accuracy: list[CardAccuracy] = Field(
-        description="few-shot accuracy measured on unseen classes (empty when not measured)"
-    )
-    adaptation: dict[str, Any] = Field(
-        description="the fine-tuning settings its classifiers use unless a request says otherwise"
     )
 
 

@@ -29,6 +29,7 @@ class JobPhase(StrEnum):
 
     QUEUED = "queued"
     PREPARING = "preparing"
+    CHOOSING_BASE_MODEL = "choosing_base_model"
     HOLDOUT_PASS = "holdout_pass"
     FINAL_PASS = "final_pass"
     PRETRAINING = "pretraining"
