@@ -30,7 +30,8 @@ from app.service.params import adapt_config
 from app.service.schemas import ClassifierParams, resolve_params
 from models.adaptation import adapt
 from models.checkpoint import load_base_model
-from models.data import decode_image, to_float
+from models.data import to_float
+from models.loaders import decode_image
 from models.selection import prototype_loo_accuracy, sample_per_class
 from tests.utils.images import data_root, omniglot_eval, png
 

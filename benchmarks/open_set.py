@@ -88,7 +88,8 @@ def run_task(base: str, known_set: Any, ood: torch.Tensor, ways: int, per_class:
 
 
 def main() -> None:
-    from models.data import data_root, load_dataset
+    from models.data import data_root
+    from models.loaders import load_dataset
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=5)

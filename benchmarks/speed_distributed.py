@@ -30,8 +30,9 @@ import torch
 from benchmarks.speed_service import RESULTS, machine, write_report
 from benchmarks.table1 import git_commit
 from models.config import PretrainConfig
-from models.data import ImageSet, data_root, load_dataset
+from models.data import ImageSet, data_root
 from models.distributed import launch
+from models.loaders import load_dataset
 from models.training import PretrainResult
 
 

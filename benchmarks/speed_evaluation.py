@@ -24,7 +24,8 @@ import torch
 from benchmarks.table1 import FINE_TUNE, PROFILES, git_commit, machine_description
 from models.adaptation import evaluate
 from models.config import AdaptConfig
-from models.data import concat, data_root, load_dataset
+from models.data import concat, data_root
+from models.loaders import load_dataset
 from models.network import build_metanet
 
 ADAPTATIONS: dict[str, AdaptConfig] = {

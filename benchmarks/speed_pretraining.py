@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from benchmarks.table1 import PROFILES, git_commit, machine_description, method_config
 from models.config import PretrainConfig
-from models.data import ImageSet, data_root, load_dataset
+from models.data import ImageSet, data_root
+from models.loaders import load_dataset
 from models.network import build_metanet
 from models.precision import autocast
 from models.training import Progress, pretrain

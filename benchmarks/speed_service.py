@@ -277,7 +277,8 @@ def raw_forward_ms(directory: Path, image: bytes, repeats: int, threads: int | N
         torch.set_num_threads(threads)
 
     from models.checkpoint import load_classifier
-    from models.data import decode_image, to_float
+    from models.data import to_float
+    from models.loaders import decode_image
 
     clf, card = load_classifier(directory)
     x = to_float(torch.from_numpy(decode_image(image, channels=card["channels"],

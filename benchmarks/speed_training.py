@@ -44,7 +44,9 @@ from torch import nn
 from benchmarks.table1 import git_commit, machine_description
 from models.backbones import available_backbones, register_backbone
 from models.config import PretrainConfig
-from models.data import EpisodeSampler, ImageSet, data_root, load_dataset
+from models.data import ImageSet, data_root
+from models.episodes import EpisodeSampler
+from models.loaders import load_dataset
 from models.network import build_metanet
 from models.training import resolve_device, sample_tasks, train_step
 

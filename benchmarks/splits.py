@@ -43,7 +43,8 @@ def base_and_validation(dataset: str, held_out: int | None = None, *, seed: int 
     """The base and validation classes of `dataset` (see the module docstring), loaded at
     `image_size` x `image_size` with `channels` channels (each data set's own by default)."""
     # torch is imported here, not when the module is: DATASETS serves argument parsers.
-    from models.data import data_root, hold_out_groups, load_dataset, load_omniglot_vinyals
+    from models.data import data_root, hold_out_groups
+    from models.loaders import load_dataset, load_omniglot_vinyals
 
     if dataset not in DATASETS:
         raise ConfigError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")

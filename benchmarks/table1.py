@@ -340,7 +340,8 @@ def load_splits(dataset: str, profile: Profile) -> Splits:
     background/evaluation, Omniglot Vinyals trainval/test, or miniImageNet train/val+test; the
     validation classes are benchmarks.splits', the ones tuning chose settings on."""
     from benchmarks.splits import base_and_validation
-    from models.data import concat, data_root, load_dataset, load_omniglot_vinyals, with_rotations
+    from models.data import concat, data_root, with_rotations
+    from models.loaders import load_dataset, load_omniglot_vinyals
 
     root = data_root()
     size, channels = profile.image_size, profile.channels

@@ -15,7 +15,8 @@ from torch import nn
 
 from models.backbones import to_backbone_input
 from models.config import AdaptConfig, check_head_init, fit_steps
-from models.data import Episode, EpisodeSampler, ImageSet, augment_images, to_float
+from models.data import ImageSet, augment_images, to_float
+from models.episodes import Episode, EpisodeSampler
 from models.errors import ConfigError, TrainingCancelled
 from models.network import Classifier, MetaNet
 from models.precision import autocast

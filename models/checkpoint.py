@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.config import code_version
 from models.errors import CheckpointError
 from models.network import Classifier, MetaNet, build_metanet
 
@@ -26,15 +27,6 @@ FORMAT_VERSION = 1
 # Read once: os.umask can only be read by setting it, which is not thread-safe later on.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mtl-service")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _atomic_write(path: Path, write: Any) -> None:

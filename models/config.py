@@ -9,6 +9,17 @@ from typing import Any, Literal
 
 from models.errors import ConfigError
 
+
+def code_version() -> str:
+    """The installed mtl-service version, for cards and `mtl --version` ("0+unknown" in a tree
+    that was never installed). Here because this module imports no torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mtl-service")
+    except PackageNotFoundError:
+        return "0+unknown"
+
 # name -> (meta-learner or None, fixed beta or None when the config's beta applies)
 ALGORITHMS: dict[str, tuple[str | None, float | None]] = {
     "transfer": (None, 0.0),

@@ -47,8 +47,9 @@ from torch import nn
 
 from models import algorithms as alg
 from models.config import PretrainConfig
-from models.data import ImageSet, load_dataset
+from models.data import ImageSet
 from models.errors import ConfigError, MTLError, TrainingCancelled
+from models.loaders import load_dataset
 from models.network import MetaNet
 from models.training import (
     PretrainResult,

@@ -19,7 +19,8 @@ import torch
 from models import algorithms as alg
 from models.checkpoint import load_checkpoint, save_base_model
 from models.config import AdaptConfig, PretrainConfig
-from models.data import EpisodeSampler, ImageSet, augment_images, to_float
+from models.data import ImageSet, augment_images, to_float
+from models.episodes import EpisodeSampler
 from models.errors import CheckpointError, ConfigError, TrainingCancelled
 from models.network import MetaNet, build_metanet
 from models.precision import autocast, effective_precision, full_precision

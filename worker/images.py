@@ -18,8 +18,9 @@ def load_images(settings: Settings, dataset_id: str, *, channels: int, image_siz
     import numpy as np
     import torch
 
-    from models.data import ImageSet, decode_image
+    from models.data import ImageSet
     from models.errors import DatasetError
+    from models.loaders import decode_image
 
     with session_scope(settings.resolved_database_url) as session:
         dataset = session.get(DatasetRecord, dataset_id)

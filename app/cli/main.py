@@ -19,6 +19,7 @@ from app.cli.common import CommandFailed, HelpFormatter, Parser, UsageError
 from app.cli.ml import add_evaluate, add_pretrain
 from app.cli.ops import add_keys, add_migrate, add_serve, add_worker, service_settings
 from app.cli.remote import add_base_models, add_classifiers, add_datasets, add_jobs, add_predict
+from models.config import code_version
 
 # Commands that run torch in this process: they use `MTL_TORCH_THREADS` threads, as the service does.
 TRAINING_COMMANDS = ("pretrain", "evaluate", "bench")
@@ -39,20 +40,10 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-def package_version() -> str:
-    """The installed mtl-service version ('unknown' in a tree that was never installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mtl-service")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mtl", description="Meta-transfer learning service and tools",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+    parser.add_argument("--version", action="version", version=f"%(prog)s {code_version()}",
                         help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:

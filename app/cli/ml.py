@@ -106,8 +106,8 @@ def _pretrain_defaults() -> dict[str, Any]:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from models.data import load_dataset
     from models.distributed import launch, spread_warnings
+    from models.loaders import load_dataset
     from models.training import PretrainConfig, Progress
 
     fields = _pretrain_defaults().keys()
@@ -201,7 +201,8 @@ def _print_results(card: dict[str, Any], args: argparse.Namespace, precision: st
 def _evaluate(args: argparse.Namespace) -> int:
     from models.adaptation import AdaptConfig, evaluate
     from models.checkpoint import load_base_model
-    from models.data import concat, load_dataset
+    from models.data import concat
+    from models.loaders import load_dataset
     from models.precision import effective_precision
     from models.training import resolve_device
 
@@ -249,6 +250,12 @@ def _evaluate(args: argparse.Namespace) -> int:
                    "seconds": round(time.perf_counter() - started, 1)},
     }
     _print_results(card, args, precision, config, results)
+    _save_report(args, report)
+    return 0
+
+
+def _save_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """`--json` and `--record` of `mtl evaluate`."""
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -257,6 +264,5 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         record_metrics(args.checkpoint, args.record,
                        {**report, "command": "mtl " + " ".join(args.argv)})
-    return 0
 
 

@@ -4,7 +4,7 @@ checkpoint), its labels, its preprocessing and a README.txt on how to run it.
 The exported ONNX and TorchScript models take what the service's predict feeds its network:
 float32 images (N, C, H, W) with values in [0, 1] (the decoded 8-bit pixels / 255), and answer
 class probabilities (N, classes) in `labels.json` order. The normalisation (mean, std) is inside
-the model; `preprocessing.json` says how an image becomes that input (`models.data.decode_image`).
+the model; `preprocessing.json` says how an image becomes that input (`models.loaders.decode_image`).
 Torch is imported only when an export is made, never when the API starts.
 """
 
@@ -40,7 +40,7 @@ MODEL_FILE = {
 
 
 def preprocessing(card: dict[str, Any], mean: list[float], std: list[float]) -> dict[str, Any]:
-    """How an image becomes the model's input, as `models.data.decode_image` and predict do it."""
+    """How an image becomes the model's input, as `models.loaders.decode_image` and predict do it."""
     channels = int(card["channels"])
     size = int(card["image_size"])
     return {

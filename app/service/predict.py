@@ -154,8 +154,8 @@ class PredictService:
         import numpy as np
         import torch
 
-        from models.data import decode_image
         from models.errors import DatasetError
+        from models.loaders import decode_image
 
         clf, card = loaded
         arrays: list[Any] = []

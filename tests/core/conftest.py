@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.data import ImageSet, data_root, load_dataset
+from models.data import ImageSet, data_root
+from models.loaders import load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,15 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import (
-    EpisodeSampler,
-    ImageSet,
-    load_dataset,
-    load_image_folder,
-    load_omniglot_vinyals,
-    with_rotations,
-)
+from models.data import ImageSet, with_rotations
+from models.episodes import EpisodeSampler
 from models.errors import ConfigError, DatasetError
+from models.loaders import load_dataset, load_image_folder, load_omniglot_vinyals
 
 
 def test_omniglot_npz_loads_with_alphabet_names(omniglot_background: ImageSet, omniglot_evaluation: ImageSet) -> None:

@@ -188,7 +188,7 @@ def test_the_idle_warning_counts_the_parts_train_step_spreads(
     parts `transfer_parts` makes (a mixed-class batch when `transfer_batch` > 0)."""
     import numpy as np
 
-    from models.data import EpisodeSampler
+    from models.episodes import EpisodeSampler
 
     sampler = EpisodeSampler(small_omniglot.labels, ways=config.ways, shots=config.shots,
                              queries=config.queries)

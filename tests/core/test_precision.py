@@ -20,7 +20,8 @@ from models import precision as precision_module
 from models.adaptation import evaluate
 from models.checkpoint import load_checkpoint
 from models.config import ALGORITHMS, AdaptConfig, PretrainConfig
-from models.data import EpisodeSampler, ImageSet, augment_images, to_float
+from models.data import ImageSet, augment_images, to_float
+from models.episodes import EpisodeSampler
 from models.errors import ConfigError
 from models.network import MetaNet, build_metanet
 from models.precision import autocast, bf16_supported

@@ -14,7 +14,9 @@ import torch
 from benchmarks import table1
 from benchmarks.prereg_sweep import candidates, winner
 from benchmarks.table1 import PREREG_METHODS, PROFILES, method_config
-from models.data import EpisodeSampler, ImageSet, concat, load_dataset
+from models.data import ImageSet, concat
+from models.episodes import EpisodeSampler
+from models.loaders import load_dataset
 
 
 def test_many_way_many_shot_episodes_on_miniimagenet_lite(shared_data: Path) -> None:

@@ -80,7 +80,7 @@ def builtin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("MTL_TEST_BUILTIN_DIR"):  # a developer's shortcut: reuse a trained folder
         return Path(os.environ["MTL_TEST_BUILTIN_DIR"])
     from models.config import PretrainConfig
-    from models.data import load_omniglot_npz
+    from models.loaders import load_omniglot_npz
     from models.training import pretrain
 
     root = tmp_path_factory.mktemp("builtin")

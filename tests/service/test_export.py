@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.infra.settings import Settings
-from models.data import decode_image
+from models.loaders import decode_image
 from tests.service.conftest import new_key
 from tests.utils.images import omniglot_png
 from tests.utils.training import CHARACTERS, create_classifier, trained_classifier
