@@ -147,6 +147,14 @@ def class_prototypes(clf: Classifier, images: torch.Tensor, labels: torch.Tensor
     return F.normalize(sums, dim=1)
 
 
+@dataclass(frozen=True)
+class HoldoutPredictions:
+    """The first model's answer for each holdout image: its label and that label's probability."""
+
+    labels: list[int]
+    probabilities: list[float]
+
+
 def fit_classifier(
     net: MetaNet,
     images: torch.Tensor,
@@ -159,11 +167,11 @@ def fit_classifier(
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_phase: Callable[[str], None] | None = None,
-) -> tuple[Classifier, list[int] | None]:
+) -> tuple[Classifier, HoldoutPredictions | None]:
     """A custom classifier as the service trains one: with a `holdout` (indices), first `adapt`
     on the other images and predict the holdout (phase "holdout_pass"), then `adapt` from the
     base model again on every image (phase "final_pass"). Returns the final classifier and the
-    holdout's predicted labels (None without a holdout). The classifier carries its open-set
+    holdout's predictions, in `holdout` order (None without a holdout). The classifier carries its open-set
     prototypes and a threshold: the UNKNOWN_QUANTILE of the holdout's scores by the first model,
     or, without a holdout, of the training images' scores by the final one (optimistic: it fit
     them, so more new images of known classes fall below it). `progress(step, total, loss)` counts
@@ -188,7 +196,9 @@ def fit_classifier(
                       seed=seed, progress=offset(0), should_stop=should_stop)
         first.set_open_set(class_prototypes(first, images[tr], labels[tr]), None)
         probs, calibration = first.probabilities_and_scores(images[ho])
-        predicted = probs.argmax(1).cpu().tolist()
+        top = probs.max(1)
+        predicted = HoldoutPredictions(top.indices.cpu().tolist(),
+                                       [round(p, 4) for p in top.values.float().cpu().tolist()])
     if on_phase is not None:
         on_phase("final_pass")
     final = adapt(net, images, labels, class_names=class_names, config=config, seed=seed,

@@ -49,3 +49,13 @@ def load_images(settings: Settings, dataset_id: str, *, channels: int, image_siz
         class_names=class_names,
         source=f"dataset:{dataset_id}",
     )
+
+
+def image_rows(settings: Settings, dataset_id: str) -> list[tuple[int, str]]:
+    """Each image's (id, filename), in `load_images`'s order."""
+    with session_scope(settings.resolved_database_url) as session:
+        return [(int(i), str(f)) for i, f in session.execute(
+            select(DatasetImageRecord.id, DatasetImageRecord.filename)
+            .where(DatasetImageRecord.dataset_id == dataset_id)
+            .order_by(DatasetImageRecord.id)
+        ).all()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -14,11 +15,12 @@ from app.infra.settings import Settings
 from app.infra.tables import BaseModelRecord, JobRecord
 from app.service import base_model_choice
 from app.service.base_models import base_model_dir
+from app.service.classifiers import HOLDOUT_FILE
 from app.service.holdout import classification_metrics, holdout_split, training_steps
 from app.service.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
 from app.service.params import adapt_config
 from worker.choose_base_model import choose_base_model
-from worker.images import load_images
+from worker.images import image_rows, load_images
 from worker.lifecycle import JobFailed, Reporter
 
 
@@ -69,9 +71,12 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     _, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
     total = training_steps(params, list(Counter(labels).values()))
     clf, predicted = _fit(net, data, hold_idx, params, total, reporter, device)
-    metrics = None
+    metrics = holdout = None
     if predicted is not None:
-        metrics = classification_metrics([labels[i] for i in hold_idx], predicted, data.class_names)
+        metrics = classification_metrics([labels[i] for i in hold_idx], predicted.labels,
+                                         data.class_names)
+        holdout = _holdout_rows(settings, job.dataset_id, hold_idx, labels, predicted,
+                                data.class_names)
     meta = {
         "backbone": card["backbone"],
         "channels": card["channels"],
@@ -86,11 +91,20 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
                      "calibrated_on": "holdout" if hold_idx else "training images"},
     }
     return _save_and_record(settings, job_id, job.classifier_id, clf, meta, data.class_names,
-                            metrics, reporter)
+                            metrics, reporter, holdout)
+
+
+def _holdout_rows(settings: Settings, dataset_id: str, hold_idx: list[int], labels: list[int],
+                  predicted: Any, class_names: list[str]) -> list[dict[str, Any]]:
+    """One row per holdout image: which image, its label, the first model's answer."""
+    rows = image_rows(settings, dataset_id)
+    return [{"image_id": rows[i][0], "filename": rows[i][1], "label": class_names[labels[i]],
+             "predicted": class_names[p], "probability": prob}
+            for i, p, prob in zip(hold_idx, predicted.labels, predicted.probabilities, strict=True)]
 
 
 def _fit(net: Any, data: Any, hold_idx: list[int], params: dict[str, Any], total: int,
-         reporter: Reporter, device: Any) -> tuple[Any, list[int] | None]:
+         reporter: Reporter, device: Any) -> tuple[Any, Any]:
     """The classifier trained on every image, and (with a holdout) the holdout's predictions by
     one trained on the rest first; progress runs over both passes as one count."""
     from models.adaptation import fit_classifier
@@ -110,7 +124,7 @@ def _fit(net: Any, data: Any, hold_idx: list[int], params: dict[str, Any], total
 
 def _save_and_record(settings: Settings, job_id: str, classifier_id: str, clf: Any,
                      meta: dict[str, Any], class_names: list[str], metrics: dict[str, Any] | None,
-                     reporter: Reporter) -> str:
+                     reporter: Reporter, holdout: list[dict[str, Any]] | None) -> str:
     from models.checkpoint import save_classifier
 
     # This attempt writes its own folder; only the attempt that still owns the job moves it into
@@ -121,6 +135,8 @@ def _save_and_record(settings: Settings, job_id: str, classifier_id: str, clf: A
     shutil.rmtree(staged, ignore_errors=True)
     reporter.set_phase(JobPhase.SAVING)
     save_classifier(staged, clf.cpu(), meta)
+    if holdout is not None:
+        (staged / HOLDOUT_FILE).write_text(json.dumps(holdout))
 
     def record(session: Any) -> None:
         set_artifact_status(

@@ -15,10 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from app.cli.bench import add_bench
+from app.cli.classifiers import add_classifiers
 from app.cli.common import CommandFailed, HelpFormatter, Parser, UsageError
 from app.cli.ml import add_evaluate, add_pretrain
 from app.cli.ops import add_keys, add_migrate, add_serve, add_worker, service_settings
-from app.cli.remote import add_base_models, add_classifiers, add_datasets, add_jobs, add_predict
+from app.cli.remote import add_base_models, add_datasets, add_jobs, add_predict
 from models.config import code_version
 
 # Commands that run torch in this process: they use `MTL_TORCH_THREADS` threads, as the service does.

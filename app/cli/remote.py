@@ -55,7 +55,7 @@ def client_command(sub: argparse._SubParsersAction, name: str, text: str, *,
     return p
 
 
-def _json(value: Any) -> None:
+def print_json(value: Any) -> None:
     """A model, or a list of them, as JSON on stdout."""
     if isinstance(value, list):
         print(json.dumps([v.model_dump(mode="json") for v in value], indent=2))
@@ -63,16 +63,16 @@ def _json(value: Any) -> None:
         print(value.model_dump_json(indent=2))
 
 
-def _newest_first(items: list[Any]) -> list[Any]:
+def newest_first(items: list[Any]) -> list[Any]:
     return sorted(items, key=lambda i: i.created_at, reverse=True)
 
 
-def _note(text: str) -> None:
+def note(text: str) -> None:
     """What a person reads; stdout is kept for what a script reads (an id, a table)."""
     print(text, file=sys.stderr)
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -82,7 +82,7 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
@@ -100,31 +100,31 @@ def add_datasets(sub: argparse._SubParsersAction) -> None:
     up.set_defaults(handler=through_client(_datasets_upload))
     ls = client_command(datasets, "list", "this key's datasets, newest first, as a table")
     ls.set_defaults(handler=through_client(_datasets_list))
-    _on_one(datasets, "show", "one dataset as JSON: its classes with counts and rejected files",
+    on_one(datasets, "show", "one dataset as JSON: its classes with counts and rejected files",
             "dataset", _datasets_show)
-    _on_one(datasets, "delete", "delete a dataset (classifiers trained on it keep working)",
+    on_one(datasets, "delete", "delete a dataset (classifiers trained on it keep working)",
             "dataset", _datasets_delete)
 
 
 def _datasets_list(mtl: Any, args: argparse.Namespace) -> int:
-    datasets = _newest_first(mtl.datasets())
+    datasets = newest_first(mtl.datasets())
     if args.json:
-        _json(datasets)
+        print_json(datasets)
         return 0
-    _table(["dataset", "name", "images", "classes", "created"],
+    print_table(["dataset", "name", "images", "classes", "created"],
            [[d.id, d.name, str(d.num_images), str(len(d.classes)),
              d.created_at.strftime("%Y-%m-%d %H:%M:%S")] for d in datasets])
     return 0
 
 
 def _datasets_show(mtl: Any, args: argparse.Namespace) -> int:
-    _json(mtl.dataset(args.dataset))
+    print_json(mtl.dataset(args.dataset))
     return 0
 
 
 def _datasets_delete(mtl: Any, args: argparse.Namespace) -> int:
     mtl.delete_dataset(args.dataset)
-    _note(f"dataset {args.dataset} deleted")
+    note(f"dataset {args.dataset} deleted")
     return 0
 
 
@@ -138,9 +138,9 @@ def add_base_models(sub: argparse._SubParsersAction) -> None:
 def _base_models_list(mtl: Any, args: argparse.Namespace) -> int:
     models = mtl.base_models()
     if args.json:
-        _json(models)
+        print_json(models)
         return 0
-    _table(["base model", "name", "algorithm", "image", "status", "default"],
+    print_table(["base model", "name", "algorithm", "image", "status", "default"],
            [[m.id, m.name, m.algorithm, f"{m.image_size}x{m.image_size}x{m.channels}", m.status,
              "yes" if m.is_default else ""] for m in models])
     return 0
@@ -150,63 +150,18 @@ def _datasets_upload(mtl: Any, args: argparse.Namespace) -> int:
     ds = mtl.upload_dataset(args.source, name=args.name)
     counts = ", ".join(f"{c.name}: {c.count}" for c in ds.classes[:10])
     more = f", and {len(ds.classes) - 10} more" if len(ds.classes) > 10 else ""
-    _note(f"dataset {ds.id} '{ds.name}': {ds.num_images} images in {len(ds.classes)} classes "
+    note(f"dataset {ds.id} '{ds.name}': {ds.num_images} images in {len(ds.classes)} classes "
           f"({counts}{more})")
     for r in ds.rejected:
-        _note(f"warning: left out {r.file}: {r.reason}")
+        note(f"warning: left out {r.file}: {r.reason}")
     if args.json:
-        _json(ds)
+        print_json(ds)
     else:
         print(ds.id)
     return 0
 
 
-def add_classifiers(sub: argparse._SubParsersAction) -> None:
-    p = command(sub, "classifiers", "classifiers on a running service (MTL_URL, MTL_API_KEY)")
-    classifiers = p.add_subparsers(dest="classifiers_command", required=True)
-    c = client_command(classifiers, "create",
-                       "train a classifier on a dataset; prints the classifier's id")
-    c.add_argument("--dataset", required=True, help="the dataset's id (mtl datasets upload prints it)")
-    c.add_argument("--name", default=None, help="the classifier's name (default: the dataset's)")
-    c.add_argument("--base-model", default=None,
-                   help="the base model's id, e.g. handwriting or natural (default: the job "
-                        "scores every ready base model on the dataset and trains from the best)")
-    c.add_argument("--params", type=_json_object, default=None,
-                   help="""training parameters as a JSON object, e.g. '{"steps": 50}' (default: """
-                        "the base model card's)")
-    c.add_argument("--wait", action="store_true",
-                   help="follow the training job with a progress bar; exit 1 unless it succeeds")
-    c.add_argument("--timeout", type=float, default=None,
-                   help="with --wait: stop waiting after this many seconds (default: until the "
-                        "job finishes)")
-    c.set_defaults(handler=through_client(_classifiers_create))
-    ls = client_command(classifiers, "list", "this key's classifiers, newest first, as a table")
-    ls.set_defaults(handler=through_client(_classifiers_list))
-    _on_one(classifiers, "show", "one classifier as JSON: status, labels, parameters and "
-            "holdout metrics", "classifier", _classifiers_show)
-    _on_one(classifiers, "delete", "delete a classifier (its training job is cancelled if still "
-            "running)", "classifier", _classifiers_delete)
-    ex = client_command(classifiers, "export", "save a classifier as a zip to run without the "
-                        "service (the model, labels.json, preprocessing.json, a README with example "
-                        "code)", json_flag=False)
-    ex.add_argument("classifier", help="the classifier's id")
-    ex.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default="onnx",
-                    help="onnx or torchscript take float32 images (N, C, H, W) in [0, 1] and answer "
-                         "probabilities; safetensors is the service's own checkpoint")
-    ex.add_argument("-o", "--output", type=Path, default=None,
-                    help="the zip's path (default: classifier-ID-FORMAT.zip here)")
-    ex.set_defaults(handler=through_client(_classifiers_export))
-
-
-def _choice_line(choice: Any) -> str:
-    """How the service chose the base model, in one line: each candidate's proxy score."""
-    scores = ", ".join(f"{c.base_model_id} {'-' if c.score is None else f'{100 * c.score:.0f}%'}"
-                       for c in choice.candidates)
-    return (f"base model {choice.chosen}: the best of the ready base models on this dataset "
-            f"(leave-one-out accuracy of the prototype head: {scores})")
-
-
-def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
+def on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
             run: ClientCommand) -> None:
     """A client command on one resource given by its id (`args.<what>`)."""
     p = client_command(sub, name, help)
@@ -214,64 +169,7 @@ def _on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,
     p.set_defaults(handler=through_client(run))
 
 
-def _classifiers_list(mtl: Any, args: argparse.Namespace) -> int:
-    classifiers = _newest_first(mtl.classifiers())
-    if args.json:
-        _json(classifiers)
-        return 0
-    rows = []
-    for c in classifiers:
-        accuracy = "" if c.metrics is None else f"{100 * c.metrics.holdout_accuracy:.1f}%"
-        rows.append([c.id, c.name, c.status, c.base_model_id, str(len(c.labels)), accuracy,
-                     c.created_at.strftime("%Y-%m-%d %H:%M:%S")])
-    _table(["classifier", "name", "status", "base model", "classes", "holdout", "created"], rows)
-    return 0
-
-
-def _classifiers_show(mtl: Any, args: argparse.Namespace) -> int:
-    _json(mtl.classifier(args.classifier))
-    return 0
-
-
-def _classifiers_delete(mtl: Any, args: argparse.Namespace) -> int:
-    mtl.delete_classifier(args.classifier)
-    _note(f"classifier {args.classifier} deleted")
-    return 0
-
-
-def _classifiers_export(mtl: Any, args: argparse.Namespace) -> int:
-    out = args.output or Path(f"classifier-{args.classifier}-{args.format}.zip")
-    path = mtl.export_classifier(args.classifier, out, fmt=args.format)
-    _note(f"classifier {args.classifier} exported as {args.format}")
-    print(path)
-    return 0
-
-
-def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
-    name = args.name or mtl.dataset(args.dataset).name
-    created = mtl.create_classifier(args.dataset, name=name, base_model_id=args.base_model,
-                                    params=args.params)
-    _note(f"classifier {created.id}: training job {created.job_id} {created.status}")
-    if args.wait:
-        job = _follow(mtl, created.job_id, args.timeout)
-        if job.status != "succeeded":
-            raise CommandFailed(f"job {job.id} of classifier {created.id} {job.status}"
-                                + (f": {job.error}" if job.error else ""))
-        clf = mtl.classifier(created.id)
-        if clf.base_model_choice is not None:
-            _note(_choice_line(clf.base_model_choice))
-        metrics = clf.metrics
-        if metrics is not None:
-            _note(f"classifier {created.id} is ready: holdout accuracy "
-                  f"{100 * metrics.holdout_accuracy:.1f}%")
-    if args.json:
-        _json(mtl.classifier(created.id))
-    else:
-        print(created.id)
-    return 0
-
-
-def _follow(mtl: Any, job_id: str, timeout: float | None) -> Any:
+def follow_job(mtl: Any, job_id: str, timeout: float | None) -> Any:
     """Wait for a job with a progress bar fed by its progress; Ctrl-C stops waiting only."""
     bar = progress_bar(0, "queued")
 
@@ -286,7 +184,7 @@ def _follow(mtl: Any, job_id: str, timeout: float | None) -> Any:
     try:
         return mtl.wait_for_job(job_id, progress=on_progress, timeout=timeout)
     except KeyboardInterrupt:
-        _note(f"stopped waiting; job {job_id} goes on (mtl jobs show {job_id}, "
+        note(f"stopped waiting; job {job_id} goes on (mtl jobs show {job_id}, "
               f"mtl jobs cancel {job_id})")
         raise
     finally:
@@ -313,7 +211,7 @@ def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
     if args.wait:
         clf = mtl.classifier(args.classifier)
         if clf.status in ("queued", "training") and clf.job_id:
-            _follow(mtl, clf.job_id, None)
+            follow_job(mtl, clf.job_id, None)
     answer = mtl.predict(args.classifier, args.images, top_k=args.top_k)
     if args.json:
         print(answer.model_dump_json(indent=2, exclude_none=True))
@@ -329,7 +227,7 @@ def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
             rows.append([str(image) if rank == 0 else "", p.label, f"{p.probability:.3f}",
                          score if rank == 0 else ""])
     # score: likeness to the classifier's classes; "unknown" below the classifier's threshold.
-    _table(["image", "label", "probability", "score"], rows)
+    print_table(["image", "label", "probability", "score"], rows)
     return 0
 
 
@@ -344,33 +242,33 @@ def add_jobs(sub: argparse._SubParsersAction) -> None:
                     help="admin keys: only this tenant's jobs (default: every tenant's)")
     ls.add_argument("--limit", type=int, default=20, help="at most this many jobs (1-500)")
     ls.set_defaults(handler=through_client(_jobs_list))
-    _on_one(jobs, "show", "one job as JSON: status, phase, progress and outcome", "job", _jobs_show)
-    _on_one(jobs, "cancel", "cancel a job: a queued one at once, a running one at its next step",
+    on_one(jobs, "show", "one job as JSON: status, phase, progress and outcome", "job", _jobs_show)
+    on_one(jobs, "cancel", "cancel a job: a queued one at once, a running one at its next step",
             "job", _jobs_cancel)
 
 
 def _jobs_list(mtl: Any, args: argparse.Namespace) -> int:
     page = mtl.jobs(limit=args.limit, status=args.status, tenant=args.tenant)
     if args.json:
-        _json(page.data)
+        print_json(page.data)
         return 0
-    _table(["job", "kind", "status", "phase", "step", "created"],
+    print_table(["job", "kind", "status", "phase", "step", "created"],
            [[j.id, j.kind, j.status, j.phase or "", f"{j.progress.step}/{j.progress.total_steps}",
              j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.data])
     if page.next_cursor is not None:
-        _note(f"(the newest {len(page.data)}; more with --limit)")
+        note(f"(the newest {len(page.data)}; more with --limit)")
     return 0
 
 
 def _jobs_show(mtl: Any, args: argparse.Namespace) -> int:
-    _json(mtl.job(args.job))
+    print_json(mtl.job(args.job))
     return 0
 
 
 def _jobs_cancel(mtl: Any, args: argparse.Namespace) -> int:
     job = mtl.cancel_job(args.job)
     if args.json:
-        _json(job)
+        print_json(job)
         return 0
     print(f"job {job.id}: {job.status}"
           + (" (it stops at its next step)" if job.status == "running" else ""))
@@ -378,11 +276,11 @@ def _jobs_cancel(mtl: Any, args: argparse.Namespace) -> int:
 
 
 def list_keys(mtl: Any, args: argparse.Namespace) -> int:
-    keys = _newest_first(mtl.api_keys())
+    keys = newest_first(mtl.api_keys())
     if args.json:
-        _json(keys)
+        print_json(keys)
         return 0
-    _table(["prefix", "tenant", "scope", "created"],
+    print_table(["prefix", "tenant", "scope", "created"],
            [[k.prefix, k.tenant, k.scope, k.created_at.strftime("%Y-%m-%d %H:%M:%S")]
             for k in keys])
     return 0

@@ -1,7 +1,9 @@
-"""Classifiers: reading the caller's own (the hot reads as plain SQL) and deleting one."""
+"""Classifiers: reading the caller's own (the hot reads as plain SQL), their holdout predictions,
+and deleting one."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
@@ -9,12 +11,14 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.infra.db import get_engine
-from app.infra.errors import NotFound
+from app.infra.errors import InvalidInput, NotFound, ServiceError
 from app.infra.settings import Settings, database_url
 from app.infra.tables import ClassifierRecord
 from app.service import jobs
 from app.service.access import get_tenant_row
-from app.service.schemas import ClassifierPublic
+from app.service.jobs import ArtifactStatus
+from app.service.pagination import decode_cursor, encode_cursor
+from app.service.schemas import ClassifierPublic, HoldoutPage, HoldoutPrediction
 from app.service.security import VerifiedKey
 
 
@@ -22,6 +26,9 @@ def get_owned(session: Session, key: VerifiedKey, classifier_id: str) -> Classif
     """The caller's classifier, or NotFound."""
     return get_tenant_row(session, key, ClassifierRecord, classifier_id, "classifier")
 
+
+# Written beside the checkpoint by the job (worker/train_classifier.py): one row per holdout image.
+HOLDOUT_FILE = "holdout.json"
 
 _CLASSIFIER = ClassifierRecord.__table__
 # Built once: building and cache-keying a statement per request was a tenth of a GET's CPU.
@@ -63,3 +70,29 @@ def delete_classifier(*, session: Session, settings: Settings, key: VerifiedKey,
     session.delete(clf)
     session.commit()
     shutil.rmtree(settings.classifiers_dir / classifier_id, ignore_errors=True)
+
+
+def holdout_page(settings: Settings, key: VerifiedKey, classifier_id: str, *, mistakes: bool,
+                 limit: int, cursor: str | None) -> HoldoutPage:
+    """One page of the caller's classifier's holdout predictions, in holdout order (only the
+    wrong ones with `mistakes`); the cursor is the position after the page. 409 until the
+    classifier is ready; empty for one measured without a holdout (or trained before these
+    were kept)."""
+    row = owned_row(settings, key, classifier_id, _STATUS_QUERY)
+    if row.status != ArtifactStatus.READY:
+        raise ServiceError(f"classifier {classifier_id} is {row.status}; its holdout predictions "
+                           "come when it is ready", 409)
+    start = 0
+    if cursor is not None:
+        (start,) = decode_cursor(cursor, 1)
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise InvalidInput(f"cursor {cursor!r} is not a cursor from this API")
+    path = settings.classifiers_dir / classifier_id / HOLDOUT_FILE
+    rows = json.loads(path.read_text()) if path.exists() else []
+    items = [HoldoutPrediction(**r, correct=r["label"] == r["predicted"]) for r in rows]
+    if mistakes:
+        items = [i for i in items if not i.correct]
+    page = items[start:start + limit]
+    more = start + limit < len(items)
+    return HoldoutPage(data=page, count=len(items),
+                       next_cursor=encode_cursor([start + limit]) if more else None)

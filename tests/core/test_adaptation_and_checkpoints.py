@@ -257,7 +257,10 @@ def test_fit_classifier_measures_a_holdout_then_trains_on_every_image() -> None:
     assert [s for s, _ in seen] == list(range(1, total + 1)) and {t for _, t in seen} == {total}
     train = [i for i in range(18) if i not in holdout]
     first = adapt(net, x[train], y[train], class_names=["a", "b", "c"], config=config, seed=3)
-    assert predicted == first.predict_proba(x[holdout]).argmax(1).tolist()
+    probs = first.predict_proba(x[holdout])
+    assert predicted is not None
+    assert predicted.labels == probs.argmax(1).tolist()
+    assert predicted.probabilities == [round(p, 4) for p in probs.max(1).values.tolist()]
     alone = adapt(net, x, y, class_names=["a", "b", "c"], config=config, seed=3)
     for p, q in zip(final.parameters(), alone.parameters(), strict=True):
         assert torch.equal(p, q)

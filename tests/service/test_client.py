@@ -112,6 +112,12 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     assert "holdout accuracy" in err
     assert clf.base_model_id == "handwriting" and clf.base_model_choice is not None
     assert "base model handwriting: the best of the ready base models on this dataset" in err, err
+    status, out, err = mtl("classifiers", "holdout", classifier_id)
+    assert status == 0, err
+    lines = out.splitlines()  # one held-out drawing a class (FAST's holdout), as a table
+    assert lines[0].split() == ["image", "label", "predicted", "probability"] and len(lines) == 4
+    assert {line.split()[1] for line in lines[1:]} == {"ch0", "ch40", "ch80"}
+    assert "3 holdout images" in err
 
     queries = []
     for c in CHARACTERS:  # drawings the classifier never saw

@@ -214,6 +214,15 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         assert len(cells) == len(CHARACTERS) ** 2 and sum(cells) == len(CHARACTERS)  # 1 held out each
         shot(page, "05-results")
         assert "chosen for this dataset: handwriting" in page.inner_text("#base-model-choice")
+        # The mistakes gallery: one picture per wrong holdout image (the confusion matrix's
+        # off-diagonal cells), with its true and predicted labels, or a line saying there are none.
+        n = len(CHARACTERS)
+        wrong = sum(cells) - sum(cells[i * n + i] for i in range(n))
+        gallery = page.wait_for_selector("#mistakes:not(:has-text('Loading'))").inner_text()
+        figures = page.query_selector_all("#mistakes figure")
+        assert len(figures) == wrong and ("No mistakes" in gallery) == (wrong == 0), gallery
+        for figure in figures:
+            assert re.search(r"true: char\d+\s+said: char\d+ \(\d+\.\d%\)", figure.inner_text())
         # The list says which classifier is which: date, base model, holdout accuracy.
         listed = page.inner_text("#classifier-list a.active")
         assert "handwriting" in listed and re.search(r"\d+\.\d%", listed), listed
@@ -286,6 +295,27 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         page.goto(server.url + f"/#/datasets/{unbalanced['id']}")
         note = page.wait_for_selector("#imbalance").inner_text()
         assert "1 to 4 images" in note and "small" in note, note
+
+        # A classifier that answers the first class for everything (a zero head, no steps): its
+        # mistakes as pictures.
+        auth = {"Authorization": f"Bearer {admin_key}"}
+        glyphs = next(d for d in httpx.get(f"{server.url}/v1/datasets", headers=auth).json()["data"]
+                      if d["name"] != "unbalanced")
+        weak = httpx.post(f"{server.url}/v1/classifiers", headers=auth, json={
+            "name": "weak", "dataset_id": glyphs["id"], "base_model_id": "natural",
+            "params": {"steps": 0, "min_epochs": 0, "head_init": "zeros", "holdout_fraction": 0.5}}).json()
+        page.goto(server.url + f"/#/classifiers/{weak['id']}")
+        page.wait_for_selector("#classifier-status:has-text('ready')", timeout=60_000)
+        wrong = httpx.get(f"{server.url}/v1/classifiers/{weak['id']}/holdout", headers=auth,
+                          params={"mistakes": "true"}).json()["data"]
+        assert wrong
+        page.wait_for_function(
+            "(n) => { const imgs = [...document.querySelectorAll('#mistakes figure img')];"
+            " return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+            arg=len(wrong), timeout=30_000)
+        captions = [f.inner_text() for f in page.query_selector_all("#mistakes figcaption")]
+        assert [c.split("\n")[:1] for c in captions] == [[f"true: {w['label']}"] for w in wrong]
+        shot(page, "12-mistakes")
 
         # A phone's width: the top bar wraps, nothing overflows sideways.
         page.set_viewport_size({"width": 420, "height": 800})

@@ -36,6 +36,7 @@ from app.service.schemas import (
     ClassifierCreate,
     ClassifierCreated,
     ClassifierPublic,
+    HoldoutPage,
     Page,
     Prediction,
     PredictRequest,
@@ -147,6 +148,25 @@ async def read_classifier(
     predicted, in `labels` order).
     """
     return await quick_read(settings, classifiers.read_owned, settings, key, classifier_id)
+
+
+@router.get("/{classifier_id}/holdout", response_model=HoldoutPage, responses=errors(404, 409))
+def read_holdout(
+    classifier_id: str,
+    key: CurrentKey,
+    settings: SettingsDep,
+    mistakes: Annotated[bool, Query(description="only the images it got wrong")] = False,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> HoldoutPage:
+    """List a classifier's holdout predictions.
+
+    Each holdout image (kept out of training to measure the classifier) with its true label and
+    what the model trained without it answered, in pages; `mistakes=true` lists only the wrong
+    ones. Empty when no holdout was measured (`holdout_fraction` 0, or one image a class).
+    """
+    return classifiers.holdout_page(settings, key, classifier_id, mistakes=mistakes,
+                                    limit=limit, cursor=cursor)
 
 
 @router.delete("/{classifier_id}", status_code=204, responses=errors(404))

@@ -633,7 +633,7 @@ async function classifierDetail(box, clf) {
   }
   if (clf.status === "ready") {
     box.append(exportCard(clf));
-    if (clf.metrics) box.append(resultsCard(clf));
+    if (clf.metrics) box.append(resultsCard(clf), mistakesCard(clf));
     else box.append(el("div", { class: "card muted" }, "No holdout metrics: trained with holdout_fraction 0."));
     box.append(tryIt(clf));
   }
@@ -697,6 +697,35 @@ function resultsCard(clf) {
           el("td", { class: "num" }, pct(c.recall)), el("td", { class: "num" }, c.support)))))),
       el("div", {}, el("h3", {}, "Confusion matrix"), el("div", { class: "heat-wrap" }, heat),
         el("p", { class: "hint" }, "Rows: the true class; columns: the predicted one. Blue: right, red: mistaken."))));
+}
+
+/** The holdout images the measured model got wrong: image, true label, answer, probability. */
+function mistakesCard(clf) {
+  const gallery = el("div", { class: "gallery", id: "mistakes" }, el("p", { class: "muted" }, "Loading…"));
+  (async () => {
+    try {
+      const page = await api(`/v1/classifiers/${clf.id}/holdout?mistakes=true&limit=48`);
+      if (!page.count) {
+        gallery.replaceChildren(el("p", { class: "muted" }, "No mistakes on the holdout."));
+        return;
+      }
+      gallery.replaceChildren(el("p", { class: "muted", id: "mistakes-count" },
+        `${page.count} of the held-out images were answered wrong` +
+        (page.count > page.data.length ? ` (the first ${page.data.length} shown)` : "") + "."));
+      for (const m of page.data) {
+        const img = el("img", { alt: m.filename, title: m.filename });
+        gallery.append(el("figure", { class: "mistake" }, img,
+          el("figcaption", {}, el("span", {}, `true: ${m.label}`),
+            el("span", { class: "wrong" }, `said: ${m.predicted} (${pct(m.probability)})`))));
+        imageUrl(`/v1/datasets/${clf.dataset_id}/images/${m.image_id}/thumbnail?size=96`)
+          .then((url) => { img.src = url; })
+          .catch(() => { img.alt = `${m.filename} (no preview: the dataset was deleted?)`; });
+      }
+    } catch (err) {
+      gallery.replaceChildren(el("p", { class: "error" }, err.message));
+    }
+  })();
+  return el("div", { class: "card", id: "mistakes-card" }, el("h2", {}, "Mistakes on held-out images"), gallery);
 }
 
 function tryIt(clf) {

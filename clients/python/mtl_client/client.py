@@ -34,6 +34,7 @@ from mtl_client.models import (
     ClassifierCreated,
     ClassifierPublic,
     DatasetPublic,
+    HoldoutPrediction,
     JobPublic,
     Page,
     PredictResponse,
@@ -202,6 +203,12 @@ class Client:
         """Every classifier of this key's tenant, oldest first (all pages)."""
         return list(self._pages(ClassifierPublic, "/v1/classifiers"))
 
+    def holdout(self, classifier_id: str, *, mistakes: bool = False) -> list[HoldoutPrediction]:
+        """Every holdout image of a ready classifier with its label and the measured model's
+        answer (only the wrong ones with `mistakes`)."""
+        return list(self._pages(HoldoutPrediction, f"/v1/classifiers/{classifier_id}/holdout",
+                                mistakes=str(mistakes).lower()))
+
     def delete_classifier(self, classifier_id: str) -> None:
         """Delete a classifier and its files; its training job is cancelled if still running."""
         self._request("DELETE", f"/v1/classifiers/{classifier_id}")
@@ -329,10 +336,10 @@ class Client:
         """Admin: revoke a key by its prefix (the part after `mtl_`, as `api_keys` lists it)."""
         self._request("DELETE", f"/v1/admin/api-keys/{prefix.removeprefix('mtl_')}")
 
-    def _pages(self, model: type[M], path: str) -> Iterator[M]:
+    def _pages(self, model: type[M], path: str, **params: Any) -> Iterator[M]:
         cursor = None
         while True:
-            page = self._get(Page[model], path, cursor=cursor)  # type: ignore[valid-type]
+            page = self._get(Page[model], path, cursor=cursor, **params)  # type: ignore[valid-type]
             yield from page.data
             if page.next_cursor is None:
                 return

@@ -30,7 +30,7 @@ __all__ = [
     "BaseModelCandidate", "BaseModelCard", "BaseModelChoice", "BaseModelPublic", "CallbackUrl", "CardAccuracy", "ClassCount",
     "ClassMetrics", "ClassifierCreate", "ClassifierCreated", "ClassifierMetrics",
     "ClassifierParams", "ClassifierPublic", "DatasetImagePage", "DatasetImagePublic",
-    "DatasetPublic", "FromRecord", "ImageIn", "JobKind", "JobPhase", "JobProgress",
+    "DatasetPublic", "FromRecord", "HoldoutPage", "HoldoutPrediction", "ImageIn", "JobKind", "JobPhase", "JobProgress",
     "JobPublic", "JobStatus", "JobWebhook", "Page", "PredictRequest", "PredictResponse",
     "PredictResult", "Prediction", "PretrainingJobCreate", "PretrainingJobCreated",
     "RejectedFile", "Strict", "Text", "WebhookAttempt", "WebhookSigningSecret", "as_utc",
@@ -341,6 +341,26 @@ class DatasetImagePublic(BaseModel):
 class DatasetImagePage(BaseModel):
     data: list[DatasetImagePublic]
     count: int = Field(description="images matching the query, across all pages")
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
+class HoldoutPrediction(BaseModel):
+    """A holdout image and what the classifier measured on it (trained without it) answered."""
+
+    image_id: int = Field(description="the dataset image (its thumbnail: GET /v1/datasets/"
+                          "{dataset_id}/images/{image_id}/thumbnail)")
+    filename: str
+    label: str = Field(description="the image's true label")
+    predicted: str
+    probability: float = Field(description="of the predicted label")
+    correct: bool
+
+
+class HoldoutPage(BaseModel):
+    data: list[HoldoutPrediction]
+    count: int = Field(description="holdout images matching the query, across all pages")
     next_cursor: str | None = Field(
         default=None, description="pass as `cursor` for the next page; null on the last page"
     )
