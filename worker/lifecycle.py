@@ -89,6 +89,31 @@ def claim_job(settings: Settings, job_id: str) -> Claim | None:
         return Claim(job_id, job.attempts, JobKind(job.kind), job.request_id, waited)
 
 
+# A curve of every step would grow with the job; this many points draw it as well.
+MAX_CURVE_POINTS = 400
+
+
+class LossCurve:
+    """The loss at the steps that are multiples of a stride, at most MAX_CURVE_POINTS: when full,
+    the stride doubles and the points off it are dropped, so a job of any length keeps its whole
+    curve, evenly spaced."""
+
+    def __init__(self) -> None:
+        self._points: list[dict[str, Any]] = []
+        self._stride = 1
+
+    def add(self, step: int, loss: float, phase: str | None) -> None:
+        if step % self._stride:
+            return
+        self._points.append({"step": step, "loss": round(loss, 5), "phase": phase})
+        if len(self._points) > MAX_CURVE_POINTS:
+            self._stride *= 2
+            self._points = [p for p in self._points if p["step"] % self._stride == 0]
+
+    def points(self) -> list[dict[str, Any]]:
+        return list(self._points)
+
+
 class Reporter:
     """Progress and cancellation for one claimed job, written at most every `interval` seconds."""
 
@@ -111,6 +136,8 @@ class Reporter:
         )
         self._deadline = self._start + self.time_limit_s
         self.timed_out = False
+        self._phase: str | None = None
+        self.curve = LossCurve()
 
     def owned(self) -> Any:
         """The condition a write of this attempt's needs: the job is still its own and running."""
@@ -125,6 +152,8 @@ class Reporter:
         if self._first_step is None:
             self._first_step, self._start = step - 1, now
         clean_loss = loss if loss is not None and loss == loss else None  # NaN is not JSON
+        if clean_loss is not None:
+            self.curve.add(step, clean_loss, self._phase)
         if now - self._last_write < self.interval and step < total:
             self._unwritten = {"step": step, "total_steps": total, "loss": clean_loss}
             return
@@ -141,6 +170,7 @@ class Reporter:
                     loss=clean_loss,
                     eta_seconds=None if eta is None else round(eta, 1),
                     heartbeat_at=utcnow(),
+                    curve=self.curve.points(),
                 )
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -150,6 +180,7 @@ class Reporter:
         """Record what the job does next (one of RUNNING_PHASES); written at once, as phases
         are few."""
         assert phase in RUNNING_PHASES, phase
+        self._phase = str(phase)
         with session_scope(self.url) as session:
             session.execute(update(JobRecord).where(self.owned()).values(phase=phase))
 
@@ -195,6 +226,7 @@ class Reporter:
                 "eta_seconds": None,
                 "heartbeat_at": utcnow(),
                 "phase": None,
+                "curve": self.curve.points(),
             }
             if metrics is not None:
                 values["metrics"] = metrics

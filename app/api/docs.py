@@ -108,7 +108,6 @@ EXAMPLES: dict[str, Any] = {
     "ClassifierCreate": {
         "name": "glyphs",
         "dataset_id": _DS,
-        "base_model_id": "handwriting",
         "params": {"holdout_fraction": 0.2},
     },
     "ClassifierCreated": {"id": _CLF, "status": "queued", "job_id": _JOB},
@@ -118,6 +117,14 @@ EXAMPLES: dict[str, Any] = {
         "status": "ready",
         "labels": ["alpha", "beta"],
         "base_model_id": "handwriting",
+        "base_model_choice": {
+            "rule": "score: leave-one-out accuracy of the 0-step prototype head ...",
+            "chosen": "handwriting",
+            "candidates": [
+                {"base_model_id": "handwriting", "score": 1.0, "margin": 0.56, "images": 25},
+                {"base_model_id": "natural", "score": 0.92, "margin": 0.16, "images": 25},
+            ],
+        },
         "dataset_id": _DS,
         "job_id": _JOB,
         "params": {"steps": 30, "learning_rate": 0.1, "batch_size": 0, "holdout_fraction": 0.2},
@@ -132,6 +139,20 @@ EXAMPLES: dict[str, Any] = {
         "created_at": _TIME,
     },
     "JobPublic": _JOB_EXAMPLE,
+    "JobCurve": {
+        "job_id": _JOB,
+        "total_steps": 60,
+        "points": [{"step": 1, "loss": 1.61, "phase": "holdout_pass"},
+                   {"step": 30, "loss": 0.12, "phase": "holdout_pass"},
+                   {"step": 31, "loss": 1.58, "phase": "final_pass"},
+                   {"step": 60, "loss": 0.09, "phase": "final_pass"}],
+    },
+    "HoldoutPage": {
+        "data": [{"image_id": 107, "filename": "glyphs/beta/04.png", "label": "beta",
+                  "predicted": "alpha", "probability": 0.62, "correct": False}],
+        "count": 1,
+        "next_cursor": None,
+    },
     "PredictRequest": {
         "images": [{"name": "a.png", "base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="}],
         "top_k": 3,

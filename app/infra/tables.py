@@ -139,6 +139,8 @@ class JobRecord(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     loss: Mapped[float | None] = mapped_column(Float)
+    # The loss as training went: [{"step", "loss", "phase"}], at most MAX_CURVE_POINTS (worker).
+    curve: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
     # What a running attempt is doing (app.service.jobs.PHASES); reset when a worker claims the job.
     phase: Mapped[str | None] = mapped_column(String(32))

@@ -214,6 +214,10 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         assert len(cells) == len(CHARACTERS) ** 2 and sum(cells) == len(CHARACTERS)  # 1 held out each
         shot(page, "05-results")
         assert "chosen for this dataset: handwriting" in page.inner_text("#base-model-choice")
+        # The loss curve is kept: drawn with its axes once the classifier is ready.
+        page.wait_for_selector("#final-curve polyline")
+        ticks = [t.text_content() for t in page.query_selector_all("#final-curve text.tick")]
+        assert {"step", "loss", "0"} <= set(ticks) and len(ticks) == 8, ticks
         # The mistakes gallery: one picture per wrong holdout image (the confusion matrix's
         # off-diagonal cells), with its true and predicted labels, or a line saying there are none.
         n = len(CHARACTERS)
@@ -250,6 +254,11 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         page.fill("#clf-steps", "5000")
         page.click("#clf-start")
         page.wait_for_selector("#job-phase:has-text('pass')", timeout=60_000)
+        page.wait_for_function("() => Number(document.querySelector('#job-step').textContent"
+                               ".split('/')[0]) >= 20", timeout=60_000)
+        # A reload draws the curve so far from the service, not from the steps seen since.
+        page.reload()
+        page.wait_for_selector("#loss-curve polyline", timeout=10_000)
         page.click("#job-cancel")
         page.wait_for_selector("#classifier-status:has-text('cancelled')", timeout=60_000)
         shot(page, "07-cancelled")

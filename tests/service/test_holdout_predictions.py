@@ -73,3 +73,23 @@ def test_no_holdout_is_an_empty_list(client: Any, settings: Settings,
     assert run_job(settings, created["job_id"]) == "succeeded"
     page = client.get(f"/v1/classifiers/{created['id']}/holdout", headers=user).json()
     assert page == {"data": [], "count": 0, "next_cursor": None}
+
+
+def test_the_loss_curve_is_kept_with_its_phases(client: Any, settings: Settings,
+                                                user: dict[str, str]) -> None:
+    ds = client.post("/v1/datasets", headers=user, data={"name": "d"},
+                     files={"archive": ("d.zip", omniglot_zip([3, 50, 120], range(4)))}).json()
+    created = client.post("/v1/classifiers", headers=user, json={
+        "name": "c", "dataset_id": ds["id"], "base_model_id": "handwriting",
+        "params": {"steps": 12, "min_epochs": 0, "holdout_fraction": 0.25}}).json()
+    url = f"/v1/jobs/{created['job_id']}/curve"
+    assert client.get(url, headers=user).json() == {
+        "job_id": created["job_id"], "total_steps": 24, "points": []}
+    assert run_job(settings, created["job_id"]) == "succeeded"
+    job = client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()
+    curve = client.get(url, headers=user).json()
+    # Both passes, every step (a short job), in order; the last point is the job's last loss.
+    assert [p["step"] for p in curve["points"]] == list(range(1, 25))
+    assert [p["phase"] for p in curve["points"]] == ["holdout_pass"] * 12 + ["final_pass"] * 12
+    assert curve["points"][-1]["loss"] == round(job["progress"]["loss"], 5)
+    assert_error(client.get(url, headers=new_key(settings, "other")), 404, "not found")

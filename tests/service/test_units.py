@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import BytesIO
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,22 @@ def test_the_embedded_broker_connects_without_a_hostname_warning(
     with caplog.at_level("WARNING", logger="kombu.connection"), app.connection_for_write() as conn:
         assert conn.info()["transport"] == "app.infra.fs_broker:Transport"
     assert not [r for r in caplog.records if "No hostname" in r.getMessage()]
+
+
+def test_a_loss_curve_keeps_a_long_job_whole_in_few_points() -> None:
+    from worker.lifecycle import MAX_CURVE_POINTS, LossCurve
+
+    curve = LossCurve()
+    for step in range(1, 5001):
+        curve.add(step, 1.0 / step, "final_pass")
+    points = curve.points()
+    steps = [p["step"] for p in points]
+    assert MAX_CURVE_POINTS // 2 <= len(points) <= MAX_CURVE_POINTS
+    gaps = {b - a for a, b in pairwise(steps)}
+    assert len(gaps) == 1 and steps[0] == min(gaps)  # evenly spaced, from the start
+    assert steps[-1] > 5000 - min(gaps)  # to the end
+    assert all(p["loss"] == round(1.0 / p["step"], 5) for p in points)
+    short = LossCurve()
+    for step in range(1, 11):
+        short.add(step, 0.5, "holdout_pass")
+    assert [p["step"] for p in short.points()] == list(range(1, 11))  # a short job: every step

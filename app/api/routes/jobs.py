@@ -13,7 +13,7 @@ from app.infra.tables import JobRecord
 from app.service import jobs
 from app.service.jobs import JobStatus, get_visible
 from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
-from app.service.schemas import JobPublic, Page, job_public
+from app.service.schemas import JobCurve, JobPublic, Page, job_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422, 429))
 
@@ -60,6 +60,18 @@ def read_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobPublic:
     Its status, phase, progress (step, total steps, loss, ETA), attempts and outcome.
     """
     return job_public(get_visible(session, key, job_id))
+
+
+@router.get("/{job_id}/curve", response_model=JobCurve, responses=errors(404))
+def read_job_curve(job_id: str, session: SessionDep, key: CurrentKey) -> JobCurve:
+    """Read a job's loss curve.
+
+    The loss at evenly spaced steps (at most 400 points), with the phase of each: as far as a
+    running job has got, and the whole curve once it has finished. Empty for a job that has not
+    reported a loss (or ran before curves were kept).
+    """
+    job = get_visible(session, key, job_id)
+    return JobCurve(job_id=job.id, total_steps=job.total_steps, points=job.curve or [])
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))

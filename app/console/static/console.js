@@ -521,6 +521,37 @@ async function newClassifier(box, query) {
 }
 
 /** A live progress panel for a job: bar, phase, step, ETA, loss curve, cancel. */
+/** A loss curve with its axes: x the step (0 to `total`), y the loss (0 to its largest); the
+ * holdout pass in blue, the rest in orange, a dashed line where the final pass starts. */
+function drawLossCurve(svg, points, total) {
+  const W = 640, H = 220, L = 52, R = 12, T = 10, B = 24;
+  svg.replaceChildren();
+  if (points.length < 2) return;
+  const maxLoss = (Math.max(...points.map((p) => p.loss)) || 1) * 1.05;
+  const x = (s) => L + ((W - L - R) * s) / Math.max(1, total);
+  const y = (l) => H - B - ((H - B - T) * l) / maxLoss;
+  const text = (attrs, content) => { const t = svgEl("text", { class: "tick", ...attrs }); t.textContent = content; return t; };
+  svg.append(svgEl("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }),
+    svgEl("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }),
+    text({ x: W - R, y: H - B - 6, "text-anchor": "end" }, "step"),
+    text({ x: L + 6, y: T + 10 }, "loss"));
+  for (const f of [0, 0.5, 1]) {
+    svg.append(text({ x: L - 6, y: y(maxLoss * f) + 4, "text-anchor": "end" }, (maxLoss * f).toPrecision(2)),
+      text({ x: x(total * f), y: H - 6, "text-anchor": ["start", "middle", "end"][2 * f] }, String(Math.round(total * f))));
+  }
+  for (const kind of ["holdout_pass", "other"]) {
+    const sel = points.filter((p) => (kind === "holdout_pass") === (p.phase === "holdout_pass"));
+    if (sel.length < 2) continue;
+    svg.append(svgEl("polyline", { points: sel.map((p) => `${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join(" "),
+      fill: "none", stroke: kind === "holdout_pass" ? "#2563eb" : "#ea580c", "stroke-width": 2 }));
+  }
+  const boundary = points.find((p) => p.phase === "final_pass");
+  if (boundary && points.some((p) => p.phase === "holdout_pass")) {
+    svg.append(svgEl("line", { x1: x(boundary.step), x2: x(boundary.step), y1: T, y2: H - B, stroke: "#9ca3af",
+      "stroke-dasharray": "4 4" }));
+  }
+}
+
 function progressPanel(job, { onFinished, onUpdate, cancellable = true } = {}) {
   const bar = el("div", { style: { width: "0%" } });
   const phase = el("div", { class: "phase", id: "job-phase" });
@@ -528,8 +559,14 @@ function progressPanel(job, { onFinished, onUpdate, cancellable = true } = {}) {
   const eta = el("b", { id: "job-eta" });
   const loss = el("b", { id: "job-loss" });
   const status = el("span", { id: "job-status" });
-  const svg = svgEl("svg", { class: "curve", viewBox: "0 0 600 200", preserveAspectRatio: "none", id: "loss-curve" });
+  const svg = svgEl("svg", { class: "curve", viewBox: "0 0 640 220", id: "loss-curve" });
   const points = [];
+  // The curve so far is kept by the service: a reload draws it whole, then events extend it.
+  api(`/v1/jobs/${job.id}/curve`).then((c) => {
+    const last = c.points.length ? c.points[c.points.length - 1].step : -1;
+    points.splice(0, points.length, ...c.points, ...points.filter((p) => p.step > last));
+    drawCurve(c.total_steps);
+  }).catch(() => {});
   const cancel = el("button", { type: "button", class: "danger", id: "job-cancel", onclick: async () => {
     cancel.disabled = true;
     try { await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" }); toast("Cancel requested"); }
@@ -550,22 +587,7 @@ function progressPanel(job, { onFinished, onUpdate, cancellable = true } = {}) {
       el("span", {}, el("i", { style: { background: "var(--final)" } }), job.kind === "training" ? "final pass" : "pretraining loss")));
 
   function drawCurve(total) {
-    svg.replaceChildren();
-    if (points.length < 2) return;
-    const maxLoss = Math.max(...points.map((p) => p.loss)) * 1.05 || 1;
-    const x = (s) => (600 * s) / Math.max(1, total);
-    const y = (l) => 195 - (190 * l) / maxLoss;
-    for (const kind of ["holdout_pass", "other"]) {
-      const sel = points.filter((p) => (kind === "holdout_pass") === (p.phase === "holdout_pass"));
-      if (sel.length < 2) continue;
-      svg.append(svgEl("polyline", { points: sel.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none",
-        stroke: kind === "holdout_pass" ? "#2563eb" : "#ea580c", "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
-    }
-    const boundary = points.find((p) => p.phase === "final_pass");
-    if (boundary && points.some((p) => p.phase === "holdout_pass")) {
-      svg.append(svgEl("line", { x1: x(boundary.step), x2: x(boundary.step), y1: 0, y2: 200, stroke: "#9ca3af",
-        "stroke-dasharray": "4 4", "vector-effect": "non-scaling-stroke" }));
-    }
+    drawLossCurve(svg, points, total);
   }
 
   function update(j) {
@@ -600,8 +622,11 @@ function choiceLine(choice) {
     `The base model is chosen when the job starts, among ${choice.candidates.map((c) => c.base_model_id).join(", ")}.`);
   const scores = choice.candidates.map((c) =>
     `${c.base_model_id} ${c.score === null ? "–" : `${Math.round(100 * c.score)}%`}`).join(", ");
+  const [first, second] = choice.candidates;
+  const tie = second && first.score !== null && first.score === second.score
+    ? `; tied, so the margin decided: ${first.margin.toFixed(2)} against ${second.margin.toFixed(2)}` : "";
   return el("p", { class: "muted", id: "base-model-choice", title: choice.rule },
-    `Base model chosen for this dataset: ${choice.chosen} (leave-one-out accuracy of each one's prototypes: ${scores}).`);
+    `Base model chosen for this dataset: ${choice.chosen} (leave-one-out accuracy of each one's prototypes: ${scores}${tie}).`);
 }
 
 async function classifierDetail(box, clf) {
@@ -634,6 +659,7 @@ async function classifierDetail(box, clf) {
   if (clf.status === "ready") {
     box.append(exportCard(clf));
     if (clf.metrics) box.append(resultsCard(clf), mistakesCard(clf));
+    if (clf.job_id) box.append(curveCard(clf.job_id));
     else box.append(el("div", { class: "card muted" }, "No holdout metrics: trained with holdout_fraction 0."));
     box.append(tryIt(clf));
   }
@@ -697,6 +723,19 @@ function resultsCard(clf) {
           el("td", { class: "num" }, pct(c.recall)), el("td", { class: "num" }, c.support)))))),
       el("div", {}, el("h3", {}, "Confusion matrix"), el("div", { class: "heat-wrap" }, heat),
         el("p", { class: "hint" }, "Rows: the true class; columns: the predicted one. Blue: right, red: mistaken."))));
+}
+
+/** The training loss of a finished job, as the service kept it. */
+function curveCard(jobId) {
+  const svg = svgEl("svg", { class: "curve", viewBox: "0 0 640 220", id: "final-curve" });
+  const card = el("div", { class: "card", id: "curve-card" }, el("h2", {}, "Training loss"), svg,
+    el("div", { class: "legend" }, el("span", {}, el("i", { style: { background: "var(--holdout)" } }), "holdout pass"),
+      el("span", {}, el("i", { style: { background: "var(--final)" } }), "final pass (from the base model again, on every image)")));
+  api(`/v1/jobs/${jobId}/curve`).then((c) => {
+    if (c.points.length < 2) card.replaceChildren(el("h2", {}, "Training loss"), el("p", { class: "muted" }, "No loss curve was kept for this job."));
+    else drawLossCurve(svg, c.points, c.total_steps);
+  }).catch((err) => card.append(el("p", { class: "error" }, err.message)));
+  return card;
 }
 
 /** The holdout images the measured model got wrong: image, true label, answer, probability. */

@@ -35,6 +35,7 @@ from mtl_client.models import (
     ClassifierPublic,
     DatasetPublic,
     HoldoutPrediction,
+    JobCurve,
     JobPublic,
     Page,
     PredictResponse,
@@ -298,6 +299,10 @@ class Client:
 
     def job(self, job_id: str) -> JobPublic:
         return self._get(JobPublic, f"/v1/jobs/{job_id}")
+
+    def job_curve(self, job_id: str) -> JobCurve:
+        """A job's loss curve so far (the whole of it once finished)."""
+        return self._get(JobCurve, f"/v1/jobs/{job_id}/curve")
 
     def cancel_job(self, job_id: str) -> JobPublic:
         """Cancel a job: a queued one at once, a running one at its next step (409 when it has
