@@ -23,7 +23,7 @@ from worker.lifecycle import JobFailed, Reporter
 def choose_base_model(settings: Settings, job_id: str, choice: dict[str, Any], dataset_id: str,
                       reporter: Reporter, device: Any) -> Any:
     """Score the pending `choice`'s candidates, record the winner (if this attempt still owns
-    the job) and return the dataset's images as the winner takes them."""
+    the job) and return the dataset's images as the winner takes them (`load_images`)."""
     from models.checkpoint import load_base_model
     from models.data import to_float
     from models.errors import TrainingCancelled
@@ -45,7 +45,8 @@ def choose_base_model(settings: Settings, job_id: str, choice: dict[str, Any], d
         if shape not in images:
             images[shape] = load_images(settings, dataset_id, channels=shape[0],
                                         image_size=shape[1])
-        data = by_candidate[base_id] = images[shape]
+        by_candidate[base_id] = images[shape]
+        data = images[shape][0]
         keep = sample_per_class(data.labels, base_model_choice.PROXY_IMAGES_PER_CLASS, seed=0)
         score = prototype_loo_accuracy(net, to_float(data.images[keep]).to(device),
                                        data.labels[keep].to(device))
@@ -54,7 +55,7 @@ def choose_base_model(settings: Settings, job_id: str, choice: dict[str, Any], d
         raise JobFailed("none of the candidate base models is available any more")
     chosen = base_model_choice.pick(choice, scores)
     winner = by_candidate[chosen["chosen"]]
-    _record(settings, job_id, reporter, chosen, list(Counter(winner.labels.tolist()).values()))
+    _record(settings, job_id, reporter, chosen, list(Counter(winner[0].labels.tolist()).values()))
     return winner
 
 

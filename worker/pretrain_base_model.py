@@ -40,7 +40,8 @@ def pretrain_base_model(settings: Settings, job_id: str, reporter: Reporter) -> 
         assert base is not None
         out_dir, name = base_model_dir(settings, base.storage), base.name
     config = PretrainConfig.from_dict(params)
-    data = load_images(settings, dataset_id, channels=config.channels, image_size=config.image_size)
+    data, _ = load_images(settings, dataset_id, channels=config.channels,
+                          image_size=config.image_size)
     staged = out_dir.parent / f".{out_dir.name}.attempt-{reporter.claim.attempt}"
     resumed_from = _stage_furthest(out_dir, staged)
 

@@ -20,7 +20,7 @@ from app.service.holdout import classification_metrics, holdout_split, training_
 from app.service.jobs import ArtifactStatus, JobPhase, JobStatus, set_artifact_status
 from app.service.params import adapt_config
 from worker.choose_base_model import choose_base_model
-from worker.images import image_rows, load_images
+from worker.images import load_images
 from worker.lifecycle import JobFailed, Reporter
 
 
@@ -55,18 +55,19 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
 
     job = _read_job(settings, job_id)
     device = resolve_device(settings.worker_device)
-    data = None
+    loaded = None
     if base_model_choice.is_pending(job.choice):
         assert job.choice is not None
-        data = choose_base_model(settings, job_id, job.choice, job.dataset_id, reporter, device)
+        loaded = choose_base_model(settings, job_id, job.choice, job.dataset_id, reporter, device)
         job = _read_job(settings, job_id)
         reporter.set_phase(JobPhase.PREPARING)
     params = job.params
     net, card = load_base_model(job.base_dir, device=device)
-    if data is None:
-        data = load_images(
+    if loaded is None:
+        loaded = load_images(
             settings, job.dataset_id, channels=card["channels"], image_size=card["image_size"]
         )
+    data, rows = loaded
     labels = data.labels.tolist()
     _, hold_idx = holdout_split(labels, params["holdout_fraction"], params["seed"])
     total = training_steps(params, list(Counter(labels).values()))
@@ -75,8 +76,7 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
     if predicted is not None:
         metrics = classification_metrics([labels[i] for i in hold_idx], predicted.labels,
                                          data.class_names)
-        holdout = _holdout_rows(settings, job.dataset_id, hold_idx, labels, predicted,
-                                data.class_names)
+        holdout = _holdout_rows(rows, hold_idx, labels, predicted, data.class_names)
     meta = {
         "backbone": card["backbone"],
         "channels": card["channels"],
@@ -94,10 +94,10 @@ def train_classifier(settings: Settings, job_id: str, reporter: Reporter) -> str
                             metrics, reporter, holdout)
 
 
-def _holdout_rows(settings: Settings, dataset_id: str, hold_idx: list[int], labels: list[int],
+def _holdout_rows(rows: list[tuple[int, str]], hold_idx: list[int], labels: list[int],
                   predicted: Any, class_names: list[str]) -> list[dict[str, Any]]:
-    """One row per holdout image: which image, its label, the first model's answer."""
-    rows = image_rows(settings, dataset_id)
+    """One row per holdout image: which image (`rows`: each image's id and file name), its
+    label, the first model's answer."""
     return [{"image_id": rows[i][0], "filename": rows[i][1], "label": class_names[labels[i]],
              "predicted": class_names[p], "probability": prob}
             for i, p, prob in zip(hold_idx, predicted.labels, predicted.probabilities, strict=True)]

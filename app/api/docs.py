@@ -100,6 +100,19 @@ EXAMPLES: dict[str, Any] = {
         "rejected": [{"file": "glyphs/alpha/notes.txt", "reason": "not a decodable image"}],
         "created_at": _TIME,
     },
+    "DatasetImagesAdded": {
+        "dataset": {
+            "id": _DS, "name": "glyphs", "num_images": 27,
+            "classes": [{"name": "alpha", "count": 15}, {"name": "beta", "count": 12}],
+            "rejected": [], "created_at": _TIME, "revision": 1,
+            "edits": [{"revision": 1, "at": _TIME, "change": "added", "images": 2,
+                       "labels": ["alpha"], "rejected": 0}],
+        },
+        "added": 2,
+        "rejected": [],
+    },
+    "DatasetImagePublic": {"id": 101, "filename": "glyphs/alpha/01.png", "label": "beta"},
+    "ImageLabel": {"label": "beta"},
     "DatasetImagePage": {
         "data": [{"id": 101, "filename": "glyphs/alpha/01.png", "label": "alpha"}],
         "count": 13,

@@ -98,6 +98,12 @@ def add_datasets(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--name", default=None,
                     help="the dataset's name (default: the folder's or the zip's name)")
     up.set_defaults(handler=through_client(_datasets_upload))
+    add = client_command(datasets, "add", "add a folder of class folders (or a .zip of one) to a "
+                         "dataset: to its classes or as new ones; prints the dataset's id")
+    add.add_argument("dataset", help="the dataset's id")
+    add.add_argument("source", type=Path, help="a folder whose subfolders are the class names, "
+                     "or a .zip of one")
+    add.set_defaults(handler=through_client(_datasets_add))
     ls = client_command(datasets, "list", "this key's datasets, newest first, as a table")
     ls.set_defaults(handler=through_client(_datasets_list))
     on_one(datasets, "show", "one dataset as JSON: its classes with counts and rejected files",
@@ -148,17 +154,32 @@ def _base_models_list(mtl: Any, args: argparse.Namespace) -> int:
 
 def _datasets_upload(mtl: Any, args: argparse.Namespace) -> int:
     ds = mtl.upload_dataset(args.source, name=args.name)
-    counts = ", ".join(f"{c.name}: {c.count}" for c in ds.classes[:10])
-    more = f", and {len(ds.classes) - 10} more" if len(ds.classes) > 10 else ""
-    note(f"dataset {ds.id} '{ds.name}': {ds.num_images} images in {len(ds.classes)} classes "
-          f"({counts}{more})")
-    for r in ds.rejected:
-        note(f"warning: left out {r.file}: {r.reason}")
+    _dataset_note(ds, ds.rejected)
     if args.json:
         print_json(ds)
     else:
         print(ds.id)
     return 0
+
+
+def _datasets_add(mtl: Any, args: argparse.Namespace) -> int:
+    answer = mtl.add_images(args.dataset, args.source)
+    note(f"added {answer.added} images")
+    _dataset_note(answer.dataset, answer.rejected)
+    if args.json:
+        print_json(answer)
+    else:
+        print(answer.dataset.id)
+    return 0
+
+
+def _dataset_note(ds: Any, rejected: list[Any]) -> None:
+    counts = ", ".join(f"{c.name}: {c.count}" for c in ds.classes[:10])
+    more = f", and {len(ds.classes) - 10} more" if len(ds.classes) > 10 else ""
+    note(f"dataset {ds.id} '{ds.name}': {ds.num_images} images in {len(ds.classes)} classes "
+         f"({counts}{more})")
+    for r in rejected:
+        note(f"warning: left out {r.file}: {r.reason}")
 
 
 def on_one(sub: argparse._SubParsersAction, name: str, help: str, what: str,

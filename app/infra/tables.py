@@ -61,6 +61,9 @@ class DatasetRecord(Base):
     classes: Mapped[list[Any]] = mapped_column(default=list)  # [{"name", "count"}]
     rejected: Mapped[list[Any]] = mapped_column(default=list)  # [{"file", "reason"}]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Each change after the upload, and their count: [{"revision", "at", "change", ...}].
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    edits: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
     images: Mapped[list[DatasetImageRecord]] = relationship(
         back_populates="dataset",

@@ -7,8 +7,9 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.infra.errors import InvalidInput, no_nul
 from app.infra.settings import Settings
 from app.infra.storage import ImageStore
-from app.infra.tables import DatasetImageRecord, DatasetRecord
+from app.infra.tables import DatasetImageRecord, DatasetRecord, utcnow
 from app.service.access import get_tenant_row
 from app.service.security import VerifiedKey
 from app.service.uploads import CHUNK, CheckedUpload, LabelledFile, check_files, read_archive
@@ -46,10 +47,7 @@ def create_from_upload(
     a class name is unusable or fewer than 2 classes have a good image."""
     with tempfile.TemporaryDirectory(dir=settings.uploads_dir, prefix="upload-") as work:
         unpacked = unpack_upload(workdir=Path(work), archive=archive, files=files, settings=settings)
-        for f in unpacked.good:
-            if len(f.label) > MAX_LABEL:
-                raise InvalidInput(f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters")
-            no_nul(f.label, f"class name {f.label[:40]!r}")
+        _check_labels(unpacked.good)
         checked = check_files(unpacked.good, max_pixels=settings.max_image_pixels)
         rejected = unpacked.rejected + checked.rejected
         counts = Counter(f.label for f in checked.good)
@@ -100,9 +98,72 @@ def store_dataset(
     files: list[LabelledFile],
     rejected: list[tuple[str, str]],
 ) -> DatasetRecord:
-    """Store the image files, then the rows in one transaction; on any failure the files this
-    call added (and no dataset uses) are removed again, so nothing is half-stored."""
-    counts = Counter(f.label for f in files)
+    """A new dataset of the image files (see `_store`)."""
+    def new_dataset(rows: list[DatasetImageRecord]) -> DatasetRecord:
+        ds = DatasetRecord(tenant=tenant, name=name, num_images=0, classes=[],
+                           rejected=[{"file": f, "reason": r} for f, r in rejected], images=rows)
+        count_classes(ds)
+        session.add(ds)
+        return ds
+
+    return _store(session, store, files, new_dataset)
+
+
+def add_images(*, session: Session, settings: Settings, dataset: DatasetRecord,
+               archive: BinaryIO | None, files: list[tuple[str, str, BinaryIO]]
+               ) -> tuple[DatasetRecord, int, list[tuple[str, str]]]:
+    """Add an upload's images to a dataset, checked as an upload is; returns the dataset, how
+    many were added and what was rejected. InvalidInput when no image is good."""
+    with tempfile.TemporaryDirectory(dir=settings.uploads_dir, prefix="upload-") as work:
+        unpacked = unpack_upload(workdir=Path(work), archive=archive, files=files, settings=settings)
+        _check_labels(unpacked.good)
+        checked = check_files(unpacked.good, max_pixels=settings.max_image_pixels)
+        rejected = unpacked.rejected + checked.rejected
+        if not checked.good:
+            why = "; ".join(f"{f}: {r}" for f, r in rejected[:5])
+            raise InvalidInput("no image of this upload could be added" + (f" ({why})" if why else ""))
+
+        def extend(rows: list[DatasetImageRecord]) -> DatasetRecord:
+            dataset.images.extend(rows)
+            record_edit(dataset, "added", images=len(rows),
+                        labels=sorted({r.label for r in rows}), rejected=len(rejected))
+            return dataset
+
+        ds = _store(session, ImageStore(settings.images_dir), checked.good, extend)
+    return ds, len(checked.good), rejected
+
+
+def _check_labels(files: list[LabelledFile]) -> None:
+    for f in files:
+        if len(f.label) > MAX_LABEL:
+            raise InvalidInput(f"class name {f.label[:40]!r}... is over {MAX_LABEL} characters")
+        no_nul(f.label, f"class name {f.label[:40]!r}")
+
+
+# The last this many changes are kept on the dataset (its `revision` counts them all).
+MAX_EDITS_KEPT = 100
+
+
+def count_classes(dataset: DatasetRecord) -> None:
+    """The dataset's `classes` and `num_images` from its image rows."""
+    counts = Counter(r.label for r in dataset.images)
+    dataset.classes = [{"name": c, "count": counts[c]} for c in sorted(counts)]
+    dataset.num_images = sum(counts.values())
+
+
+def record_edit(dataset: DatasetRecord, change: str, **detail: Any) -> None:
+    """Count the change and keep it (with the classes after it) on the dataset."""
+    count_classes(dataset)
+    dataset.revision = (dataset.revision or 0) + 1
+    entry = {"revision": dataset.revision, "at": utcnow().isoformat(), "change": change, **detail}
+    dataset.edits = [*(dataset.edits or []), entry][-MAX_EDITS_KEPT:]
+
+
+def _store(session: Session, store: ImageStore, files: list[LabelledFile],
+           attach: Callable[[list[DatasetImageRecord]], DatasetRecord]) -> DatasetRecord:
+    """Store the image files, then `attach` their rows to a dataset and commit in one
+    transaction; on any failure the files this call added (and no dataset uses) are removed
+    again, so nothing is half-stored."""
     created: set[str] = set()
     reused: dict[str, Path] = {}  # hash -> this upload's own copy (see app/infra/storage.py)
     try:
@@ -114,15 +175,7 @@ def store_dataset(
             else:
                 reused.setdefault(digest, f.path)
             rows.append(DatasetImageRecord(sha256=digest, filename=f.filename, label=f.label))
-        ds = DatasetRecord(
-            tenant=tenant,
-            name=name,
-            num_images=len(rows),
-            classes=[{"name": c, "count": counts[c]} for c in sorted(counts)],
-            rejected=[{"file": f, "reason": r} for f, r in rejected],
-            images=rows,
-        )
-        session.add(ds)
+        ds = attach(rows)
         session.commit()
     except BaseException:
         session.rollback()

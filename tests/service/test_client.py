@@ -119,6 +119,15 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     assert {line.split()[1] for line in lines[1:]} == {"ch0", "ch40", "ch80"}
     assert "3 holdout images" in err
 
+    # More drawings later: `datasets add` puts them in their classes (the dataset is recorded
+    # as changed); a classifier trained now would see 20 images.
+    status, out, err = mtl("datasets", "add", dataset_id, str(glyph_folder(tmp_path / "more",
+                                                                            range(5, 7))))
+    assert status == 0 and out.strip() == dataset_id, err
+    assert "added 6 images" in err and "21 images in 3 classes (ch0: 7, ch40: 7, ch80: 7)" in err
+    with service.client() as client:
+        assert client.dataset(dataset_id).revision == 1
+
     queries = []
     for c in CHARACTERS:  # drawings the classifier never saw
         queries.append(tmp_path / f"query-ch{c}.png")

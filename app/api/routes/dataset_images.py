@@ -1,4 +1,4 @@
-"""A dataset's images: listed by class, and thumbnails to show them."""
+"""A dataset's images: listed by class, thumbnails to show them, removing or relabelling one."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from app.api.deps import CurrentKey, SessionDep, SettingsDep
 from app.api.responses import errors
 from app.infra.storage import ImageStore
 from app.infra.tables import DatasetImageRecord
-from app.service.dataset_images import MAX_THUMBNAIL, list_images, thumbnail_png
+from app.service.dataset_images import (
+    MAX_THUMBNAIL,
+    list_images,
+    relabel_image,
+    remove_image,
+    thumbnail_png,
+)
 from app.service.datasets import get_owned
 from app.service.pagination import Cursor
-from app.service.schemas import DatasetImagePage
+from app.service.schemas import DatasetImagePage, DatasetImagePublic, DatasetPublic, ImageLabel
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422, 429))
 
@@ -78,3 +84,32 @@ def read_thumbnail(
     return Response(
         png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
     )
+
+
+@router.delete("/{dataset_id}/images/{image_id}", response_model=DatasetPublic,
+               responses=errors(404, 409))
+def delete_dataset_image(
+    dataset_id: str, image_id: int, session: SessionDep, key: CurrentKey, settings: SettingsDep
+) -> DatasetPublic:
+    """Remove an image from a dataset.
+
+    Answers the dataset as it is now; recorded in its `edits`. 409 when it would leave fewer
+    than 2 classes. Classifiers already trained keep working.
+    """
+    ds = get_owned(session, key, dataset_id)
+    return DatasetPublic.from_record(remove_image(
+        session=session, store=ImageStore(settings.images_dir), dataset=ds, image_id=image_id))
+
+
+@router.patch("/{dataset_id}/images/{image_id}", response_model=DatasetImagePublic,
+              responses=errors(404, 409))
+def relabel_dataset_image(
+    dataset_id: str, image_id: int, body: ImageLabel, session: SessionDep, key: CurrentKey
+) -> DatasetImagePublic:
+    """Relabel an image.
+
+    Moves it to another class (a new one if no image has that label yet); recorded in the
+    dataset's `edits`. 409 when it would leave fewer than 2 classes.
+    """
+    ds = get_owned(session, key, dataset_id)
+    return relabel_image(session=session, dataset=ds, image_id=image_id, label=body.label)

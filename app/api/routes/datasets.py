@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
@@ -17,49 +17,48 @@ from app.api.responses import errors
 from app.infra.errors import no_nul
 from app.infra.storage import ImageStore
 from app.infra.tables import DatasetRecord
-from app.service.datasets import MAX_LABEL, create_from_upload, delete_dataset_row, get_owned
+from app.service.datasets import (
+    MAX_LABEL,
+    add_images,
+    create_from_upload,
+    delete_dataset_row,
+    get_owned,
+)
 from app.service.pagination import DEFAULT_LIMIT, Cursor, Limit, paginate
-from app.service.schemas import DatasetPublic, Page
+from app.service.schemas import DatasetImagesAdded, DatasetPublic, Page, RejectedFile
 from app.service.uploads import display_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422, 429))
 
 
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "archive": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "a .zip whose folders are the class names",
-                        },
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "labels": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "one per file, in the same order",
-                        },
-                    },
-                }
-            }
+def _upload_doc(named: bool) -> dict[str, Any]:
+    """The multipart body of an upload (a new dataset's has a `name`)."""
+    properties: dict[str, Any] = {
+        "archive": {
+            "type": "string",
+            "format": "binary",
+            "description": "a .zip whose folders are the class names",
         },
-    },
-}
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "labels": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "one per file, in the same order",
+        },
+    }
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if named:
+        schema.update(required=["name"], properties={"name": {"type": "string"}, **properties})
+    return {"requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 @router.post(
     "",
     status_code=201,
     response_model=DatasetPublic,
-    openapi_extra=_UPLOAD_DOC,
+    openapi_extra=_upload_doc(named=True),
     responses=errors(409, 413, 415),
 )
 async def create_dataset(
@@ -87,10 +86,12 @@ async def create_dataset(
     return DatasetPublic.from_record(ds)
 
 
-def _upload_parts(form: FormData) -> tuple[str, BinaryIO | None, list[tuple[str, str, BinaryIO]]]:
-    """The upload's name, and either its archive or its (file name, label, content) parts."""
-    name = (text_field(form, "name", required=True) or "").strip()
-    if not name or len(name) > 200:
+def _upload_parts(form: FormData, named: bool = True
+                  ) -> tuple[str, BinaryIO | None, list[tuple[str, str, BinaryIO]]]:
+    """The upload's name (when `named`), and either its archive or its (file name, label,
+    content) parts."""
+    name = (text_field(form, "name", required=named) or "").strip()
+    if named and (not name or len(name) > 200):
         raise HTTPException(422, "'name' must be 1 to 200 characters")
     archives = file_fields(form, "archive")
     files = file_fields(form, "files")
@@ -120,6 +121,39 @@ def _upload_parts(form: FormData) -> tuple[str, BinaryIO | None, list[tuple[str,
         for i, (f, label) in enumerate(zip(files, labels, strict=True))
     ]
     return name, archive, parts
+
+
+@router.post(
+    "/{dataset_id}/images",
+    status_code=201,
+    response_model=DatasetImagesAdded,
+    openapi_extra=_upload_doc(named=False),
+    responses=errors(404, 409, 413, 415),
+)
+async def add_dataset_images(
+    dataset_id: str,
+    request: Request,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> DatasetImagesAdded:
+    """Add images to a dataset.
+
+    An `archive` or `files` with `labels`, as for a new dataset, checked the same way: the
+    images that pass are added (to existing classes or new ones), the others listed in
+    `rejected`. Recorded in the dataset's `edits`; classifiers already trained keep theirs, a new
+    one trains on the dataset as it is then.
+    """
+    dataset = get_owned(session, key, dataset_id)
+    form = await read_form(request, max_files=settings.max_files)
+    _, archive, files = _upload_parts(form, named=False)
+    ds, added, rejected = await run_in_threadpool(
+        add_images, session=session, settings=settings, dataset=dataset, archive=archive,
+        files=files,
+    )
+    return DatasetImagesAdded(dataset=DatasetPublic.from_record(ds), added=added,
+                              rejected=[RejectedFile(file=f, reason=r) for f, r in rejected])
 
 
 @router.get("", response_model=Page[DatasetPublic])

@@ -27,12 +27,16 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from mtl_client.archives import zip_class_folders
+from mtl_client.errors import ApiError, ClientError
 from mtl_client.models import FINISHED as FINISHED_STATUSES
 from mtl_client.models import (
     ApiKeyPublic,
     BaseModelPublic,
     ClassifierCreated,
     ClassifierPublic,
+    DatasetImagePublic,
+    DatasetImagesAdded,
     DatasetPublic,
     HoldoutPrediction,
     JobCurve,
@@ -51,20 +55,6 @@ EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 M = TypeVar("M", bound=BaseModel)
 PathLike = str | os.PathLike[str]
 ProgressFn = Callable[[JobPublic], None]
-
-
-class ClientError(Exception):
-    """A mistake found on this side, before or without asking the service."""
-
-
-class ApiError(ClientError):
-    """The service refused a request or could not be reached: `status` is the HTTP status (None
-    when no answer came) and `message` the service's own explanation."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        self.status = status
-        self.message = message
-        super().__init__(message if status is None else f"{message} (HTTP {status})")
 
 
 class Client:
@@ -134,32 +124,48 @@ class Client:
         listed in the answer's `rejected`, with the reason. The same `idempotency_key` again
         within 24 h answers the first upload's dataset and stores nothing (as on every create)."""
         path = Path(source)
+        name = name or path.resolve().stem
+        response = self._post_archive("/v1/datasets", path, {"name": name}, idempotency_key)
+        return DatasetPublic.model_validate(response.json())
+
+    def add_images(self, dataset_id: str, source: PathLike, *,
+                   idempotency_key: str | None = None) -> DatasetImagesAdded:
+        """Add a folder of class folders (or a .zip of one) to a dataset: to its classes, or as
+        new ones. The answer has the dataset after it, how many were added, what was rejected."""
+        response = self._post_archive(f"/v1/datasets/{dataset_id}/images", Path(source), {},
+                                      idempotency_key)
+        return DatasetImagesAdded.model_validate(response.json())
+
+    def relabel_image(self, dataset_id: str, image_id: int, label: str) -> DatasetImagePublic:
+        return DatasetImagePublic.model_validate(self._request(
+            "PATCH", f"/v1/datasets/{dataset_id}/images/{image_id}", json={"label": label}).json())
+
+    def remove_image(self, dataset_id: str, image_id: int) -> DatasetPublic:
+        return DatasetPublic.model_validate(self._request(
+            "DELETE", f"/v1/datasets/{dataset_id}/images/{image_id}").json())
+
+    def _post_archive(self, url: str, path: Path, data: dict[str, str],
+                      idempotency_key: str | None) -> httpx.Response:
+        """POST a folder of class folders (zipped here) or a .zip as `archive`."""
         if not path.exists():
             raise ClientError(f"{path} does not exist")
-        name = name or path.resolve().stem
-        if path.is_file():
-            import zipfile  # here, not at the top: `import mtl_client` stays quick
+        import tempfile  # here, not at the top: `import mtl_client` stays quick
+        import zipfile
 
-            if not zipfile.is_zipfile(path):
-                raise ClientError(f"{path} is not a .zip file (or give a folder of class folders)")
-            with path.open("rb") as fh:
-                return self._upload_archive(name, path.name, fh, idempotency_key)
-        import tempfile
-
-        with tempfile.TemporaryFile() as fh:
-            zip_class_folders(path, fh)
-            fh.seek(0)
-            return self._upload_archive(name, f"{path.name}.zip", fh, idempotency_key)
-
-    def _upload_archive(
-        self, name: str, filename: str, archive: IO[bytes], idempotency_key: str | None
-    ) -> DatasetPublic:
-        response = self._request(
-            "POST", "/v1/datasets", data={"name": name},
-            files={"archive": (filename, archive, "application/zip")},
-            headers=_idempotency(idempotency_key),
-        )
-        return DatasetPublic.model_validate(response.json())
+        with tempfile.TemporaryFile() as spool:
+            if path.is_file():
+                if not zipfile.is_zipfile(path):
+                    raise ClientError(f"{path} is not a .zip file (or give a folder of class folders)")
+                archive: IO[bytes] = path.open("rb")
+                filename = path.name
+            else:
+                zip_class_folders(path, spool)
+                spool.seek(0)
+                archive, filename = spool, f"{path.name}.zip"
+            with archive:
+                return self._request("POST", url, data=data,
+                                     files={"archive": (filename, archive, "application/zip")},
+                                     headers=_idempotency(idempotency_key))
 
     def dataset(self, dataset_id: str) -> DatasetPublic:
         return self._get(DatasetPublic, f"/v1/datasets/{dataset_id}")
@@ -349,22 +355,6 @@ class Client:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
-
-
-def zip_class_folders(folder: Path, out: IO[bytes]) -> None:
-    """Write `folder` as the zip the datasets route takes: its subfolders are the class names.
-    Members sit under one enclosing folder (the service strips it), so even a single class keeps
-    its name; images are stored as they are (they are compressed already)."""
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ClientError(f"{folder} has no class subfolders (one folder of images per class)")
-    import zipfile
-
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
-        for class_dir in classes:
-            for file in sorted(class_dir.rglob("*")):
-                if file.is_file():
-                    zf.write(file, f"{folder.resolve().name}/{file.relative_to(folder)}")
 
 
 def _idempotency(key: str | None) -> dict[str, str]:

@@ -31,8 +31,8 @@ __all__ = [
     "BaseModelCandidate", "BaseModelCard", "BaseModelChoice", "BaseModelPublic", "CallbackUrl",
     "CardAccuracy", "ClassCount", "ClassMetrics", "ClassifierCreate", "ClassifierCreated",
     "ClassifierMetrics", "ClassifierParams", "ClassifierPublic", "CurvePoint",
-    "DatasetImagePage", "DatasetImagePublic", "DatasetPublic", "FromRecord", "HoldoutPage",
-    "HoldoutPrediction", "ImageIn", "JobCurve", "JobKind", "JobPhase", "JobProgress",
+    "DatasetImagePage", "DatasetImagePublic", "DatasetImagesAdded", "DatasetPublic", "FromRecord", "HoldoutPage",
+    "HoldoutPrediction", "ImageIn", "ImageLabel", "JobCurve", "JobKind", "JobPhase", "JobProgress",
     "JobPublic", "JobStatus", "JobWebhook", "Page", "PredictRequest", "PredictResponse",
     "PredictResult", "Prediction", "PretrainingJobCreate", "PretrainingJobCreated",
     "RejectedFile", "Strict", "Text", "WebhookAttempt", "WebhookSigningSecret", "as_utc",
@@ -104,8 +104,28 @@ class DatasetPublic(FromRecord):
     name: str
     num_images: int
     classes: list[ClassCount]
-    rejected: list[RejectedFile]
+    rejected: list[RejectedFile] = Field(description="files of the first upload left out, why")
     created_at: datetime
+    revision: int = Field(default=0, description="changes since the upload (0: none)")
+    edits: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the last 100 changes, oldest first: {revision, at, change (added, removed, "
+        "relabelled), ...what changed}")
+
+    @field_validator("edits", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class DatasetImagesAdded(BaseModel):
+    dataset: DatasetPublic = Field(description="the dataset after the addition")
+    added: int
+    rejected: list[RejectedFile] = Field(description="files of this upload left out, and why")
+
+
+class ImageLabel(Strict):
+    label: Text = Field(min_length=1, max_length=200)
 
 
 class ClassifierParams(Strict):
