@@ -304,6 +304,23 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         page.goto(server.url + f"/#/datasets/{unbalanced['id']}")
         note = page.wait_for_selector("#imbalance").inner_text()
         assert "1 to 4 images" in note and "small" in note, note
+        # Editing it: an example of "big" relabelled "small" (3 and 2: balanced enough), one
+        # removed, and a zip of two more added; each change listed.
+        page.click("#classes tr[data-label=big] .thumbs img")
+        page.fill("#image-label", "small")
+        page.click("#image-relabel")
+        page.wait_for_selector("#classes tr[data-label=small] td.num:has-text('2')")
+        assert not page.is_visible("#imbalance")
+        page.click("#classes tr[data-label=small] .thumbs img")
+        page.click("#image-remove")
+        page.wait_for_selector("#classes tr[data-label=small] td.num:has-text('1')")
+        more = tmp_path / "more.zip"
+        more.write_bytes(zip_bytes({"m/small/5.png": random_png(5), "m/new/6.png": random_png(6)}))
+        page.set_input_files("#add-zip-input", str(more))
+        page.wait_for_selector("#classes tr[data-label=new]")
+        edits = page.inner_text("#edits")
+        assert "added 2 images (new, small)" in edits and "relabelled" in edits and "removed" in edits
+        shot(page, "13-dataset-edits")
 
         # A classifier that answers the first class for everything (a zero head, no steps): its
         # mistakes as pictures.

@@ -352,6 +352,27 @@ async function datasetsPage(page, selectedId) {
 
 async function datasetDetail(box, ds) {
   const classes = el("tbody");
+  const editor = el("div", { class: "image-editor", id: "image-editor", hidden: true });
+  /** An example's editor: another label (an existing class or a new one), or remove it. */
+  function editImage(img, url) {
+    const label = el("input", { type: "text", id: "image-label", value: img.label, list: "class-names" });
+    const error = el("p", { class: "error", role: "alert" });
+    async function change(request, done) {
+      try { await api(`/v1/datasets/${ds.id}/images/${img.id}`, request); toast(done); route(); }
+      catch (err) { error.textContent = err.message; }
+    }
+    editor.replaceChildren(el("img", { src: url, alt: img.filename }),
+      el("div", {}, el("b", {}, img.filename),
+        el("datalist", { id: "class-names" }, ds.classes.map((c) => el("option", { value: c.name }))),
+        el("div", { class: "row" }, label,
+          el("button", { type: "button", id: "image-relabel", onclick: () => change(
+            { method: "PATCH", json: { label: label.value } }, `${img.filename} is now “${label.value.trim()}”`) }, "Relabel"),
+          el("button", { type: "button", class: "danger", id: "image-remove", onclick: () => change(
+            { method: "DELETE" }, `${img.filename} removed`) }, "Remove"),
+          el("button", { type: "button", class: "secondary", onclick: () => { editor.hidden = true; } }, "Close")),
+        error));
+    editor.hidden = false;
+  }
   const rejected = ds.rejected.length
     ? el("table", { id: "rejected" }, el("thead", {}, el("tr", {}, el("th", {}, "File"), el("th", {}, "Reason"))),
       el("tbody", {}, ds.rejected.map((r) => el("tr", {}, el("td", {}, r.file), el("td", {}, r.reason)))))
@@ -368,16 +389,20 @@ async function datasetDetail(box, ds) {
         location.hash = "#/datasets";
       } }, "Delete")),
     imbalanceNote(ds.classes),
+    addImagesRow(ds),
     el("h3", {}, "Classes"),
+    el("p", { class: "hint" }, "Click an example to give it another label or remove it."),
+    editor,
     el("table", { id: "classes" }, el("thead", {}, el("tr", {}, el("th", {}, "Class"), el("th", { class: "num" }, "Images"),
       el("th", {}, "Examples"))), classes),
+    editsTable(ds),
     el("h3", {}, `Rejected files (${ds.rejected.length})`),
     rejected));
   const shown = ds.classes.slice(0, 40);
   for (const c of shown) {
     const thumbs = el("div", { class: "thumbs" });
     classes.append(el("tr", { dataset: { label: c.name } }, el("td", {}, c.name), el("td", { class: "num" }, c.count), el("td", {}, thumbs)));
-    loadThumbs(ds.id, c.name, thumbs);
+    loadThumbs(ds.id, c.name, thumbs, (img, url) => editImage(img, url));
   }
   if (ds.classes.length > shown.length) {
     classes.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, `… and ${ds.classes.length - shown.length} more classes`)));
@@ -398,12 +423,55 @@ function imbalanceNote(classes) {
     + `classes; add images to ${names} if you can.`);
 }
 
-async function loadThumbs(datasetId, label, box) {
+/** Adding images to a dataset: a zip or a folder of class folders, checked as an upload is. */
+function addImagesRow(ds) {
+  const zipInput = el("input", { type: "file", accept: ".zip,application/zip", id: "add-zip-input", hidden: true });
+  const folderInput = el("input", { type: "file", webkitdirectory: true, multiple: true, hidden: true });
+  const error = el("p", { class: "error", role: "alert" });
+  async function add(archive, filename) {
+    error.textContent = "";
+    const form = new FormData();
+    form.append("archive", archive, filename);
+    try {
+      const answer = await api(`/v1/datasets/${ds.id}/images`, { method: "POST", form });
+      toast(`Added ${answer.added} images` + (answer.rejected.length ? `, ${answer.rejected.length} rejected` : ""));
+      route();
+    } catch (err) { error.textContent = err.message; }
+  }
+  zipInput.addEventListener("change", () => { if (zipInput.files[0]) add(zipInput.files[0], zipInput.files[0].name); });
+  folderInput.addEventListener("change", async () => {
+    const files = [...folderInput.files].map((f) => ({ path: f.webkitRelativePath || f.name, file: f }));
+    if (files.length) add(await zipFiles(files), `${files[0].path.split("/")[0]}.zip`);
+  });
+  return el("div", { class: "row", id: "add-images" },
+    el("span", { class: "muted" }, "Add images (to their classes, or new ones):"),
+    el("button", { type: "button", class: "secondary", onclick: () => zipInput.click() }, "A zip…"),
+    el("button", { type: "button", class: "secondary", onclick: () => folderInput.click() }, "A folder…"),
+    zipInput, folderInput, error);
+}
+
+/** The dataset's changes since its upload, newest first. */
+function editsTable(ds) {
+  if (!ds.edits.length) return null;
+  const what = (e) => e.change === "added" ? `added ${e.images} images (${e.labels.join(", ")})`
+    : e.change === "removed" ? `removed ${e.filename} (${e.label})`
+    : `relabelled ${e.filename}: ${e.label_before} → ${e.label}`;
+  return el("div", {}, el("h3", {}, `Changes since the upload (${ds.revision})`),
+    el("table", { id: "edits" }, el("tbody", {}, ds.edits.slice(-10).reverse().map((e) =>
+      el("tr", {}, el("td", { class: "muted" }, new Date(e.at).toLocaleString()), el("td", {}, what(e)))))));
+}
+
+async function loadThumbs(datasetId, label, box, onPick) {
   try {
     const page = await api(`/v1/datasets/${datasetId}/images?label=${encodeURIComponent(label)}&limit=8`);
     for (const img of page.data) {
       const url = await imageUrl(`/v1/datasets/${datasetId}/images/${img.id}/thumbnail?size=88`);
-      box.append(el("img", { src: url, alt: img.filename, title: img.filename }));
+      const thumb = el("img", { src: url, alt: img.filename, title: img.filename, dataset: { imageId: img.id } });
+      if (onPick) {
+        thumb.classList.add("pickable");
+        thumb.addEventListener("click", () => onPick(img, url));
+      }
+      box.append(thumb);
     }
   } catch (err) {
     if (!state.abort.signal.aborted) box.append(el("span", { class: "muted" }, "(no preview)"));
