@@ -18,7 +18,7 @@ from app.api.limits import FailureWindow
 from app.infra.db import session_factory
 from app.infra.settings import Settings, database_url
 from app.service.predict import PredictService
-from app.service.security import VerifiedKey, VerifiedKeyCache, hash_key, lookup_key
+from app.service.security import KeyRevoked, VerifiedKey, VerifiedKeyCache, hash_key, lookup_key
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -74,9 +74,13 @@ async def get_current_key(
         address = request.client.host if request.client else "unknown"
         failures: FailureWindow = request.app.state.auth_failures
         failures.check(address)
-        key = await run_in_threadpool(
-            lookup_key, database_url=database_url(settings), digest=digest
-        )
+        try:
+            key = await run_in_threadpool(
+                lookup_key, database_url=database_url(settings), digest=digest
+            )
+        except KeyRevoked as exc:
+            failures.record(address)
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
         if key is None:
             failures.record(address)
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})

@@ -49,6 +49,8 @@ class ApiKeyRecord(Base):
     # Registered from MTL_ADMIN_KEY: removed when the service starts with another value.
     from_env: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A revoked key's row stays, so that its next use is told "revoked", not "unknown".
+    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 class DatasetRecord(Base):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.infra.errors import NotFound
-from app.infra.tables import ApiKeyRecord
+from app.infra.tables import ApiKeyRecord, utcnow
 from app.service.security import create_api_key
 
 
@@ -18,9 +18,14 @@ def create_key(*, session: Session, tenant: str, admin: bool) -> tuple[str, ApiK
 
 
 def revoke_key(*, session: Session, prefix: str) -> None:
-    """Delete the key with this prefix, or NotFound (nothing is changed then)."""
-    result = session.execute(delete(ApiKeyRecord).where(ApiKeyRecord.prefix == prefix))
+    """Mark the key with this prefix revoked (its row stays: its next use is answered "revoked"),
+    or NotFound when there is no such key in use (nothing is changed then)."""
+    result = session.execute(
+        update(ApiKeyRecord)
+        .where(ApiKeyRecord.prefix == prefix, ApiKeyRecord.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
-        raise NotFound(f"no API key with prefix {prefix}")
+        raise NotFound(f"no API key in use with prefix {prefix}")
     session.commit()

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -57,8 +58,8 @@ def register_key(*, session: Session, key: str, tenant: str, admin: bool) -> Non
         session.add(
             ApiKeyRecord(prefix=prefix, key_hash=digest, tenant=tenant, scope=scope, from_env=True)
         )
-    else:
-        row.scope, row.from_env = scope, True
+    else:  # the operator's key works, even if it was revoked through the API before
+        row.scope, row.from_env, row.revoked_at = scope, True, None
 
 
 def revoke_env_keys(*, session: Session, keep: str | None) -> int:
@@ -80,11 +81,23 @@ class VerifiedKey:
     scope: str
 
 
+class KeyRevoked(Exception):
+    """The key was valid once: an admin revoked it."""
+
+    def __init__(self, prefix: str, revoked_at: datetime) -> None:
+        self.prefix, self.revoked_at = prefix, revoked_at
+        super().__init__(f"API key {prefix} was revoked at {revoked_at:%Y-%m-%d %H:%M} UTC; ask "
+                         "an admin for a new one")
+
+
 def lookup_key(*, database_url: str, digest: str) -> VerifiedKey | None:
-    """The key with this hash, read in a short session of its own; None when there is none."""
+    """The key with this hash, read in a short session of its own; None when there is none,
+    KeyRevoked when it was revoked."""
     session = session_factory(database_url)()
     try:
         row = session.scalar(select(ApiKeyRecord).where(ApiKeyRecord.key_hash == digest))
+        if row is not None and row.revoked_at is not None:
+            raise KeyRevoked(row.prefix, row.revoked_at)
         return None if row is None else VerifiedKey(row.prefix, row.tenant, row.scope)
     finally:
         session.close()

@@ -79,9 +79,14 @@ def test_auth_matrix(client: Any, settings: Settings, user: dict, admin: dict) -
     headers = {"Authorization": f"Bearer {body['key']}"}
     assert [d["id"] for d in client.get("/v1/datasets", headers=headers).json()["data"]] == [ds["id"]]
     assert client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin).status_code == 204
-    assert_error(client.get("/v1/datasets", headers=headers), 401, "unknown")
+    # The key's next use says it was revoked (and what to do), not that it is unknown.
+    assert_error(client.get("/v1/datasets", headers=headers), 401,
+                 f"API key {body['prefix']} was revoked at ")
+    assert "ask an admin for a new one" in client.get("/v1/datasets", headers=headers).text
+    assert_error(client.get("/v1/datasets", headers={"Authorization": "Bearer mtl_x_y"}), 401,
+                 "unknown API key")
     assert_error(client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin), 404,
-                 "no API key")
+                 "no API key in use")
     assert_error(client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "a b"}), 422,
                  "tenant")
 

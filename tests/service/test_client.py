@@ -298,11 +298,13 @@ def test_keys_list_and_revoke(service: Service, capsys: pytest.CaptureFixture[st
     status, out, err = mtl(service.admin_key, "keys", "revoke", prefix)
     assert (status, out) == (0, f"revoked the key with prefix {prefix}\n"), err
     # Revoked through the API: refused at once, not after the API's key cache expires.
-    assert mtl(doomed, "jobs", "list")[1:] == ("", "error: unknown API key (HTTP 401)\n")
+    status, out, err = mtl(doomed, "jobs", "list")
+    assert (status, out) == (1, "") and err.startswith(f"error: API key {prefix} was revoked at "), err
+    assert err.endswith("ask an admin for a new one (HTTP 401)\n"), err
     assert prefix not in mtl(service.admin_key, "keys", "list")[1]
 
     assert mtl(service.admin_key, "keys", "revoke", prefix)[1:] == (
-        "", f"error: no API key with prefix {prefix} (HTTP 404)\n")
+        "", f"error: no API key in use with prefix {prefix} (HTTP 404)\n")
     assert mtl(service.user_key, "keys", "list")[1:] == (
         "", "error: this route needs an admin key (HTTP 403)\n")
 

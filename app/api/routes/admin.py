@@ -108,12 +108,12 @@ def list_keys(
 ) -> Page[ApiKeyPublic]:
     """List API keys.
 
-    Every tenant's keys, oldest first, one page at a time: prefix, tenant and scope (the keys
-    themselves are not stored, only their hashes).
+    Every tenant's keys in use (not revoked), oldest first, one page at a time: prefix, tenant
+    and scope (the keys themselves are not stored, only their hashes).
     """
     rows, next_cursor = paginate(
         session,
-        select(ApiKeyRecord),
+        select(ApiKeyRecord).where(ApiKeyRecord.revoked_at.is_(None)),
         created_at=ApiKeyRecord.created_at,
         id=ApiKeyRecord.id,
         limit=limit,

@@ -54,7 +54,8 @@ def _read_job(settings: Settings, job_id: str, key_prefix: str) -> JobPublic | N
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(JobRecord, job_id)
         if job is None or session.scalar(
-            select(ApiKeyRecord.id).where(ApiKeyRecord.prefix == key_prefix)
+            select(ApiKeyRecord.id).where(ApiKeyRecord.prefix == key_prefix,
+                                          ApiKeyRecord.revoked_at.is_(None))
         ) is None:
             return None
         return job_public(job)
