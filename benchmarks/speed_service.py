@@ -602,14 +602,16 @@ def register_copies(data_dir: Path, source_id: str, count: int) -> list[str]:
 
     from app.infra.db import session_scope
     from app.infra.settings import Settings
-    from app.infra.tables import ClassifierRecord
+    from app.infra.tables import ClassifierRecord, new_id
 
     settings = Settings(data_dir=data_dir)
     ids = []
     with session_scope(settings.resolved_database_url) as session:
         src = session.scalars(select(ClassifierRecord).where(ClassifierRecord.id == source_id)).one()
         for i in range(count):
-            clf = ClassifierRecord(tenant=src.tenant, name=f"copy{i}", dataset_id=src.dataset_id,
+            copy_id = new_id()
+            clf = ClassifierRecord(id=copy_id, family_id=copy_id, tenant=src.tenant,
+                             name=f"copy{i}", dataset_id=src.dataset_id,
                              base_model_id=src.base_model_id, job_id=src.job_id, status="ready",
                              labels=list(src.labels), params=dict(src.params), metrics=src.metrics)
             session.add(clf)

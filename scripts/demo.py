@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 10  # training images a class
 QUERIES = 2  # held-out images a class, to predict
+MORE = 3  # drawings a character added to the glyphs dataset later (then a retrain)
 
 # miniImageNet-lite test classes by WordNet id: five that look unlike each other.
 PHOTO_CLASSES = {
@@ -65,12 +66,14 @@ def data_root() -> Path:
 
 
 def build_datasets(root: Path, out: Path) -> dict[str, Path]:
-    """Write the sample datasets under `out`: glyphs/ and photos/ (one folder a class), and
-    glyphs-query/ and photos-query/ (held-out images named after their class)."""
+    """Write the sample datasets under `out`: glyphs/ and photos/ (one folder a class),
+    glyphs-query/ and photos-query/ (held-out images named after their class), and glyphs-more/
+    (more drawings of each character, one folder a class: to add to the dataset later)."""
     import numpy as np
     from PIL import Image
 
-    paths = {name: out / name for name in ("glyphs", "glyphs-query", "photos", "photos-query")}
+    paths = {name: out / name
+             for name in ("glyphs", "glyphs-query", "glyphs-more", "photos", "photos-query")}
     for path in paths.values():
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
@@ -83,12 +86,15 @@ def build_datasets(root: Path, out: Path) -> dict[str, Path]:
     for n, images in drawings.items():
         label = f"{GLYPH_ALPHABET}-{n:02d}"
         (paths["glyphs"] / label).mkdir()
-        for i, image in enumerate(images[:PER_CLASS + QUERIES]):
+        (paths["glyphs-more"] / label).mkdir()
+        for i, image in enumerate(images[:PER_CLASS + QUERIES + MORE]):
             pixels = Image.fromarray((image * 255).astype(np.uint8))
             if i < PER_CLASS:
                 pixels.save(paths["glyphs"] / label / f"{i:02d}.png")
-            else:
+            elif i < PER_CLASS + QUERIES:
                 pixels.save(paths["glyphs-query"] / f"{label}-{i:02d}.png")
+            else:
+                pixels.save(paths["glyphs-more"] / label / f"{i:02d}.png")
     for wnid, label in PHOTO_CLASSES.items():
         (paths["photos"] / label).mkdir()
         files = sorted((root / "miniimagenet-lite" / "test" / wnid).glob("*.jpg"))
@@ -152,12 +158,16 @@ class Demo:
 
 def walk_through(demo: Demo, data: dict[str, Path]) -> None:
     """The README's walk-through: both datasets, then the admin pretraining example."""
-    for dataset, base_model in (("glyphs", "handwriting"), ("photos", "natural")):
+    for dataset in ("glyphs", "photos"):
         ds = demo.mtl("datasets", "upload", dataset)
-        clf = demo.mtl("classifiers", "create", "--dataset", ds, "--base-model", base_model,
-                       "--wait")
+        # No --base-model: the job scores each base model on the dataset and says which won.
+        clf = demo.mtl("classifiers", "create", "--dataset", ds, "--wait")
         queries = sorted(data[f"{dataset}-query"].iterdir())
         demo.mtl("predict", clf, *(f"{q.parent.name}/{q.name}" for q in queries), "--top-k", "3")
+        if dataset == "glyphs":  # more drawings later, and a second version trained on them
+            demo.mtl("datasets", "add", ds, "glyphs-more")
+            demo.mtl("classifiers", "retrain", clf, "--wait")
+            demo.mtl("classifiers", "versions", clf)
     demo.mtl("jobs", "list")
 
     from mtl_client import Client

@@ -113,6 +113,7 @@ EXAMPLES: dict[str, Any] = {
     },
     "DatasetImagePublic": {"id": 101, "filename": "glyphs/alpha/01.png", "label": "beta"},
     "ImageLabel": {"label": "beta"},
+    "ClassifierVersionCreate": {"params": {"steps": 50}},
     "DatasetImagePage": {
         "data": [{"id": 101, "filename": "glyphs/alpha/01.png", "label": "alpha"}],
         "count": 13,
@@ -140,6 +141,8 @@ EXAMPLES: dict[str, Any] = {
         },
         "dataset_id": _DS,
         "job_id": _JOB,
+        "family_id": _CLF,
+        "version": 1,
         "params": {"steps": 30, "learning_rate": 0.1, "batch_size": 0, "holdout_fraction": 0.2},
         "metrics": {
             "holdout_accuracy": 0.8,
@@ -171,6 +174,8 @@ EXAMPLES: dict[str, Any] = {
         "top_k": 3,
     },
     "PredictResponse": {
+        "classifier_id": _CLF,
+        "version": 1,
         "results": [
             {
                 "filename": "a.png",

@@ -12,12 +12,13 @@ from app.api.routes import (
     health,
     jobs,
     metrics,
+    versions,
     webhooks,
 )
 
 api_router = APIRouter()
 for module in (
-    health, metrics, datasets, dataset_images, classifiers, jobs, events, base_models, webhooks,
-    admin,
+    health, metrics, datasets, dataset_images, classifiers, versions, jobs, events, base_models,
+    webhooks, admin,
 ):
     api_router.include_router(module.router)

@@ -40,6 +40,18 @@ def add_classifiers(sub: argparse._SubParsersAction) -> None:
                    help="with --wait: stop waiting after this many seconds (default: until the "
                         "job finishes)")
     c.set_defaults(handler=through_client(_classifiers_create))
+    rt = client_command(classifiers, "retrain", "train a new version of a classifier on its "
+                        "dataset as it is now; prints the new version's id")
+    rt.add_argument("classifier", help="the classifier's id (any of its versions)")
+    rt.add_argument("--params", type=json_object, default=None,
+                    help="parameters to change, as a JSON object (default: the newest version's)")
+    rt.add_argument("--wait", action="store_true",
+                    help="follow the job with a progress bar; exit 1 unless it succeeds")
+    rt.set_defaults(handler=through_client(_classifiers_retrain), timeout=None)
+    vs = client_command(classifiers, "versions", "a classifier's versions side by side, as a "
+                        "table: version, status, holdout accuracy, classes, created")
+    vs.add_argument("classifier", help="the classifier's id (any of its versions)")
+    vs.set_defaults(handler=through_client(_classifiers_versions))
     ls = client_command(classifiers, "list", "this key's classifiers, newest first, as a table")
     ls.set_defaults(handler=through_client(_classifiers_list))
     on_one(classifiers, "show", "one classifier as JSON: status, labels, parameters and "
@@ -121,6 +133,34 @@ def _classifiers_create(mtl: Any, args: argparse.Namespace) -> int:
     created = mtl.create_classifier(args.dataset, name=name, base_model_id=args.base_model,
                                     params=args.params)
     note(f"classifier {created.id}: training job {created.job_id} {created.status}")
+    return _created(mtl, args, created)
+
+
+def _classifiers_retrain(mtl: Any, args: argparse.Namespace) -> int:
+    created = mtl.create_version(args.classifier, params=args.params)
+    version = mtl.classifier(created.id).version
+    note(f"classifier {created.id}: version {version}, training job {created.job_id} "
+         f"{created.status}")
+    return _created(mtl, args, created)
+
+
+def _classifiers_versions(mtl: Any, args: argparse.Namespace) -> int:
+    versions = mtl.versions(args.classifier)
+    if args.json:
+        print_json(versions)
+        return 0
+    ready = [v for v in versions if v.status == "ready"]
+    serving = ready[-1].version if ready else None
+    print_table(["version", "classifier", "status", "holdout", "classes", "created", "predict"],
+                [[str(v.version), v.id, v.status,
+                  "" if v.metrics is None else f"{100 * v.metrics.holdout_accuracy:.1f}%",
+                  str(len(v.labels)), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                  "answers" if v.version == serving else ""] for v in versions])
+    return 0
+
+
+def _created(mtl: Any, args: argparse.Namespace, created: Any) -> int:
+    """After create or retrain: follow the job with --wait, then print the id (or JSON)."""
     if args.wait:
         job = follow_job(mtl, created.job_id, args.timeout)
         if job.status != "succeeded":

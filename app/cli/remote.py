@@ -223,6 +223,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true",
                    help="if the classifier is still training, wait until it is ready (a progress "
                         "bar), then predict")
+    p.add_argument("--version", type=int, default=None,
+                   help="the classifier's version to ask (default: its newest ready one)")
     p.set_defaults(handler=through_client(_predict_images))
 
 
@@ -233,7 +235,7 @@ def _predict_images(mtl: Any, args: argparse.Namespace) -> int:
         clf = mtl.classifier(args.classifier)
         if clf.status in ("queued", "training") and clf.job_id:
             follow_job(mtl, clf.job_id, None)
-    answer = mtl.predict(args.classifier, args.images, top_k=args.top_k)
+    answer = mtl.predict(args.classifier, args.images, top_k=args.top_k, version=args.version)
     if args.json:
         print(answer.model_dump_json(indent=2, exclude_none=True))
         return 0

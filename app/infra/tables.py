@@ -110,6 +110,7 @@ class BaseModelRecord(Base):
 
 class ClassifierRecord(Base):
     __tablename__ = "classifiers"
+    __table_args__ = (UniqueConstraint("family_id", "version", name="uq_classifiers_family_version"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(200), index=True)
@@ -125,6 +126,10 @@ class ClassifierRecord(Base):
     # How the base model was chosen when the request named none (app.service.base_model_choice).
     base_model_choice: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Versions: every version of a classifier shares the first one's id as its family (unique
+    # with the version, so two retrains at once cannot both become version n).
+    family_id: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class JobRecord(Base):

@@ -88,11 +88,14 @@ def create_classifier(
     meta_ways: int | None,
     callback_url: str | None = None,
     base_model_choice: dict[str, Any] | None = None,
+    family: tuple[str, int] | None = None,
 ) -> ClassifierRecord:
     """A queued classifier and its training job, committed, then sent. `params` are resolved
     (request, then the base model's card, then the defaults); `meta_ways` is the width of the
     base model's meta head, if it has one. With a pending `base_model_choice`
-    (app.service.base_model_choice), `base` is its first candidate until the job has chosen."""
+    (app.service.base_model_choice), `base` is its first candidate until the job has chosen.
+    `family`: (family id, version) of a new version of a classifier; else a classifier of its
+    own (version 1, its own id as the family)."""
     check_head_init(params["head_init"], len(dataset.classes), meta_ways)
     webhook = _webhook(settings, callback_url)
     clf = ClassifierRecord(
@@ -105,6 +108,8 @@ def create_classifier(
         labels=[c["name"] for c in dataset.classes],
         base_model_choice=base_model_choice,
     )
+    clf.id = new_id()
+    clf.family_id, clf.version = family or (clf.id, 1)
     session.add(clf)
     session.flush()
     job = JobRecord(

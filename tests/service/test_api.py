@@ -567,6 +567,35 @@ def test_migrations_up_and_down_on_empty_sqlite(tmp_path: Path) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
 
 
+def test_rows_made_before_versions_and_revocation_keep_working(tmp_path: Path) -> None:
+    """Migrations 0009-0011 on rows that were there: a classifier becomes version 1 of its own
+    family, a dataset has revision 0, a key is in use."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from app.infra.db import get_engine
+    from app.service.bootstrap import alembic_config
+
+    settings = Settings(data_dir=tmp_path)
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    cfg = alembic_config(settings.resolved_database_url)
+    command.upgrade(cfg, "0008")  # type: ignore[arg-type]
+    engine = get_engine(settings.resolved_database_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO classifiers (id, tenant, name, dataset_id, base_model_id, "
+                          "status, labels, params, created_at) VALUES ('old', 'acme', 'c', 'd', "
+                          "'handwriting', 'ready', '[]', '{}', '2026-01-01')"))
+        conn.execute(text("INSERT INTO datasets (id, tenant, name, num_images, classes, rejected, "
+                          "created_at) VALUES ('ds', 'acme', 'd', 0, '[]', '[]', '2026-01-01')"))
+        conn.execute(text("INSERT INTO api_keys (prefix, key_hash, tenant, scope, from_env, "
+                          "created_at) VALUES ('p', 'h', 'acme', 'user', false, '2026-01-01')"))
+    command.upgrade(cfg, "head")  # type: ignore[arg-type]
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT family_id, version FROM classifiers")).one() == ("old", 1)
+        assert conn.execute(text("SELECT revision, edits FROM datasets")).one() == (0, None)
+        assert conn.execute(text("SELECT revoked_at FROM api_keys")).one() == (None,)
+
+
 def test_predict_limits_name_their_setting(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import update

@@ -128,6 +128,27 @@ def test_readme_walkthrough_with_the_cli(service: Service, tmp_path: Path,
     with service.client() as client:
         assert client.dataset(dataset_id).revision == 1
 
+    # Retrain on it: version 2, which predict then answers with; versions side by side.
+    status, out, err = mtl("classifiers", "retrain", classifier_id, "--params", json.dumps(FAST),
+                           "--wait")
+    assert status == 0, err
+    second = out.strip()
+    assert second != classifier_id and "version 2" in err and "holdout accuracy" in err
+    status, out, err = mtl("classifiers", "versions", classifier_id)
+    assert status == 0, err
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["version", "classifier", "status", "holdout", "classes", "created",
+                       "predict"]
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("1", classifier_id, "ready"),
+                                                      ("2", second, "ready")]
+    assert rows[2][-1] == "answers" and rows[1][-1] != "answers"
+    query = tmp_path / "query.png"
+    query.write_bytes(omniglot_png(CHARACTERS[0], 18))
+    status, out, err = mtl("predict", classifier_id, str(query), "--json")
+    assert status == 0 and json.loads(out)["version"] == 2, err
+    status, out, err = mtl("predict", classifier_id, str(query), "--json", "--version", "1")
+    assert status == 0 and json.loads(out)["version"] == 1, err
+
     queries = []
     for c in CHARACTERS:  # drawings the classifier never saw
         queries.append(tmp_path / f"query-ch{c}.png")

@@ -343,6 +343,17 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         assert [c.split("\n")[:1] for c in captions] == [[f"true: {w['label']}"] for w in wrong]
         shot(page, "12-mistakes")
 
+        # Retrain the glyphs classifier: version 2, side by side with version 1, answers predict.
+        first = next(c for c in httpx.get(f"{server.url}/v1/classifiers", headers=auth).json()["data"]
+                     if c["name"] == "glyphs")
+        page.goto(server.url + f"/#/classifiers/{first['id']}")
+        page.click("#retrain")
+        page.wait_for_selector("#classifier-status:has-text('ready')", timeout=60_000)
+        page.wait_for_selector("#versions tr[data-version='2'] td:has-text('answers predict')")
+        rows = [r.inner_text().split("\t")[:2] for r in page.query_selector_all("#versions tbody tr")]
+        assert rows == [["v1", "ready"], ["v2", "ready"]], rows
+        shot(page, "14-versions")
+
         # A phone's width: the top bar wraps, nothing overflows sideways.
         page.set_viewport_size({"width": 420, "height": 800})
         page.goto(server.url + "/#/datasets")

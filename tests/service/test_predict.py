@@ -143,8 +143,9 @@ def test_health_answers_while_predict_decodes_large_images(
     settings = make_settings(max_image_pixels=40_000_000, max_upload_bytes=10_000_000)
     headers = new_key(settings, "acme")
     with session_scope(settings.resolved_database_url) as session:
-        clf = ClassifierRecord(tenant="acme", name="c", dataset_id="d", base_model_id="handwriting",
-                         status="ready", labels=["a", "b", "c"], params={})
+        clf = ClassifierRecord(id="c1", family_id="c1", tenant="acme", name="c", dataset_id="d",
+                               base_model_id="handwriting", status="ready",
+                               labels=["a", "b", "c"], params={})
         session.add(clf)
     shutil.copytree(classifier_dir, settings.classifiers_dir / clf.id)
     app = create_app(settings)

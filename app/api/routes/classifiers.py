@@ -26,7 +26,7 @@ from app.api.responses import errors
 from app.infra.errors import ServiceError
 from app.infra.settings import resolved
 from app.infra.tables import ClassifierRecord
-from app.service import base_model_choice, classifiers, jobs
+from app.service import base_model_choice, classifiers, jobs, versions
 from app.service.base_models import usable_base_model
 from app.service.datasets import get_owned as get_owned_dataset
 from app.service.export import ExportFormat, export_zip
@@ -322,6 +322,8 @@ async def predict(
     key: CurrentKey,
     settings: SettingsDep,
     predictor: PredictServiceDep,
+    version: Annotated[int | None, Query(ge=1, le=1_000_000, description="the version to ask "
+                                         "(default: the newest ready one)")] = None,
 ) -> PredictResponse:
     """Classify images.
 
@@ -330,19 +332,12 @@ async def predict(
     gets its top-k labels with probabilities, or an `error` when it does not decode (or is not
     valid base64). Each also gets a `score` (how much it looks like the classifier's classes)
     and `unknown`: true when the score is below `threshold` (the request's, else the one the
-    classifier calibrated on its holdout when it was trained). Needs a classifier whose status
-    is `ready`.
+    classifier calibrated on its holdout when it was trained). Answered by the newest ready
+    version of the classifier (`classifier_id` and `version` say which), or the `version` named.
     """
     # Off the event loop, and no connection is held while predicting.
-    status = await quick_read(settings, classifiers.owned_status, settings, key, classifier_id)
-    if status != ArtifactStatus.READY:
-        wait = ("; wait for its job (GET /v1/classifiers/{id} until 'ready', or `mtl predict "
-                "--wait`)") if status in (ArtifactStatus.QUEUED, ArtifactStatus.TRAINING) else ""
-        raise HTTPException(
-            409,
-            f"classifier {classifier_id} is {status}; predict needs it trained (status "
-            f"'ready'){wait}",
-        )
+    serving_id, serving_version = await quick_read(
+        settings, versions.serving, settings, key, classifier_id, version)
     if request.headers.get("content-type", "").startswith("application/json"):
         given = await _json_images(request, settings.max_predict_files)
     else:
@@ -350,7 +345,9 @@ async def predict(
     # Checking and decoding happen in the predict service's decoding threads, off the loop.
     readable = [c for c in given.contents if c is not None]
     decoded = iter(await predictor.predict(
-        classifier_id, resolved(settings).classifiers_dir / classifier_id, readable, given.top_k
+        serving_id, resolved(settings).classifiers_dir / serving_id, readable, given.top_k
     ) if readable else [])
     ranked = [next(decoded) if c is not None else "not valid base64" for c in given.contents]
-    return _answer(given, ranked)
+    answer = _answer(given, ranked)
+    answer.classifier_id, answer.version = serving_id, serving_version
+    return answer

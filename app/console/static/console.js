@@ -497,7 +497,7 @@ async function classifiersPage(page, selectedId, query) {
     const accuracy = c.metrics ? ` · ${pct(c.metrics.holdout_accuracy)}` : "";
     list.append(el("li", {}, el("a", { href: `#/classifiers/${c.id}`, class: c === current ? "active" : "" },
       el("span", {}, c.name, el("small", { class: "muted meta" },
-        `${new Date(c.created_at).toLocaleString()} · ${c.base_model_id}${accuracy}`)),
+        `${new Date(c.created_at).toLocaleString()} · ${c.version > 1 ? `v${c.version} · ` : ""}${c.base_model_id}${accuracy}`)),
       badge(c.status))));
   }
   if (creating) await newClassifier(detail, query);
@@ -703,7 +703,7 @@ async function classifierDetail(box, clf) {
   const head = el("div", { class: "card" },
     el("div", { class: "row" },
       el("div", {}, el("h1", {}, clf.name, " ", statusBadge),
-        el("p", { class: "muted" }, `${clf.labels.length} classes · base model ${clf.base_model_id} · `,
+        el("p", { class: "muted" }, `version ${clf.version} · ${clf.labels.length} classes · base model ${clf.base_model_id} · `,
           el("a", { href: `#/datasets/${clf.dataset_id}` }, "dataset")),
         choiceLine(clf.base_model_choice)),
       el("button", { type: "button", class: "danger", onclick: async () => {
@@ -711,7 +711,7 @@ async function classifierDetail(box, clf) {
         await api(`/v1/classifiers/${clf.id}`, { method: "DELETE" });
         location.hash = "#/classifiers";
       } }, "Delete")));
-  box.append(head);
+  box.append(head, versionsCard(clf));
   if (clf.job_id && clf.status !== "ready") {
     const job = await api(`/v1/jobs/${clf.job_id}`);
     box.append(progressPanel(job, {
@@ -791,6 +791,37 @@ function resultsCard(clf) {
           el("td", { class: "num" }, pct(c.recall)), el("td", { class: "num" }, c.support)))))),
       el("div", {}, el("h3", {}, "Confusion matrix"), el("div", { class: "heat-wrap" }, heat),
         el("p", { class: "hint" }, "Rows: the true class; columns: the predicted one. Blue: right, red: mistaken."))));
+}
+
+/** The classifier's versions side by side (the newest ready one answers predict), and a
+ * button that retrains it on its dataset as the dataset is now. */
+function versionsCard(clf) {
+  const body = el("tbody");
+  const error = el("p", { class: "error", role: "alert" });
+  const retrain = el("button", { type: "button", class: "secondary", id: "retrain", onclick: async () => {
+    retrain.disabled = true;
+    try {
+      const created = await api(`/v1/classifiers/${clf.id}/versions`, { method: "POST", json: {} });
+      location.hash = `#/classifiers/${created.id}`;
+    } catch (err) { error.textContent = err.message; retrain.disabled = false; }
+  } }, "Retrain on the dataset as it is now");
+  api(`/v1/classifiers/${clf.id}/versions`).then((versions) => {
+    const ready = versions.filter((v) => v.status === "ready");
+    const serving = ready.length ? ready[ready.length - 1].version : null;
+    body.replaceChildren(...versions.map((v) => el("tr", { class: v.id === clf.id ? "current" : "", dataset: { version: v.version } },
+      el("td", {}, el("a", { href: `#/classifiers/${v.id}` }, `v${v.version}`)), el("td", {}, badge(v.status)),
+      el("td", { class: "num" }, v.metrics ? pct(v.metrics.holdout_accuracy) : "–"),
+      el("td", { class: "num" }, v.labels.length), el("td", {}, v.base_model_id),
+      el("td", { class: "muted" }, new Date(v.created_at).toLocaleString()),
+      el("td", {}, v.version === serving ? "answers predict" : ""))));
+  }).catch((err) => { error.textContent = err.message; });
+  return el("div", { class: "card", id: "versions-card" },
+    el("div", { class: "row" }, el("h2", {}, "Versions"), retrain),
+    el("table", { id: "versions" }, el("thead", {}, el("tr", {}, el("th", {}, "Version"), el("th", {}, "Status"),
+      el("th", { class: "num" }, "Holdout"), el("th", { class: "num" }, "Classes"), el("th", {}, "Base model"),
+      el("th", {}, "Created"), el("th", {}, "Predict"))), body),
+    el("p", { class: "hint" }, "Predict answers with the newest ready version (or the version a request names)."),
+    error);
 }
 
 /** The training loss of a finished job, as the service kept it. */

@@ -210,6 +210,21 @@ class Client:
         """Every classifier of this key's tenant, oldest first (all pages)."""
         return list(self._pages(ClassifierPublic, "/v1/classifiers"))
 
+    def create_version(self, classifier_id: str, *, params: dict[str, Any] | None = None,
+                       callback_url: str | None = None) -> ClassifierCreated:
+        """Retrain a classifier on its dataset as it is now: a new version (`params` change the
+        newest version's); predict then answers with it once it is ready."""
+        body: dict[str, Any] = {"params": params or {}}
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        return ClassifierCreated.model_validate(
+            self._request("POST", f"/v1/classifiers/{classifier_id}/versions", json=body).json())
+
+    def versions(self, classifier_id: str) -> list[ClassifierPublic]:
+        """Every version of a classifier, oldest first."""
+        response = self._request("GET", f"/v1/classifiers/{classifier_id}/versions")
+        return [ClassifierPublic.model_validate(v) for v in response.json()]
+
     def holdout(self, classifier_id: str, *, mistakes: bool = False) -> list[HoldoutPrediction]:
         """Every holdout image of a ready classifier with its label and the measured model's
         answer (only the wrong ones with `mistakes`)."""
@@ -237,32 +252,36 @@ class Client:
         return target
 
     def predict(
-        self, classifier_id: str, images: Sequence[PathLike], *, top_k: int = 5
+        self, classifier_id: str, images: Sequence[PathLike], *, top_k: int = 5,
+        version: int | None = None,
     ) -> PredictResponse:
         """The top-k labels of each image, in order (an image the service cannot decode gets an
-        `error` instead); sent `PREDICT_BATCH` images a request."""
+        `error` instead), by the newest ready version of the classifier or the `version` named;
+        sent `PREDICT_BATCH` images a request."""
         paths = [Path(p) for p in images]
         if not paths:
             raise ClientError("give at least one image")
         for p in paths:
             if not p.is_file():
                 raise ClientError(f"{p} is not a file")
-        results = []
+        results, answer = [], None
         for start in range(0, len(paths), PREDICT_BATCH):
             batch = paths[start:start + PREDICT_BATCH]
             handles = [p.open("rb") for p in batch]
             try:
                 response = self._request(
                     "POST", f"/v1/classifiers/{classifier_id}/predict",
-                    data={"top_k": str(top_k)},
+                    data={"top_k": str(top_k)}, params={"version": version} if version else None,
                     files=[("files", (p.name, fh, "application/octet-stream"))
                            for p, fh in zip(batch, handles, strict=True)],
                 )
             finally:
                 for fh in handles:
                     fh.close()
-            results.extend(PredictResponse.model_validate(response.json()).results)
-        return PredictResponse(results=results)
+            answer = PredictResponse.model_validate(response.json())
+            results.extend(answer.results)
+        assert answer is not None
+        return answer.model_copy(update={"results": results})
 
     # ------------------------------------------------------------------------- base models
 

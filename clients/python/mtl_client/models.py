@@ -30,7 +30,7 @@ __all__ = [
     "FINISHED", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic", "ArtifactStatus",
     "BaseModelCandidate", "BaseModelCard", "BaseModelChoice", "BaseModelPublic", "CallbackUrl",
     "CardAccuracy", "ClassCount", "ClassMetrics", "ClassifierCreate", "ClassifierCreated",
-    "ClassifierMetrics", "ClassifierParams", "ClassifierPublic", "CurvePoint",
+    "ClassifierMetrics", "ClassifierParams", "ClassifierPublic", "ClassifierVersionCreate", "CurvePoint",
     "DatasetImagePage", "DatasetImagePublic", "DatasetImagesAdded", "DatasetPublic", "FromRecord", "HoldoutPage",
     "HoldoutPrediction", "ImageIn", "ImageLabel", "JobCurve", "JobKind", "JobPhase", "JobProgress",
     "JobPublic", "JobStatus", "JobWebhook", "Page", "PredictRequest", "PredictResponse",
@@ -180,6 +180,13 @@ class ClassifierCreate(Strict):
     callback_url: CallbackUrl = None
 
 
+class ClassifierVersionCreate(Strict):
+    params: ClassifierParams = Field(
+        default_factory=ClassifierParams,
+        description="parameters to change; the others are the newest version's")
+    callback_url: CallbackUrl = None
+
+
 class ClassifierCreated(BaseModel):
     id: str
     status: ArtifactStatus
@@ -213,6 +220,8 @@ class ClassifierPublic(FromRecord):
         default=None, description="how the service chose the base model for a request that left "
         "`base_model_id` out; null when the request named one")
     created_at: datetime
+    family_id: str = Field(description="the first version's id, shared by every version")
+    version: int = Field(description="1 for a new classifier, then one more per retrain")
 
 
 class Prediction(BaseModel):
@@ -248,6 +257,10 @@ class PredictResult(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    classifier_id: str | None = Field(
+        default=None, description="the version that answered: the newest ready one of the "
+        "classifier's versions, unless the request named a `version`")
+    version: int | None = None
     results: list[PredictResult]
     threshold: float | None = Field(
         default=None, description="the open-set threshold used: the request's, else the one the "
