@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from app.infra import outbound
 from app.infra.logs import job_context
@@ -27,11 +28,17 @@ POLL_INTERVAL_S = 1.0
 
 
 def deliver_due(settings: Settings, limit: int = 20) -> int:
-    """Try every webhook that is due now; the number of tries made. A worker without the
-    secret sends none (another worker with it will)."""
+    """Try every webhook that is due now, MTL_WEBHOOK_CONCURRENCY at once, so one slow receiver
+    holds up only its own try; the number of tries made. A worker without the secret sends none
+    (another worker with it will)."""
     if not settings.webhook_secret:
         return 0
-    return sum(deliver(settings, job_id) for job_id in webhooks.due_job_ids(settings, limit))
+    due = webhooks.due_job_ids(settings, limit)
+    if len(due) <= 1:
+        return sum(deliver(settings, job_id) for job_id in due)
+    with ThreadPoolExecutor(max_workers=min(len(due), settings.webhook_concurrency),
+                            thread_name_prefix="webhook") as pool:
+        return sum(pool.map(lambda job_id: deliver(settings, job_id), due))
 
 
 def deliver(settings: Settings, job_id: str) -> bool:
@@ -63,28 +70,17 @@ def deliver(settings: Settings, job_id: str) -> bool:
 def _post(settings: Settings, delivery: webhooks.Delivery) -> tuple[int | None, str | None]:
     """The receiver's status, and what went wrong (None: it answered 2xx). A target that is not
     public is "refused" and nothing else: no status, error or timing of a private address
-    reaches the tenant."""
-    import httpx
-
+    reaches the tenant. The try, all of it, takes at most MTL_WEBHOOK_TIMEOUT_S."""
     try:
         target = outbound.resolve(delivery.url, allow_private=settings.webhook_allow_private)
     except outbound.Unresolvable as exc:
         return None, str(exc)
     except outbound.RefusedTarget as exc:
         return None, f"refused: {exc}"
-    url, host = outbound.pinned_url(target)
-    https = url.startswith("https:")
     try:
-        # trust_env off: a proxy from the environment would make its own lookup. Redirects stay
-        # off (httpx's default). Only the status matters: the answer's body is never read.
-        with httpx.Client(timeout=settings.webhook_timeout_s, trust_env=False) as client:
-            request = client.build_request(
-                "POST", url, content=delivery.body, headers={**delivery.headers, "Host": host},
-                extensions={"sni_hostname": target.host} if https else None)
-            response = client.send(request, stream=True)
-            status_code = response.status_code
-            response.close()
-    except Exception as exc:  # any failure (a URL httpx cannot encode, say) is a failed try
+        status_code = outbound.post_status(target, delivery.headers, delivery.body,
+                                           timeout_s=settings.webhook_timeout_s)
+    except Exception as exc:  # any failure (a URL that cannot be sent, say) is a failed try
         return None, f"{type(exc).__name__}: {exc}"[:500]
     if not 200 <= status_code < 300:
         return status_code, f"the receiver answered {status_code}"

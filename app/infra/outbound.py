@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -105,3 +108,70 @@ def redacted(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return parts._replace(netloc=netloc).geturl()
+
+
+# An answer's status line longer than this is not HTTP.
+MAX_STATUS_LINE = 8192
+
+
+def post_status(target: Target, headers: dict[str, str], body: bytes, *, timeout_s: float) -> int:
+    """POST `body` to the checked address and return the answer's status code. `timeout_s` bounds
+    the whole exchange (connecting, TLS, sending, reading the status line), however slowly a
+    receiver trickles bytes: an HTTP client's timeouts bound each read, so a receiver sending a
+    byte a second could hold a try for minutes. The answer's headers and body are never read.
+    TimeoutError past the deadline; OSError or ValueError when no HTTP answer comes."""
+    parts = urlsplit(target.url)
+    https = parts.scheme == "https"
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    _, host_header = pinned_url(target)
+    fields = {"Host": host_header, **headers, "Content-Length": str(len(body)),
+              "Connection": "close"}
+    if any(c in text for c in "\r\n\x00" for text in (path, *fields, *fields.values())):
+        raise ValueError("the URL or a header holds a line break")
+    deadline = time.monotonic() + timeout_s
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {timeout_s:g} s")
+        return left
+
+    try:
+        return _exchange(target, https, _request_head(path, fields) + body, remaining)
+    except TimeoutError:  # a socket's own timeout says only "timed out"
+        raise TimeoutError(f"no answer within {timeout_s:g} s") from None
+
+
+def _request_head(path: str, fields: dict[str, str]) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+            + "\r\n").encode("latin-1")
+
+
+def _exchange(target: Target, https: bool, request: bytes, remaining: Callable[[], float]) -> int:
+    """Send `request` and read the answer's status code, each step within `remaining()`."""
+    port = urlsplit(target.url).port or (443 if https else 80)
+    sock = socket.create_connection((target.address, port), timeout=remaining())
+    try:
+        if https:
+            sock.settimeout(remaining())
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+        pending = memoryview(request)
+        while pending:
+            sock.settimeout(remaining())
+            pending = pending[sock.send(pending):]
+        answer = b""
+        while b"\r\n" not in answer:
+            sock.settimeout(remaining())
+            chunk = sock.recv(1024)
+            if not chunk:
+                raise ConnectionError("the receiver closed the connection without an answer")
+            answer += chunk
+            if len(answer) > MAX_STATUS_LINE:
+                raise ValueError("the answer is not HTTP")
+        version, _, rest = answer.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise ValueError("the answer is not HTTP")
+        return int(code)
+    finally:
+        sock.close()

@@ -135,7 +135,12 @@ class Settings(BaseSettings):
     webhook_retry_base_s: float = Field(
         default=5.0, gt=0, description="wait before the 2nd try; doubled before each later one"
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="one try's HTTP timeout")
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="one try's whole time: connecting, sending and the "
+        "answer's status line together")
+    webhook_concurrency: int = Field(
+        default=8, ge=1, le=64, description="webhook tries a worker makes at once (a slow "
+        "receiver holds up only its own)")
     max_event_streams_per_key: int = Field(
         default=10, ge=1, description="open GET /v1/jobs/{id}/events streams one key may hold "
         "(per API process); past it: 429")

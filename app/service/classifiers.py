@@ -57,11 +57,6 @@ def read_owned(settings: Settings, key: VerifiedKey, classifier_id: str) -> Clas
     return ClassifierPublic.from_record(owned_row(settings, key, classifier_id))
 
 
-def owned_status(settings: Settings, key: VerifiedKey, classifier_id: str) -> str:
-    """The status of the caller's classifier (404 if it is not the caller's)."""
-    return str(owned_row(settings, key, classifier_id, _STATUS_QUERY).status)
-
-
 def delete_classifier(*, session: Session, settings: Settings, key: VerifiedKey, classifier_id: str) -> None:
     """Delete the caller's classifier and its files; its job is cancelled if it has not finished."""
     clf = get_owned(session, key, classifier_id)

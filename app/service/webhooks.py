@@ -3,11 +3,16 @@ deliveries are due, claiming one try, recording its outcome with the backoff to 
 
 A try is claimed with one conditional UPDATE that moves `webhook_next_at` past the try's timeout,
 so two workers never send the same try, and a worker that dies mid-try leaves it to be retried
-once that lease has passed. Signature: `X-MTL-Signature: sha256=<hex>`, the HMAC-SHA256 of
-`<X-MTL-Timestamp>.<body>` with the job's tenant's key (`security.tenant_webhook_secret`)."""
+once that lease has passed. Signed twice with the job's tenant's key
+(`security.tenant_webhook_secret`): in the Standard Webhooks form (`webhook-id`,
+`webhook-timestamp`, `webhook-signature: v1,<base64>`, the HMAC-SHA256 of
+`<id>.<timestamp>.<body>` keyed with the secret's base64 part, decoded), so receivers can use
+the ready-made verifiers; and as before, `X-MTL-Signature: sha256=<hex>`, the HMAC-SHA256 of
+`<X-MTL-Timestamp>.<body>` keyed with the whole secret string."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -34,6 +39,14 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     """The X-MTL-Signature header's value for this body sent at `timestamp`."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return f"sha256={digest.hexdigest()}"
+
+
+def standard_signature(secret: str, message_id: str, timestamp: str, body: bytes) -> str:
+    """The Standard Webhooks `webhook-signature` value: `v1,` and the base64 HMAC-SHA256 of
+    `<id>.<timestamp>.<body>`, keyed with the bytes the secret's `whsec_` part encodes."""
+    key = base64.b64decode(secret.removeprefix("whsec_") + "==")
+    digest = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
 
 
 def backoff_s(settings: Settings, tries: int) -> float:
@@ -87,13 +100,16 @@ def claim(settings: Settings, job_id: str) -> Delivery | None:
         tries = len(job.webhook_attempts or []) + 1
     timestamp = str(int(time.time()))
     assert settings.webhook_secret
+    secret = tenant_webhook_secret(settings.webhook_secret, tenant)
+    message_id = f"msg_{job_id}"  # one message per job: every retry of it has the same id
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "mtl-service-webhook",
+        "webhook-id": message_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": standard_signature(secret, message_id, timestamp, body),
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: signature(
-            tenant_webhook_secret(settings.webhook_secret, tenant), timestamp, body
-        ),
+        SIGNATURE_HEADER: signature(secret, timestamp, body),
         "X-MTL-Job-Id": job_id,
         "X-MTL-Delivery-Attempt": str(tries),
     }

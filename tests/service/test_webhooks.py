@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.service.conftest import new_key
 from tests.utils.images import small_zip
@@ -111,6 +112,15 @@ def test_finished_jobs_are_posted_signed_and_retried(make_settings: Any,
                                 headers["X-MTL-Timestamp"].encode() + b"." + body,
                                 hashlib.sha256).hexdigest()
             assert headers["X-MTL-Signature"] == f"sha256={expected}"
+            # The Standard Webhooks form, checked by its own library (tolerance: 5 minutes);
+            # every retry is the same message.
+            verified = Webhook(signing["secret"]).verify(body, {
+                k: headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
+            assert verified["id"] == created["job_id"]
+            assert headers["webhook-id"] == f"msg_{created['job_id']}"
+            with pytest.raises(WebhookVerificationError):
+                Webhook(other["secret"]).verify(body, {k: headers[k] for k in (
+                    "webhook-id", "webhook-timestamp", "webhook-signature")})
             assert abs(int(headers["X-MTL-Timestamp"]) - time.time()) < 60
             assert headers["X-MTL-Delivery-Attempt"] == str(n)
             assert headers["X-Request-ID"] == "hook-1"
@@ -211,6 +221,58 @@ def test_a_receiver_that_never_ends_its_answer_holds_nothing_up(make_settings: A
         assert not delivering.is_alive(), "the webhook thread is still reading the answer"
         hook = client.get(f"/v1/jobs/{created['job_id']}", headers=user).json()["webhook"]
         assert hook["status"] == "delivered" and hook["attempts"][0]["status_code"] == 200
+    listener.close()
+
+
+def test_a_receiver_that_trickles_its_status_line_holds_only_its_own_try(
+        make_settings: Any, receiver: Receiver) -> None:
+    """A receiver that sends its answer a byte every 0.3 s (an HTTP client's per-read timeout
+    never fires) gets MTL_WEBHOOK_TIMEOUT_S for the whole try; another tenant's webhook due at
+    the same moment goes out at once, beside it."""
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from worker.webhooks import deliver_due
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\n\r\n":
+            if stop.wait(0.3):
+                break
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    receiver.fail_first = 0
+    settings = make_settings(webhook_secret=SECRET, webhook_allow_private=True, webhook_timeout_s=1.0)
+    with TestClient(create_app(settings)) as client:
+        slow_tenant, fast_tenant = new_key(settings, "slow"), new_key(settings, "fast")
+        slow = create_classifier(client, slow_tenant,
+                                 callback_url=f"http://127.0.0.1:{listener.getsockname()[1]}/")
+        fast = create_classifier(client, fast_tenant, callback_url=receiver.url)
+        for job, headers in ((slow, slow_tenant), (fast, fast_tenant)):
+            client.post(f"/v1/jobs/{job['job_id']}/cancel", headers=headers)
+        started = time.monotonic()
+        assert deliver_due(settings) == 2
+        took = time.monotonic() - started
+        stop.set()
+        assert took < 3, took  # the drip alone would take 5.7 s
+        fast_hook = client.get(f"/v1/jobs/{fast['job_id']}", headers=fast_tenant).json()["webhook"]
+        assert fast_hook["status"] == "delivered"
+        assert receiver.times[0] - started < 0.8  # not after the slow one's timeout
+        slow_try = client.get(f"/v1/jobs/{slow['job_id']}",
+                              headers=slow_tenant).json()["webhook"]["attempts"][0]
+        assert slow_try["status_code"] is None and "no answer within 1 s" in slow_try["error"]
+        assert slow_try["duration_ms"] < 2000, slow_try
     listener.close()
 
 
