@@ -18,9 +18,9 @@ import hashlib
 import json
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 from fastapi import Header
 from fastapi.responses import JSONResponse, Response
@@ -33,7 +33,7 @@ from app.api.middleware import BodyTooLarge
 from app.infra.db import session_scope
 from app.infra.settings import Settings
 from app.infra.tables import IdempotencyRecord, utcnow
-from app.service.security import hash_key, lookup_key
+from app.service.security import KeyRevoked, hash_key, lookup_key
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -76,33 +76,17 @@ class _Spooled:
             yield chunk
 
 
-def _replace_streaming(chunks: Iterable[bytes], marker: bytes, token: bytes) -> Iterator[bytes]:
-    """`chunks` with every `marker` replaced by `token`, even one split across two chunks."""
-    carry = b""
-    keep = len(marker) - 1
-    for chunk in chunks:
-        data = carry + chunk
-        safe = max(0, len(data) - keep)
-        pos = 0
-        while (i := data.find(marker, pos)) != -1 and i < safe:
-            yield data[pos:i] + token
-            pos = i + len(marker)
-        cut = max(pos, safe)
-        yield data[pos:cut]
-        carry = data[cut:]
-    yield carry
-
-
 def request_digest(
-    method: str, path: str, content_type: str, chunks: Iterable[bytes], size: int
+    method: str, path: str, content_type: str, read: Callable[[], Iterable[bytes]], size: int
 ) -> str:
     """What makes two requests the same: route and body. A JSON body counts by its content
-    (key order and spacing aside); a multipart body by its bytes with the boundary (which each
-    client draws at random) taken out."""
+    (key order and spacing aside); a multipart body by its parts as parsed (each part's headers
+    and bytes), so neither the boundary each client draws at random nor a boundary-like string
+    inside a file can make two different uploads look alike. `read()` gives the body's bytes."""
     h = hashlib.sha256(f"{method} {path}\n".encode())
     mime = content_type.split(";")[0].strip().lower()
     if mime == "application/json" and size <= _MAX_STORED_ANSWER:
-        raw = b"".join(chunks)
+        raw = b"".join(read())
         try:
             h.update(json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode())
         except (ValueError, UnicodeDecodeError):
@@ -110,10 +94,40 @@ def request_digest(
         return h.hexdigest()
     boundary = re.search(r'boundary="?([^";]+)"?', content_type)
     if mime.startswith("multipart/") and boundary:
-        chunks = _replace_streaming(chunks, boundary.group(1).encode("latin-1"), b"BOUNDARY")
-    for chunk in chunks:
+        parts = hashlib.sha256(b"multipart\n")
+        try:
+            _hash_parts(parts, boundary.group(1).encode("latin-1"), read())
+            h.update(parts.digest())
+            return h.hexdigest()
+        except Exception:  # not parseable: the route refuses it; its bytes stand for it here
+            pass
+    for chunk in read():
         h.update(chunk)
     return h.hexdigest()
+
+
+def _hash_parts(h: Any, boundary: bytes, chunks: Iterable[bytes]) -> None:
+    """Each part of a multipart body into `h`: its headers (names lower-cased) and its bytes."""
+    from python_multipart.multipart import MultipartParser
+
+    name, value = bytearray(), bytearray()
+
+    def header_end() -> None:
+        h.update(b"\x00h" + bytes(name).lower() + b":" + bytes(value).strip())
+        name.clear()
+        value.clear()
+
+    parser = MultipartParser(boundary, callbacks={
+        "on_part_begin": lambda: h.update(b"\x00part"),
+        "on_header_field": lambda data, start, end: name.extend(data[start:end]),
+        "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+        "on_header_end": header_end,
+        "on_headers_finished": lambda: h.update(b"\x00body"),
+        "on_part_data": lambda data, start, end: h.update(data[start:end]),
+    })
+    for chunk in chunks:
+        parser.write(chunk)
+    parser.finalize()
 
 
 class Claimed:
@@ -218,9 +232,12 @@ async def _tenant(scope: Scope, settings: Settings) -> str | None:
     digest = hash_key(token.strip())
     known = scope["app"].state.verified_keys.get(digest)
     if known is None:
-        known = await run_in_threadpool(
-            lookup_key, database_url=settings.resolved_database_url, digest=digest
-        )
+        try:
+            known = await run_in_threadpool(
+                lookup_key, database_url=settings.resolved_database_url, digest=digest
+            )
+        except KeyRevoked:  # the route answers that it was revoked
+            return None
     if known is None:
         return None
     if scope.get("path", "").startswith("/v1/admin/") and known.scope != "admin":
@@ -259,7 +276,7 @@ class Idempotency:
             return
         try:
             content_type = headers.get(b"content-type", b"").decode("latin-1")
-            digest = request_digest("POST", path, content_type, body.chunks(), size)
+            digest = request_digest("POST", path, content_type, body.chunks, size)
             outcome = await run_in_threadpool(
                 claim_key, self.settings, tenant=tenant, key=key, digest=digest
             )

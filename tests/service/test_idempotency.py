@@ -203,3 +203,45 @@ def test_a_replay_needs_the_scope_the_route_needs(client: Any, settings: Setting
     again = client.post("/v1/admin/api-keys", headers={**same_tenant_user, **key},
                         json={"tenant": "z"})
     assert again.status_code == 403 and "Idempotent-Replayed" not in again.headers
+
+
+def _multipart(boundary: str, fields: dict[str, str], archive: bytes) -> bytes:
+    """A multipart body written by hand, with the boundary given."""
+    out = b""
+    for name, value in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                f"{value}\r\n").encode()
+    out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; "
+            f"filename=\"s.zip\"\r\nContent-Type: application/zip\r\n\r\n").encode()
+    return out + archive + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_multipart_bodies_compare_by_their_parts(client: Any, user: dict) -> None:
+    """Two uploads whose fields differ only where each spells its own boundary are different
+    requests (409), and the same parts under another boundary are a repeat (replayed)."""
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    archive = small_zip()
+
+    def post(boundary: str, name: str) -> Any:
+        return client.post("/v1/datasets", content=_multipart(boundary, {"name": name}, archive),
+                           headers={**user, **key,
+                                    "Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    first = post("aaaa1111", "set aaaa1111")
+    assert first.status_code == 201, first.text
+    assert first.json()["name"] == "set aaaa1111"
+    other = post("bbbb2222", "set bbbb2222")
+    assert other.status_code == 409 and "different request" in other.json()["detail"]
+    again = post("cccc3333", "set aaaa1111")
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json() and _count(client, user, "/v1/datasets") == 1
+
+
+def test_a_revoked_key_with_an_idempotency_key_is_told_it_was_revoked(
+        client: Any, admin: dict) -> None:
+    made = client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "temp"}).json()
+    client.delete(f"/v1/admin/api-keys/{made['prefix']}", headers=admin)
+    r = client.post("/v1/datasets", headers={"Authorization": f"Bearer {made['key']}",
+                                             "Idempotency-Key": "k1"},
+                    data={"name": "s"}, files={"archive": ("s.zip", small_zip())})
+    assert r.status_code == 401 and "was revoked" in r.json()["detail"], r.text
