@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
@@ -53,8 +54,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             metrics.observe_request(scope["method"], template, status, seconds)
             access_log.info(
                 "%s %s %d",
@@ -70,6 +70,34 @@ class RequestContext:
                     "tenant": (scope.get("state") or {}).get("tenant"),
                 },
             )
+
+
+def route_template(scope: Scope) -> str:
+    """The route template of a request (`/v1/classifiers/{classifier_id}`), also for answers
+    given before routing (an idempotent replay, a 409 of the idempotency layer, a 413): those
+    are matched here; "unmatched" only for a path no route has (a 404)."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", [])
+    return _template(routes, scope.get("path", "")) or "unmatched"
+
+
+def _template(routes: list[Any], path: str, prefix: str = "") -> str | None:
+    """The template of the first route whose pattern matches `path`, looking into included
+    routers (their own prefix taken off the path)."""
+    for candidate in routes:
+        inner = getattr(candidate, "original_router", None)
+        if inner is not None:
+            own = getattr(getattr(candidate, "include_context", None), "prefix", "") or ""
+            if path.startswith(own) and (found := _template(inner.routes, path[len(own):],
+                                                             prefix + own)):
+                return found
+            continue
+        pattern = getattr(candidate, "path_regex", None)
+        if pattern is not None and pattern.match(path):
+            return prefix + str(candidate.path)
+    return None
 
 
 class BodyTooLarge(Exception):

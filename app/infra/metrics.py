@@ -36,8 +36,8 @@ class _Metrics:
 
         self.request_seconds = Histogram(
             "mtl_http_request_duration_seconds",
-            "HTTP requests by method, route template and status, and their latency",
-            ["method", "route", "status"],
+            "HTTP requests by method, route template and status code, and their latency",
+            ["method", "route", "code"],
             buckets=_REQUEST_BUCKETS,
         )
         self.predict_batch = Histogram(
@@ -172,7 +172,19 @@ def exposition(job_counts: dict[tuple[str, str], int]) -> tuple[bytes, str]:
                 gauge.add_metric([kind, status], count)
             yield gauge
 
+    class BuildInfo:
+        def collect(self) -> Any:
+            import platform
+
+            from models.config import code_version
+
+            info = GaugeMetricFamily("mtl_build_info", "the running service's version (always 1)",
+                                     labels=["version", "python"])
+            info.add_metric([code_version(), platform.python_version()], 1)
+            yield info
+
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     registry.register(JobCounts())  # type: ignore[arg-type]
+    registry.register(BuildInfo())  # type: ignore[arg-type]
     return generate_latest(registry), CONTENT_TYPE_LATEST

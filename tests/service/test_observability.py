@@ -13,6 +13,7 @@ import pytest
 
 from app.infra.logs import JsonFormatter
 from app.infra.settings import Settings
+from models.config import code_version
 from tests.utils.images import omniglot_png, omniglot_zip
 from tests.utils.processes import wait_for_job
 from tests.utils.training import create_classifier, run_job
@@ -102,7 +103,8 @@ def test_metrics_and_json_logs_of_a_real_server(tmp_path: Path, builtin_dir: Pat
         proc.wait(timeout=60)
     route = "/v1/classifiers/{classifier_id}/predict"
     assert _value(samples, "mtl_http_request_duration_seconds_count", route=route,
-                  status="200") == 2
+                  code="200") == 2
+    assert _value(samples, "mtl_build_info", version=code_version()) == 1
     assert _value(samples, "mtl_predict_cache_requests_total", result="miss") == 1
     assert _value(samples, "mtl_predict_cache_requests_total", result="hit") == 1
     assert _value(samples, "mtl_predict_batch_images_count") == 2

@@ -179,3 +179,21 @@ def test_a_loss_curve_keeps_a_long_job_whole_in_few_points() -> None:
     for step in range(1, 11):
         short.add(step, 0.5, "holdout_pass")
     assert [p["step"] for p in short.points()] == list(range(1, 11))  # a short job: every step
+
+
+def test_answers_given_before_routing_are_counted_under_their_route(tmp_path: Path) -> None:
+    """An idempotent replay or its 409 is answered before routing: the metrics and the access
+    log still name its route template; only a path no route has is "unmatched"."""
+    from app.api.middleware import route_template
+    from app.main import create_app
+
+    app = create_app(Settings(data_dir=tmp_path))
+
+    def template(method: str, path: str) -> str:
+        return route_template({"type": "http", "method": method, "path": path, "root_path": "",
+                               "app": app, "headers": []})
+
+    assert template("POST", "/v1/datasets") == "/v1/datasets"
+    assert template("POST", "/v1/classifiers/abc/predict") == "/v1/classifiers/{classifier_id}/predict"
+    assert template("DELETE", "/v1/admin/api-keys/1a2b") == "/v1/admin/api-keys/{prefix}"
+    assert template("GET", "/v1/nothing/here") == "unmatched"
