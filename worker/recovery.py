@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # lost attempts before a job fails
 
 
-def recover_orphans(settings: Settings) -> list[str]:
+def recover_orphans(settings: Settings, *, resend_all_queued: bool = False) -> list[str]:
     """Make sure every unfinished job will run, whatever the broker lost. Returns the ids sent.
+    With `resend_all_queued` (a worker that has just connected to its broker, which may have
+    restarted empty) every queued job is sent again at once, however recently it was sent.
 
     - A running job whose worker went silent (crash, kill, OOM) is re-queued, or cancelled when a
       cancel was asked for, or failed after MAX_ATTEMPTS lost attempts.
@@ -36,7 +38,8 @@ def recover_orphans(settings: Settings) -> list[str]:
     url = settings.resolved_database_url
     now = utcnow()
     stale = now - timedelta(seconds=settings.job_stale_after_s)
-    resend_before = now - timedelta(seconds=settings.queued_resend_after_s)
+    resend_before = now if resend_all_queued else now - timedelta(
+        seconds=settings.queued_resend_after_s)
     with session_scope(url) as session:
         lost = session.execute(
             select(JobRecord.id, JobRecord.attempts, JobRecord.cancel_requested).where(
@@ -67,8 +70,10 @@ def recover_orphans(settings: Settings) -> list[str]:
                 or_(
                     and_(
                         JobRecord.enqueued_at.is_(None),
-                        # The API sends right after committing; give it that moment.
-                        JobRecord.created_at < now - timedelta(seconds=30),
+                        # The API sends right after committing; give it that moment (a worker
+                        # that has just connected sends anyway: a duplicate is dropped).
+                        JobRecord.created_at < (now if resend_all_queued
+                                                else now - timedelta(seconds=30)),
                     ),
                     JobRecord.enqueued_at < resend_before,
                 ),

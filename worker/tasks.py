@@ -7,7 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_ready
 
 from app.infra.broker import PRETRAIN_BASE_MODEL, TRAIN_CLASSIFIER
@@ -31,6 +31,21 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
         return run_job(settings, job_id)
 
+    class ResendOnConnect(bootsteps.StartStopStep):
+        """Each time the worker's consumer starts, at start-up and again after every lost and
+        regained broker connection, every queued job is sent again at once: the broker may
+        have come back empty (Redis restarted without persistence), and waiting for
+        `queued_resend_after_s` would leave those jobs idle for minutes. The claim drops the
+        duplicates of messages that were not lost."""
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, consumer: object) -> None:
+            threading.Thread(target=resend_queued, args=(settings,), daemon=True,
+                             name="mtl-resend").start()
+
+    app.steps["consumer"].add(ResendOnConnect)
+
     @worker_ready.connect(weak=False)
     def _start_recovery(**_: object) -> None:
         from worker.webhooks import webhook_loop
@@ -41,6 +56,18 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         threading.Thread(
             target=webhook_loop, args=(settings,), daemon=True, name="mtl-webhooks"
         ).start()
+
+
+def resend_queued(settings: Settings) -> None:
+    """One recovery pass that sends every queued job again (`ResendOnConnect`)."""
+    from worker.recovery import recover_orphans
+
+    try:
+        sent = recover_orphans(settings, resend_all_queued=True)
+        if sent:
+            log.info("connected to the broker: sent %d queued jobs again", len(sent))
+    except Exception:
+        log.exception("resending queued jobs failed; the periodic recovery will")
 
 
 def recovery_loop(settings: Settings, stop: threading.Event | None = None) -> None:

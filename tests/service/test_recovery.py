@@ -4,6 +4,7 @@ save one classifier, and a classifier deleted or cancelled while its job saves."
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def test_queued_jobs_survive_a_broker_restart_without_persistence(
         backend: Backend, make_settings: Any, private_redis: RedisServer,
         start_worker: Any) -> None:
     """Jobs queued while no worker runs; Redis restarts and loses its queue; a worker started
-    afterwards still runs every job, once."""
+    afterwards runs every job, once, at once (not after MTL_QUEUED_RESEND_AFTER_S, 600 s)."""
     if backend.name != "postgres":
         pytest.skip("the Redis broker is tested in the distributed setup (PostgreSQL)")
     settings = make_settings(broker_url=private_redis.url)
@@ -81,9 +82,35 @@ def test_queued_jobs_survive_a_broker_restart_without_persistence(
         assert private_redis.llen("training") == 3
         private_redis.restart()
         assert private_redis.llen("training") == 0  # the messages are gone; the rows say queued
-        worker = start_worker(settings, MTL_QUEUED_RESEND_AFTER_S="2")
+        worker = start_worker(settings, MTL_RECOVERY_INTERVAL_S="600")
         for job_id in jobs:
-            job = wait_for_job(client, user, job_id, timeout=120, log=worker.log)
+            job = wait_for_job(client, user, job_id, timeout=60, log=worker.log)
+            assert job["status"] == "succeeded" and job["attempts"] == 1, job
+
+
+def test_a_worker_that_regains_its_broker_sends_the_queued_jobs_again(
+        backend: Backend, make_settings: Any, private_redis: RedisServer,
+        start_worker: Any) -> None:
+    """The broker goes away under a running worker; jobs created meanwhile could not be sent;
+    once the broker is back, the worker's reconnection sends them (not the periodic recovery,
+    set here to every 10 minutes) and they run."""
+    if backend.name != "postgres":
+        pytest.skip("the Redis broker is tested in the distributed setup (PostgreSQL)")
+    settings = make_settings(broker_url=private_redis.url)
+    worker = start_worker(settings, MTL_RECOVERY_INTERVAL_S="600")
+    deadline = time.monotonic() + 60
+    while "ready." not in (worker.log.read_text() if worker.log.exists() else ""):
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.2)
+    with TestClient(create_app(settings)) as client:
+        user = new_key(settings, "acme")
+        dataset_id = upload(client, user)
+        private_redis.stop()
+        jobs = [new_classifier(client, user, dataset_id)["job_id"] for _ in range(2)]
+        assert {job_row(settings, j).enqueued_at for j in jobs} == {None}  # never sent
+        private_redis.start()
+        for job_id in jobs:
+            job = wait_for_job(client, user, job_id, timeout=60, log=worker.log)
             assert job["status"] == "succeeded" and job["attempts"] == 1, job
 
 
