@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.idempotency import Idempotency
-from app.api.limits import FailureWindow, StreamSlots
+from app.api.limits import RateLimits, StreamSlots
 from app.api.main import api_router
 from app.api.middleware import BodySizeLimit, NoNulInUrl, RequestContext
 from app.console import install_console
@@ -87,7 +87,7 @@ def create_app(
     app.state.verified_keys = VerifiedKeyCache(settings.api_key_cache_s)
     app.state.event_streams = StreamSlots(settings.max_event_streams_per_key,
                                           settings.max_event_streams)
-    app.state.auth_failures = FailureWindow(settings.auth_failures_per_minute)
+    app.state.rate_limits = RateLimits(settings)
     app.state.predict_service = _predict_service(settings)
     app.include_router(api_router)
     install_docs(app)

@@ -38,8 +38,6 @@ def recover_orphans(settings: Settings, *, resend_all_queued: bool = False) -> l
     url = settings.resolved_database_url
     now = utcnow()
     stale = now - timedelta(seconds=settings.job_stale_after_s)
-    resend_before = now if resend_all_queued else now - timedelta(
-        seconds=settings.queued_resend_after_s)
     with session_scope(url) as session:
         lost = session.execute(
             select(JobRecord.id, JobRecord.attempts, JobRecord.cancel_requested).where(
@@ -63,6 +61,20 @@ def recover_orphans(settings: Settings, *, resend_all_queued: bool = False) -> l
                 set_artifact_status(session, job_id, ArtifactStatus.CANCELLED)
     for job_id, attempts, cancel_requested in lost:
         _recover_lost(settings, job_id, attempts, cancel_requested, stale, now)
+    unsent = _to_send(settings, now, resend_all_queued)
+    sent = []
+    for job_id, kind in unsent:
+        if send_queued(settings, job_id, kind):
+            sent.append(job_id)
+    return sent
+
+
+def _to_send(settings: Settings, now: Any, resend_all_queued: bool) -> list[Any]:
+    """The queued jobs to send: never sent (after the API's moment to send them), or sent more
+    than `queued_resend_after_s` ago (every queued job with `resend_all_queued`)."""
+    url = settings.resolved_database_url
+    resend_before = now if resend_all_queued else now - timedelta(
+        seconds=settings.queued_resend_after_s)
     with session_scope(url) as session:
         unsent = session.execute(
             select(JobRecord.id, JobRecord.kind).where(
@@ -79,11 +91,7 @@ def recover_orphans(settings: Settings, *, resend_all_queued: bool = False) -> l
                 ),
             )
         ).all()
-    sent = []
-    for job_id, kind in unsent:
-        if send_queued(settings, job_id, kind):
-            sent.append(job_id)
-    return sent
+    return list(unsent)
 
 
 def _recover_lost(

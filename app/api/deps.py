@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.limits import FailureWindow
+from app.api.limits import RateLimits
 from app.infra.db import session_factory
 from app.infra.settings import Settings, database_url
 from app.service.predict import PredictService
@@ -72,17 +72,17 @@ async def get_current_key(
     if key is None:
         # Guessing keys costs a database lookup each: an address that keeps failing waits.
         address = request.client.host if request.client else "unknown"
-        failures: FailureWindow = request.app.state.auth_failures
-        failures.check(address)
+        limits: RateLimits = request.app.state.rate_limits
+        await run_in_threadpool(limits.check_auth, address)  # Redis when distributed
         try:
             key = await run_in_threadpool(
                 lookup_key, database_url=database_url(settings), digest=digest
             )
         except KeyRevoked as exc:
-            failures.record(address)
+            await run_in_threadpool(limits.auth_failed, address)
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
         if key is None:
-            failures.record(address)
+            await run_in_threadpool(limits.auth_failed, address)
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         cache.put(digest, key)
     request.state.tenant = key.tenant  # for the request's log line (app.api.middleware)
@@ -90,6 +90,16 @@ async def get_current_key(
 
 
 CurrentKey = Annotated[VerifiedKey, Depends(get_current_key)]
+
+
+def rate_limited(kind: str) -> Any:
+    """A route dependency: one more `kind` request (uploads, training, exports) of the caller's
+    tenant, or 429 with Retry-After (app.api.limits)."""
+    async def hit(request: Request, key: CurrentKey) -> None:
+        limits: RateLimits = request.app.state.rate_limits
+        await run_in_threadpool(limits.hit, kind, key.tenant)
+
+    return Depends(hit)
 
 
 async def get_admin_key(key: CurrentKey) -> VerifiedKey:

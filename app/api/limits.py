@@ -1,14 +1,21 @@
-"""Caps that keep one caller from taking what every caller shares, per API process (memory-backed;
-with several API processes or nodes each counts its own, so a proxy in front should cap too):
-open event streams per key and in all, and failed authentications per client address. Past a
-cap the answer is 429 with `Retry-After`."""
+"""Caps that keep one caller from taking what every caller shares. Past one the answer is 429 with
+`Retry-After`.
+
+- Rate limits (the `limits` library, moving windows): uploads, training jobs and exports per
+  tenant, and failed authentications per client address. The counters live where
+  `MTL_RATE_LIMIT_STORAGE_URL` says: the broker's Redis in the distributed setup, so every API
+  process and node counts together; this process's memory when embedded.
+- Open event streams per key and in all, per API process (a stream holds a connection of the
+  process that serves it)."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections import OrderedDict, deque
 
 from fastapi import HTTPException
+
+from app.infra.settings import Settings
 
 
 class TooMany(HTTPException):
@@ -41,36 +48,43 @@ class StreamSlots:
             self.open.pop(key_prefix, None)
 
 
-class FailureWindow:
-    """Failed authentications per client address over the last `window_s` seconds; the
-    addresses seen last are kept (at most `max_addresses`), so memory stays bounded."""
+# Each rate-limited kind of request and the setting that bounds it.
+LIMIT_SETTINGS = {"uploads": "MTL_RATE_LIMIT_UPLOADS", "training": "MTL_RATE_LIMIT_TRAINING",
+                  "exports": "MTL_RATE_LIMIT_EXPORTS"}
 
-    def __init__(self, limit: int, window_s: float = 60.0, max_addresses: int = 10_000) -> None:
-        self.limit, self.window_s, self.max_addresses = limit, window_s, max_addresses
-        self.failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, address: str, now: float) -> deque[float]:
-        times = self.failures.get(address)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return times
+class RateLimits:
+    """The rate limits of settings, counted in their storage."""
 
-    def check(self, address: str) -> None:
-        """TooMany while `address` has `limit` failures in the window."""
-        now = time.monotonic()
-        times = self._recent(address, now)
-        if len(times) >= self.limit:
-            raise TooMany(f"too many failed authentications from this address; wait "
-                          f"(MTL_AUTH_FAILURES_PER_MINUTE={self.limit})",
-                          int(times[0] + self.window_s - now) + 1)
+    def __init__(self, settings: Settings) -> None:
+        from limits import parse
+        from limits.storage import storage_from_string
+        from limits.strategies import MovingWindowRateLimiter
 
-    def record(self, address: str) -> None:
-        now = time.monotonic()
-        times = self._recent(address, now)
-        times.append(now)
-        self.failures[address] = times
-        self.failures.move_to_end(address)
-        while len(self.failures) > self.max_addresses:
-            self.failures.popitem(last=False)
+        url = settings.resolved_rate_limit_storage_url
+        options = {"key_prefix": settings.rate_limit_key_prefix} if url.startswith("redis") else {}
+        self.limiter = MovingWindowRateLimiter(storage_from_string(url, **options))
+        self.items = {kind: parse(getattr(settings, setting.removeprefix("MTL_").lower()))
+                      for kind, setting in LIMIT_SETTINGS.items()}
+        self.items["auth"] = parse(f"{settings.auth_failures_per_minute}/minute")
+
+    def _retry_after(self, kind: str, who: str) -> int:
+        stats = self.limiter.get_window_stats(self.items[kind], kind, who)
+        return math.ceil(stats.reset_time - time.time())
+
+    def hit(self, kind: str, who: str) -> None:
+        """Count one request of `kind` by `who` (a tenant), or TooMany (nothing counted)."""
+        if not self.limiter.hit(self.items[kind], kind, who):
+            raise TooMany(f"too many {kind} requests for this tenant ({LIMIT_SETTINGS[kind]}="
+                          f"{self.items[kind]}); wait and try again",
+                          self._retry_after(kind, who))
+
+    def check_auth(self, address: str) -> None:
+        """TooMany while `address` has made its allowed failed authentications this minute."""
+        if not self.limiter.test(self.items["auth"], "auth", address):
+            raise TooMany("too many failed authentications from this address; wait "
+                          f"(MTL_AUTH_FAILURES_PER_MINUTE={self.items['auth'].amount})",
+                          self._retry_after("auth", address))
+
+    def auth_failed(self, address: str) -> None:
+        self.limiter.hit(self.items["auth"], "auth", address)

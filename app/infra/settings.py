@@ -148,7 +148,23 @@ class Settings(BaseSettings):
         default=200, ge=1, description="open event streams in all (per API process); past it: 429")
     auth_failures_per_minute: int = Field(
         default=30, ge=1, description="failed authentications one client address may make a "
-        "minute (per API process); past it, keys not verified recently get 429 until it cools")
+        "minute; past it, keys not verified recently get 429 until it cools")
+    rate_limit_uploads: str = Field(
+        default="60/minute", description="uploads a tenant may make (new datasets, images added), "
+        "in the `limits` notation: N/second|minute|hour|day")
+    rate_limit_training: str = Field(
+        default="60/minute", description="training and pretraining jobs a tenant may start "
+        "(classifiers, versions, pretraining jobs)")
+    rate_limit_exports: str = Field(
+        default="30/minute", description="classifier exports a tenant may ask for")
+    rate_limit_storage_url: str | None = Field(
+        default=None, description="where the rate-limit counters live, shared by every API "
+        "process that uses it: a `limits` storage URL (memory://, redis://...); default: the "
+        "broker's Redis when the broker is Redis, else this process's memory")
+    rate_limit_key_prefix: str = Field(
+        default="mtl-limits", min_length=1, max_length=100,
+        description="the counters' key prefix in that storage (two deployments sharing one "
+        "Redis give theirs different prefixes)")
     webhook_allow_private: bool = Field(
         default=False,
         description="let callback_url reach loopback, private and link-local addresses "
@@ -157,6 +173,18 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="'json': one JSON object per line and event; 'text': plain"
     )
+
+    @model_validator(mode="after")
+    def _rate_limits_parse(self) -> Settings:
+        from limits import parse
+
+        for name in ("rate_limit_uploads", "rate_limit_training", "rate_limit_exports"):
+            try:
+                parse(getattr(self, name))
+            except ValueError:
+                raise ValueError(f"MTL_{name.upper()} must read like '60/minute', got "
+                                 f"{getattr(self, name)!r}") from None
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -192,6 +220,13 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_rate_limit_storage_url(self) -> str:
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        broker = self.resolved_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else "memory://"
 
     @property
     def resolved_builtin_dir(self) -> Path:

@@ -5,6 +5,7 @@ Under CI=true a missing PostgreSQL or Redis fails the run instead of skipping.""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,11 @@ def make_settings(backend: Backend, builtin_dir: Path, tmp_path: Path) -> Callab
             broker_url=backend.broker_url, builtin_models_dir=builtin_dir, worker_device="cpu",
             max_upload_bytes=4_000_000, max_files=60, max_archive_uncompressed_bytes=3_000_000,
             max_image_pixels=4_000_000,
+            # Rate-limit counters of this test only: with PostgreSQL they live in the shared
+            # Redis, where every test's tenant "acme" would add up otherwise. The limits are
+            # far above what a test sends (tests of the limits set their own).
+            rate_limit_key_prefix=f"test-{uuid.uuid4().hex}", rate_limit_uploads="10000/minute",
+            rate_limit_training="10000/minute", rate_limit_exports="10000/minute",
         )
         settings = Settings(**{**values, **overrides})
         if backend.name == "sqlite":

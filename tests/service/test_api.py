@@ -689,6 +689,32 @@ def test_security_headers(client: Any, settings: Settings, admin: dict, user: di
         assert "frame-ancestors 'none'" in client.get(page).headers["content-security-policy"]
 
 
+def test_heavy_routes_are_rate_limited_per_tenant(make_settings: Any, backend: Any) -> None:
+    """Uploads and training per tenant (MTL_RATE_LIMIT_*): past the limit a 429 naming the
+    setting, with Retry-After; another tenant is not held back. With a Redis broker the
+    counters are in Redis, so a second API process sees the same counts; embedded, each
+    process counts its own."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(rate_limit_uploads="2/minute", rate_limit_training="1/minute")
+    with TestClient(create_app(settings)) as client:
+        user, other = new_key(settings, "acme"), new_key(settings, "globex")
+        ds = [upload_zip(client, user, small_zip()).json() for _ in range(2)]
+        r = upload_zip(client, user, small_zip())
+        assert_error(r, 429, "MTL_RATE_LIMIT_UPLOADS=2 per 1 minute")
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert upload_zip(client, other, small_zip()).status_code == 201
+        body = {"name": "c", "dataset_id": ds[0]["id"], "params": {"steps": 1}}
+        assert client.post("/v1/classifiers", headers=user, json=body).status_code == 202
+        assert_error(client.post("/v1/classifiers", headers=user, json=body), 429,
+                     "MTL_RATE_LIMIT_TRAINING")
+    with TestClient(create_app(settings)) as second_process:
+        shared = second_process.post("/v1/classifiers", headers=user, json=body).status_code
+    assert shared == (429 if backend.name == "postgres" else 202)
+
+
 def test_caps_answer_429_with_retry_after(make_settings: Any) -> None:
     """Failed authentications per address, and event streams per key, are capped: past the cap
     a 429 with Retry-After; a key verified before keeps working."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
 
-from app.api.deps import AdminKey, SessionDep, SettingsDep, verified_keys
+from app.api.deps import AdminKey, SessionDep, SettingsDep, rate_limited, verified_keys
 from app.api.idempotency import IdempotencyKey
 from app.api.responses import errors
 from app.infra.tables import ApiKeyRecord, DatasetRecord
@@ -31,6 +31,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(401, 403
     status_code=202,
     response_model=PretrainingJobCreated,
     responses=errors(404, 409, 413),
+    dependencies=[rate_limited("training")],
 )
 def create_pretraining_job(
     body: PretrainingJobCreate,

@@ -19,6 +19,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     quick_read,
+    rate_limited,
 )
 from app.api.forms import file_fields, read_form, text_field
 from app.api.idempotency import IdempotencyKey
@@ -71,7 +72,8 @@ _PREDICT_DOC = {
 }
 
 
-@router.post("", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413))
+@router.post("", status_code=202, response_model=ClassifierCreated, responses=errors(404, 409, 413),
+             dependencies=[rate_limited("training")])
 def create_classifier(
     body: ClassifierCreate,
     request: Request,
@@ -198,6 +200,7 @@ _EXPORT_RESPONSE: dict[int | str, dict[str, Any]] = {
     "/{classifier_id}/export",
     response_class=Response,
     responses={**_EXPORT_RESPONSE, **errors(404, 409)},
+    dependencies=[rate_limited("exports")],
 )
 def export_classifier(
     classifier_id: str,

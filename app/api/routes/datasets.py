@@ -10,7 +10,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from app.api.deps import CurrentKey, SessionDep, SettingsDep
+from app.api.deps import CurrentKey, SessionDep, SettingsDep, rate_limited
 from app.api.forms import file_fields, read_form, text_field
 from app.api.idempotency import IdempotencyKey
 from app.api.responses import errors
@@ -59,6 +59,7 @@ def _upload_doc(named: bool) -> dict[str, Any]:
     status_code=201,
     response_model=DatasetPublic,
     openapi_extra=_upload_doc(named=True),
+    dependencies=[rate_limited("uploads")],
     responses=errors(409, 413, 415),
 )
 async def create_dataset(
@@ -128,6 +129,7 @@ def _upload_parts(form: FormData, named: bool = True
     status_code=201,
     response_model=DatasetImagesAdded,
     openapi_extra=_upload_doc(named=False),
+    dependencies=[rate_limited("uploads")],
     responses=errors(404, 409, 413, 415),
 )
 async def add_dataset_images(

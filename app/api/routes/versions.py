@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentKey, SessionDep, SettingsDep
+from app.api.deps import CurrentKey, SessionDep, SettingsDep, rate_limited
 from app.api.idempotency import IdempotencyKey
 from app.api.responses import errors
 from app.service import versions
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=err
 
 
 @router.post("/{classifier_id}/versions", status_code=202, response_model=ClassifierCreated,
-             responses=errors(404, 409))
+             responses=errors(404, 409), dependencies=[rate_limited("training")])
 def create_version(
     classifier_id: str,
     body: ClassifierVersionCreate,
