@@ -25,7 +25,7 @@ from playwright.sync_api import Page, sync_playwright  # a dev dependency: never
 
 from app.infra.settings import Settings
 from tests.service.conftest import IN_CI, REPO, REPO_BUILTINS, new_key
-from tests.utils.images import omniglot_eval, random_png, zip_bytes
+from tests.utils.images import data_root, omniglot_eval, random_png, zip_bytes
 from tests.utils.processes import free_port
 
 # Real processes or long runs: outside the fast loop (`pytest -m "not slow"`).
@@ -238,6 +238,20 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         assert sum(t == f"char{c}" for t, c in zip(top, CHARACTERS, strict=True)) >= 2, top
         assert len(page.query_selector_all(".prediction .bar")) == 3 * 3  # top 3 each
         shot(page, "06-try-it")
+        # A photo is none of these characters: "Unknown", with its score under the threshold.
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(next((data_root() / "miniimagenet-lite" / "test").glob("*/*.jpg"))
+                          .read_bytes())
+        page.set_input_files("#try-input", [str(photo), str(tmp_path / f"try-char{CHARACTERS[0]}.png")])
+        page.wait_for_function("() => document.querySelectorAll('.prediction').length === 2")
+        photo_answer, glyph_answer = page.query_selector_all(".prediction")
+        said = re.search(r"Unknown – unlike every class \(score (-?\d\.\d\d), below the threshold "
+                         r"-?\d\.\d\d\)", photo_answer.inner_text())
+        assert said, photo_answer.inner_text()
+        # The drawing looks far more like the classes (with 3 holdout drawings the threshold is
+        # strict, so it may still fall under it).
+        glyph = re.search(r"score (-?\d\.\d\d)", glyph_answer.inner_text())
+        assert glyph is None or float(glyph.group(1)) > float(said.group(1)) + 0.1
 
         # Export: the button downloads the zip the API makes, for the format chosen.
         page.select_option("#export-format", "torchscript")

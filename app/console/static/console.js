@@ -886,8 +886,10 @@ function tryIt(clf) {
       results.replaceChildren(...answer.results.map((r, i) => el("div", { class: "prediction" },
         el("img", { src: URL.createObjectURL(files[i]), alt: r.filename }),
         el("div", {}, el("div", { class: "muted" }, r.filename),
+          r.unknown ? el("p", { class: "unknown" }, el("b", {}, "Unknown"),
+            ` – unlike every class (score ${r.score.toFixed(2)}, below the threshold ${answer.threshold.toFixed(2)}); its nearest labels:`) : null,
           r.error ? el("p", { class: "error" }, r.error)
-            : r.predictions.map((p) => el("div", { class: "bar" }, el("div", { style: { width: pct(p.probability) } }),
+            : r.predictions.map((p) => el("div", { class: r.unknown ? "bar faint" : "bar" }, el("div", { style: { width: pct(p.probability) } }),
               el("span", {}, el("b", {}, p.label), pct(p.probability))))))));
     } catch (err) {
       error.textContent = err.message;
