@@ -217,7 +217,9 @@ def test_console_whole_flow_in_a_browser(live: tuple[LiveServer, Settings], tmp_
         # The loss curve is kept: drawn with its axes once the classifier is ready.
         page.wait_for_selector("#final-curve polyline")
         ticks = [t.text_content() for t in page.query_selector_all("#final-curve text.tick")]
-        assert {"step", "loss", "0"} <= set(ticks) and len(ticks) == 8, ticks
+        assert {"step", "loss", "0"} <= set(ticks) and len(ticks) == 9, ticks
+        assert page.text_content("#curve-holdout") == (
+            f"holdout accuracy {page.inner_text('#holdout-accuracy')}")
         # The mistakes gallery: one picture per wrong holdout image (the confusion matrix's
         # off-diagonal cells), with its true and predicted labels, or a line saying there are none.
         n = len(CHARACTERS)

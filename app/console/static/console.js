@@ -591,7 +591,7 @@ async function newClassifier(box, query) {
 /** A live progress panel for a job: bar, phase, step, ETA, loss curve, cancel. */
 /** A loss curve with its axes: x the step (0 to `total`), y the loss (0 to its largest); the
  * holdout pass in blue, the rest in orange, a dashed line where the final pass starts. */
-function drawLossCurve(svg, points, total) {
+function drawLossCurve(svg, points, total, holdoutAccuracy = null) {
   const W = 640, H = 220, L = 52, R = 12, T = 10, B = 24;
   svg.replaceChildren();
   if (points.length < 2) return;
@@ -617,6 +617,11 @@ function drawLossCurve(svg, points, total) {
   if (boundary && points.some((p) => p.phase === "holdout_pass")) {
     svg.append(svgEl("line", { x1: x(boundary.step), x2: x(boundary.step), y1: T, y2: H - B, stroke: "#9ca3af",
       "stroke-dasharray": "4 4" }));
+    // What the holdout pass's model scored on the held-out images, where that pass ends.
+    if (holdoutAccuracy !== null) {
+      svg.append(text({ x: x(boundary.step) - 6, y: T + 24, "text-anchor": "end", id: "curve-holdout" },
+        `holdout accuracy ${pct(holdoutAccuracy)}`));
+    }
   }
 }
 
@@ -727,7 +732,7 @@ async function classifierDetail(box, clf) {
   if (clf.status === "ready") {
     box.append(exportCard(clf));
     if (clf.metrics) box.append(resultsCard(clf), mistakesCard(clf));
-    if (clf.job_id) box.append(curveCard(clf.job_id));
+    if (clf.job_id) box.append(curveCard(clf.job_id, clf.metrics));
     else box.append(el("div", { class: "card muted" }, "No holdout metrics: trained with holdout_fraction 0."));
     box.append(tryIt(clf));
   }
@@ -825,14 +830,14 @@ function versionsCard(clf) {
 }
 
 /** The training loss of a finished job, as the service kept it. */
-function curveCard(jobId) {
+function curveCard(jobId, metrics) {
   const svg = svgEl("svg", { class: "curve", viewBox: "0 0 640 220", id: "final-curve" });
   const card = el("div", { class: "card", id: "curve-card" }, el("h2", {}, "Training loss"), svg,
     el("div", { class: "legend" }, el("span", {}, el("i", { style: { background: "var(--holdout)" } }), "holdout pass"),
       el("span", {}, el("i", { style: { background: "var(--final)" } }), "final pass (from the base model again, on every image)")));
   api(`/v1/jobs/${jobId}/curve`).then((c) => {
     if (c.points.length < 2) card.replaceChildren(el("h2", {}, "Training loss"), el("p", { class: "muted" }, "No loss curve was kept for this job."));
-    else drawLossCurve(svg, c.points, c.total_steps);
+    else drawLossCurve(svg, c.points, c.total_steps, metrics ? metrics.holdout_accuracy : null);
   }).catch((err) => card.append(el("p", { class: "error" }, err.message)));
   return card;
 }
