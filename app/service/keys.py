@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.infra.errors import NotFound
+from app.infra.errors import NotFound, ServiceError
 from app.infra.tables import ApiKeyRecord, utcnow
 from app.service.security import create_api_key
 
@@ -17,9 +17,12 @@ def create_key(*, session: Session, tenant: str, admin: bool) -> tuple[str, ApiK
     return plain, row
 
 
-def revoke_key(*, session: Session, prefix: str) -> None:
+def revoke_key(*, session: Session, prefix: str, revoked_by: str | None = None) -> None:
     """Mark the key with this prefix revoked (its row stays: its next use is answered "revoked"),
-    or NotFound when there is no such key in use (nothing is changed then)."""
+    or NotFound when there is no such key in use (nothing is changed then); 409 when it is the
+    key asking (`revoked_by`)."""
+    if prefix == revoked_by:
+        raise ServiceError("a key cannot revoke itself; revoke it with another admin key", 409)
     result = session.execute(
         update(ApiKeyRecord)
         .where(ApiKeyRecord.prefix == prefix, ApiKeyRecord.revoked_at.is_(None))

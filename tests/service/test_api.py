@@ -87,6 +87,11 @@ def test_auth_matrix(client: Any, settings: Settings, user: dict, admin: dict) -
                  "unknown API key")
     assert_error(client.delete(f"/v1/admin/api-keys/{body['prefix']}", headers=admin), 404,
                  "no API key in use")
+    # An admin key cannot lock itself out (nor can a contract test's generated cases).
+    own = admin["Authorization"].split("_")[1]
+    assert_error(client.delete(f"/v1/admin/api-keys/{own}", headers=admin), 409,
+                 "cannot revoke itself")
+    assert client.get("/v1/datasets", headers=admin).status_code == 200
     assert_error(client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "a b"}), 422,
                  "tenant")
 

@@ -123,13 +123,14 @@ def list_keys(
     return Page(data=[ApiKeyPublic.from_record(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.delete("/api-keys/{prefix}", status_code=204, responses=errors(404))
+@router.delete("/api-keys/{prefix}", status_code=204, responses=errors(404, 409))
 def revoke_key(prefix: str, request: Request, session: SessionDep, key: AdminKey) -> Response:
     """Revoke an API key.
 
     By its prefix (the part after `mtl_`). It stops working at once on this API process, and
     within `MTL_API_KEY_CACHE_S` seconds (default 5) on any other API process sharing the database.
+    A key cannot revoke itself (409): an admin would lock itself out by mistake.
     """
-    keys.revoke_key(session=session, prefix=prefix)
+    keys.revoke_key(session=session, prefix=prefix, revoked_by=key.prefix)
     verified_keys(request).forget(prefix)
     return Response(status_code=204)
