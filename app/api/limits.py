@@ -10,12 +10,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from typing import Any
 
 from fastapi import HTTPException
 
 from app.infra.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class TooMany(HTTPException):
@@ -62,29 +66,48 @@ class RateLimits:
         from limits.strategies import MovingWindowRateLimiter
 
         url = settings.resolved_rate_limit_storage_url
-        options = {"key_prefix": settings.rate_limit_key_prefix} if url.startswith("redis") else {}
+        options: dict[str, Any] = ({"key_prefix": settings.rate_limit_key_prefix,
+                                    "wrap_exceptions": True} if url.startswith("redis") else {})
         self.limiter = MovingWindowRateLimiter(storage_from_string(url, **options))
+        # While the shared storage cannot be reached (Redis down), each process counts alone
+        # rather than failing requests: an outage of the broker's Redis must not take the API
+        # down with it (a job created then is sent once the broker is back).
+        self.fallback = MovingWindowRateLimiter(storage_from_string("memory://"))
+        self._warned_at = 0.0
         self.items = {kind: parse(getattr(settings, setting.removeprefix("MTL_").lower()))
                       for kind, setting in LIMIT_SETTINGS.items()}
         self.items["auth"] = parse(f"{settings.auth_failures_per_minute}/minute")
 
+    def _call(self, method: str, kind: str, who: str) -> Any:
+        """`method` of the shared limiter, or of this process's own while the storage is down."""
+        from limits.errors import StorageError
+
+        try:
+            return getattr(self.limiter, method)(self.items[kind], kind, who)
+        except StorageError as exc:
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                log.warning("rate limits: the storage is unreachable (%s); counting in this "
+                            "process until it is back", exc)
+            return getattr(self.fallback, method)(self.items[kind], kind, who)
+
     def _retry_after(self, kind: str, who: str) -> int:
-        stats = self.limiter.get_window_stats(self.items[kind], kind, who)
+        stats = self._call("get_window_stats", kind, who)
         return math.ceil(stats.reset_time - time.time())
 
     def hit(self, kind: str, who: str) -> None:
         """Count one request of `kind` by `who` (a tenant), or TooMany (nothing counted)."""
-        if not self.limiter.hit(self.items[kind], kind, who):
+        if not self._call("hit", kind, who):
             raise TooMany(f"too many {kind} requests for this tenant ({LIMIT_SETTINGS[kind]}="
                           f"{self.items[kind]}); wait and try again",
                           self._retry_after(kind, who))
 
     def check_auth(self, address: str) -> None:
         """TooMany while `address` has made its allowed failed authentications this minute."""
-        if not self.limiter.test(self.items["auth"], "auth", address):
+        if not self._call("test", "auth", address):
             raise TooMany("too many failed authentications from this address; wait "
                           f"(MTL_AUTH_FAILURES_PER_MINUTE={self.items['auth'].amount})",
                           self._retry_after("auth", address))
 
     def auth_failed(self, address: str) -> None:
-        self.limiter.hit(self.items["auth"], "auth", address)
+        self._call("hit", "auth", address)

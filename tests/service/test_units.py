@@ -197,3 +197,20 @@ def test_answers_given_before_routing_are_counted_under_their_route(tmp_path: Pa
     assert template("POST", "/v1/classifiers/abc/predict") == "/v1/classifiers/{classifier_id}/predict"
     assert template("DELETE", "/v1/admin/api-keys/1a2b") == "/v1/admin/api-keys/{prefix}"
     assert template("GET", "/v1/nothing/here") == "unmatched"
+
+
+def test_rate_limits_count_in_the_process_while_their_storage_is_down(tmp_path: Path) -> None:
+    """A Redis that cannot be reached does not fail requests (the API keeps working through a
+    broker outage): each process counts alone until it is back."""
+    from app.api.limits import RateLimits, TooMany
+    from benchmarks.harness import free_port
+
+    settings = Settings(data_dir=tmp_path, rate_limit_uploads="2/minute",
+                        rate_limit_storage_url=f"redis://127.0.0.1:{free_port()}/0")
+    limits = RateLimits(settings)
+    limits.hit("uploads", "acme")
+    limits.hit("uploads", "acme")
+    with pytest.raises(TooMany) as refused:
+        limits.hit("uploads", "acme")
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    limits.check_auth("10.0.0.1")  # no failures yet: no error either
