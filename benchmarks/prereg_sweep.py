@@ -26,6 +26,7 @@ from benchmarks.table1 import (
     PREREG_METHODS,
     PROFILES,
     RECIPES,
+    Profile,
     REPO,
     choose_adaptation,
     git_commit,
@@ -57,12 +58,39 @@ def winner(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def sweep(dataset: str, method: str, out_dir: Path, workers: int) -> dict[str, Any]:
+def score_candidate(method: str, profile: Profile, base: Any, validation: Any, ckpt: Path,
+                    workers: int) -> dict[str, Any]:
+    """Pretrain `method` as `profile` sets it (seed 0, its budget and precision) on `base` into
+    `ckpt` (continuing a checkpoint there; reusing a finished one), then score it on `validation`
+    by Table 1's adaptation choice: the row of a sweep, its score the best adaptation's mean."""
     from models.checkpoint import load_base_model, load_checkpoint
     from models.config import AdaptConfig
-    from models.data import with_rotations
     from models.errors import CheckpointError
     from models.training import pretrain
+
+    precision = str(profile.common.get("precision", "fp32"))
+    config = replace(method_config(method, profile), seed=0, precision=precision)
+    try:
+        done = load_checkpoint(ckpt)[1]["training"]["completed"]
+    except CheckpointError:
+        done = False
+    started = time.perf_counter()
+    if not done:
+        print(f"[{method} {ckpt.name}] pretraining {config.iterations} iterations",
+              file=sys.stderr, flush=True)
+        pretrain(config, base, device="cpu", out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120)
+    net, card = load_base_model(ckpt, device="cpu")
+    adaptations = [AdaptConfig(**{**a, "batch_size": profile.adapt_batch})
+                   for a in RECIPES[profile.recipe][2][method]]
+    choice = choose_adaptation(net, validation, adaptations, profile, precision, workers)
+    return {"score": max(c["accuracy"] for c in choice), "adaptation_choice": choice,
+            "config": asdict(config), "train_seconds": card["training"]["seconds"],
+            "weights_sha256": card.get("weights_sha256"),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def sweep(dataset: str, method: str, out_dir: Path, workers: int) -> dict[str, Any]:
+    from models.data import with_rotations
 
     profile = PROFILES[(dataset, "prereg")]
     precision = str(profile.common.get("precision", "fp32"))
@@ -74,30 +102,14 @@ def sweep(dataset: str, method: str, out_dir: Path, workers: int) -> dict[str, A
                   command=f"python -m benchmarks.prereg_sweep --dataset {dataset} --methods {method}"
                           + (f" --workers {workers}" if workers > 1 else ""))
     splits = load_splits(dataset, profile)
-    adaptations = [AdaptConfig(**{**a, "batch_size": profile.adapt_batch})
-                   for a in RECIPES[profile.recipe][2][method]]
     for candidate in candidates(dataset, method):
         if any(r["candidate"] == candidate for r in report["rows"]):
             continue
-        chosen = replace(profile, per_method={method: candidate})
-        config = replace(method_config(method, chosen), seed=0, precision=precision)
         base = with_rotations(splits.base) if candidate["rotations"] else splits.base
         ckpt = REPO / "runs" / "prereg-sweep" / dataset / f"{method}-{tag(candidate)}"
-        try:
-            done = load_checkpoint(ckpt)[1]["training"]["completed"]
-        except CheckpointError:
-            done = False
-        started = time.perf_counter()
-        if not done:
-            print(f"[{method} {tag(candidate)}] pretraining {config.iterations} iterations",
-                  file=sys.stderr, flush=True)
-            pretrain(config, base, device="cpu", out_dir=ckpt, resume=ckpt.exists(), checkpoint_every_s=120)
-        net, card = load_base_model(ckpt, device="cpu")
-        choice = choose_adaptation(net, splits.validation, adaptations, profile, precision, workers)
-        row = {"candidate": candidate, "score": max(c["accuracy"] for c in choice),
-               "adaptation_choice": choice, "config": asdict(config),
-               "train_seconds": card["training"]["seconds"], "weights_sha256": card.get("weights_sha256"),
-               "seconds": round(time.perf_counter() - started, 1)}
+        row = score_candidate(method, replace(profile, per_method={method: candidate}), base,
+                              splits.validation, ckpt, workers)
+        row = {"candidate": candidate, **row}
         print(json.dumps({k: v for k, v in row.items() if k in ("candidate", "score", "seconds")}),
               file=sys.stderr, flush=True)
         report["rows"].append(row)
