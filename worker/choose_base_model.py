@@ -7,12 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import update
-
 from app.infra.db import session_scope
 from app.infra.errors import ServiceError
 from app.infra.settings import Settings
-from app.infra.tables import BaseModelRecord, ClassifierRecord, JobRecord
+from app.infra.tables import BaseModelRecord
 from app.service import base_model_choice
 from app.service.base_models import base_model_dir
 from app.service.jobs import ArtifactStatus, JobPhase
@@ -73,15 +71,10 @@ def _record(settings: Settings, job_id: str, reporter: Reporter, choice: dict[st
     owns the job (a later attempt would otherwise find a choice another attempt is making)."""
     with session_scope(settings.resolved_database_url) as session:
         try:
-            values = base_model_choice.outcome_values(session, settings, choice, class_counts)
+            recorded = base_model_choice.record_outcome(session, settings, reporter.owned(), job_id,
+                                                        choice, class_counts)
         except ServiceError as exc:  # the winner went away in the meantime
             raise JobFailed(str(exc)) from None
-        result = session.execute(update(JobRecord).where(reporter.owned()).values(**values))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if not recorded:
             session.rollback()
             raise JobFailed("this attempt no longer owns the job")
-        job = session.get(JobRecord, job_id)
-        assert job is not None and job.classifier_id
-        session.execute(update(ClassifierRecord).where(ClassifierRecord.id == job.classifier_id)
-                        .values(base_model_id=values["base_model_id"], params=values["params"],
-                                base_model_choice=values["base_model_choice"]))

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.infra.db import session_scope
 from app.infra.settings import Settings
-from app.infra.tables import BaseModelRecord, JobRecord
+from app.infra.tables import BaseModelRecord, ClassifierRecord, JobRecord
 from app.service import base_model_choice
 from app.service.base_models import base_model_dir
 from app.service.classifiers import HOLDOUT_FILE
@@ -40,10 +40,14 @@ def _read_job(settings: Settings, job_id: str) -> _Job:
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(JobRecord, job_id)
         assert job is not None and job.classifier_id and job.base_model_id
+        # A training job's parameters are its classifier's (stored there only).
+        clf = session.get(ClassifierRecord, job.classifier_id)
+        if clf is None:
+            raise JobFailed(f"classifier {job.classifier_id} was deleted")
         base = session.get(BaseModelRecord, job.base_model_id)
         if base is None or base.status != ArtifactStatus.READY:
             raise JobFailed(f"base model {job.base_model_id} is not available")
-        return _Job(dict(job.params), job.dataset_id, job.classifier_id, job.base_model_id,
+        return _Job(dict(clf.params), job.dataset_id, job.classifier_id, job.base_model_id,
                     base_model_dir(settings, base.storage), job.base_model_choice)
 
 

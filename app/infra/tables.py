@@ -141,6 +141,8 @@ class JobRecord(Base):
     tenant: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # training, pretraining
     status: Mapped[str] = mapped_column(String(16), index=True)
+    # A pretraining job's PretrainConfig; empty for a training job, whose parameters are its
+    # classifier's (one home: what the classifier was trained with is what a retry runs).
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     dataset_id: Mapped[str] = mapped_column(String(32))
     classifier_id: Mapped[str | None] = mapped_column(String(32))

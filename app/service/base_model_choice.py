@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.infra.errors import InvalidInput, ServiceError
 from app.infra.settings import Settings
-from app.infra.tables import BaseModelRecord
+from app.infra.tables import BaseModelRecord, ClassifierRecord, JobRecord
 from app.service.base_models import base_model_dir, read_card
 from app.service.holdout import training_steps
 from app.service.jobs import ArtifactStatus
@@ -96,16 +96,25 @@ def pick(choice: dict[str, Any], scores: dict[str, tuple[float | None, float | N
                             "images": scores[i][2]} for i in ranked]}
 
 
-def outcome_values(session: Session, settings: Settings, choice: dict[str, Any],
-                   class_counts: list[int]) -> dict[str, Any]:
-    """What the job's row becomes once the choice is made (the classifier's takes the same
-    `base_model_id`, `params` and `base_model_choice`): the chosen base model, and the
-    parameters filled in again from its card, the request's first as at creation."""
+def record_outcome(session: Session, settings: Settings, owned: ColumnElement[bool], job_id: str,
+                   choice: dict[str, Any], class_counts: list[int]) -> bool:
+    """The made `choice` onto the job (where `owned` still holds: False, and nothing written,
+    where another attempt owns it now) and its classifier: the chosen base model, and the
+    classifier's parameters filled in again from its card, the request's first as at creation.
+    Raises ServiceError if the winner went away in the meantime."""
     row = session.get(BaseModelRecord, choice["chosen"])
     if row is None or row.status != ArtifactStatus.READY:
         raise ServiceError(f"base model {choice['chosen']} is no longer available", 409)
     card = read_card(base_model_dir(settings, row.storage))
     params = resolve_params(ClassifierParams(**choice.get("requested_params", {})),
                             card.get("adaptation") or {})
-    return {"base_model_id": row.id, "params": params, "base_model_choice": choice,
-            "total_steps": training_steps(params, class_counts)}
+    chosen = {"base_model_id": row.id, "base_model_choice": choice}
+    result = session.execute(update(JobRecord).where(owned).values(
+        **chosen, total_steps=training_steps(params, class_counts)))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    job = session.get(JobRecord, job_id)
+    assert job is not None and job.classifier_id
+    session.execute(update(ClassifierRecord).where(ClassifierRecord.id == job.classifier_id)
+                    .values(**chosen, params=params))
+    return True

@@ -95,7 +95,8 @@ def create_classifier(
     base model's meta head, if it has one. With a pending `base_model_choice`
     (app.service.base_model_choice), `base` is its first candidate until the job has chosen.
     `family`: (family id, version) of a new version of a classifier; else a classifier of its
-    own (version 1, its own id as the family)."""
+    own (version 1, its own id as the family). The parameters are stored on the classifier
+    only; its job reads them there."""
     check_head_init(params["head_init"], len(dataset.classes), meta_ways)
     webhook = _webhook(settings, callback_url)
     clf = ClassifierRecord(
@@ -116,7 +117,6 @@ def create_classifier(
         tenant=tenant,
         kind=JobKind.TRAINING,
         status=JobStatus.QUEUED,
-        params=params,
         dataset_id=dataset.id,
         classifier_id=clf.id,
         base_model_id=base.id,

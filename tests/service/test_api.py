@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zipfile
 import zlib
@@ -573,8 +574,9 @@ def test_migrations_up_and_down_on_empty_sqlite(tmp_path: Path) -> None:
 
 
 def test_rows_made_before_versions_and_revocation_keep_working(tmp_path: Path) -> None:
-    """Migrations 0009-0011 on rows that were there: a classifier becomes version 1 of its own
-    family, a dataset has revision 0, a key is in use."""
+    """Migrations 0009-0012 on rows that were there: a classifier becomes version 1 of its own
+    family, a dataset has revision 0, a key is in use, a training job's parameters move to its
+    classifier (taken from the job where the classifier had none) and a pretraining job keeps its."""
     from alembic import command
     from sqlalchemy import text
 
@@ -594,9 +596,19 @@ def test_rows_made_before_versions_and_revocation_keep_working(tmp_path: Path) -
                           "created_at) VALUES ('ds', 'acme', 'd', 0, '[]', '[]', '2026-01-01')"))
         conn.execute(text("INSERT INTO api_keys (prefix, key_hash, tenant, scope, from_env, "
                           "created_at) VALUES ('p', 'h', 'acme', 'user', false, '2026-01-01')"))
+        for job, kind, clf, params in (("j1", "training", "old", '{"steps": 7}'),
+                                       ("j2", "pretraining", None, '{"beta": 0.5}')):
+            conn.execute(text("INSERT INTO jobs (id, tenant, kind, status, params, dataset_id, "
+                              "classifier_id, step, total_steps, cancel_requested, attempts, "
+                              "created_at) VALUES (:id, 'acme', :kind, 'succeeded', :params, 'ds', "
+                              ":clf, 0, 0, false, 1, '2026-01-01')"),
+                         {"id": job, "kind": kind, "params": params, "clf": clf})
     command.upgrade(cfg, "head")  # type: ignore[arg-type]
     with engine.begin() as conn:
         assert conn.execute(text("SELECT family_id, version FROM classifiers")).one() == ("old", 1)
+        assert json.loads(conn.execute(text("SELECT params FROM classifiers")).scalar_one()) == {"steps": 7}
+        assert [(i, json.loads(p)) for i, p in conn.execute(text("SELECT id, params FROM jobs ORDER BY id"))] \
+            == [("j1", {}), ("j2", {"beta": 0.5})]
         assert conn.execute(text("SELECT revision, edits FROM datasets")).one() == (0, None)
         assert conn.execute(text("SELECT revoked_at FROM api_keys")).one() == (None,)
 
