@@ -1,6 +1,7 @@
-"""Running the service for a test, a benchmark or the demo: a free port, and `mtl serve` as a
-process of its own, ready once /readyz says so. One definition, used by tests/, scripts/demo.py
-and benchmarks/speed_service.py."""
+"""What the benchmarks share. Running the service for a test, a benchmark or the demo: a free
+port, and `mtl serve` as a process of its own, ready once /readyz says so (used by tests/,
+scripts/demo.py and benchmarks/speed/). And what every benchmark report records of how it was
+made: the commit and the machine (benchmarks/table1/, benchmarks/speed/ and the others)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_description() -> str:
+    """The machine, as base-model cards describe it (models.training.machine_description)."""
+    import torch
+
+    from models.training import machine_description as describe
+
+    return describe(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def free_port() -> int:

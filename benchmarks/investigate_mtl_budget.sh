@@ -17,7 +17,7 @@ SPECS=(
   "{\"algorithm\": \"mtl-reptile\", \"beta\": 0.5, \"inner_steps\": 2, $COMMON}"
   "{\"algorithm\": \"mtl-reptile\", \"beta\": 0.25, \"inner_steps\": 2, $COMMON}"
   "{\"algorithm\": \"reptile\", \"inner_steps\": 5, $COMMON}"
-  # FOMAML's outer step is a gradient step: outer_lr 0.1 (benchmarks/table1.py, RECIPES).
+  # FOMAML's outer step is a gradient step: outer_lr 0.1 (benchmarks/table1/profiles.py, RECIPES).
   "{\"algorithm\": \"mtl-fomaml\", \"beta\": 0.5, \"inner_steps\": 5, ${COMMON/\"outer_lr\": 1.0/\"outer_lr\": 0.1}}"
 )
 # Each spec is trained once (runs/tune/<hash>) and reused by the second cell.

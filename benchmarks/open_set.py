@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.table1 import REPO, git_commit, machine_description
+from benchmarks.harness import REPO, git_commit, machine_description
 
 SCENARIOS = {
     # base model -> (its unseen classes, the out-of-domain images)

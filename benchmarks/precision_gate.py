@@ -3,7 +3,7 @@ seed in fp32 and in bf16 and scored on the same episodes, compared method by met
 cell (bf16 minus fp32, paired over episodes, 95% interval).
 
 bf16 passes for pretraining where every interval includes 0 or lies above it, and the
-pretraining is at least 1.5x as fast; the speed comes from `benchmarks/speed_pretraining.py`
+pretraining is at least 1.5x as fast; the speed comes from `benchmarks/speed/pretraining.py`
 (timed alternately on a quiet machine), not from these runs' train_seconds, which ran beside
 other work.
 

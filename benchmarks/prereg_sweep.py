@@ -22,16 +22,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import REPO, git_commit, machine_description
 from benchmarks.table1 import (
     PREREG_METHODS,
     PROFILES,
     RECIPES,
-    REPO,
     Profile,
     choose_adaptation,
-    git_commit,
     load_splits,
-    machine_description,
     method_config,
 )
 

@@ -1,5 +1,5 @@
 """Base and validation classes, the one definition that tuning (benchmarks/tune.py) and Table 1's
-validated profiles (benchmarks/table1.py) share, so that a setting tuned on some classes is
+validated profiles (benchmarks/table1/) share, so that a setting tuned on some classes is
 checked on the same ones.
 
 Validation classes are always held out of the base (training) classes and never taken from the

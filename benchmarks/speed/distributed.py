@@ -2,7 +2,7 @@
 process with T threads against N processes with T/N threads each (gloo on CPU cores), or with
 `--device cuda` on 1 GPU against N GPUs (NCCL, one each).
 
-    python -m benchmarks.speed_distributed [--processes 2] [--threads 2] [--iterations 40]
+    python -m benchmarks.speed.distributed [--processes 2] [--threads 2] [--iterations 40]
         [--repeats 3] [--algorithms mtl-reptile,protonet,transfer] [--device cpu]
 
 The variants alternate (1, N, 1, N, ...) so a change in the machine's load hits both alike, and
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.speed_service import RESULTS, machine, write_report
-from benchmarks.table1 import git_commit
+from benchmarks.harness import git_commit
+from benchmarks.speed.report import RESULTS, machine, write_report
 from models.config import PretrainConfig
 from models.data import ImageSet, data_root
 from models.distributed import launch
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": f"pretraining on 1 process x {args.threads} threads against "
                      f"{args.processes} processes x {max(1, args.threads // args.processes)} threads "
                      f"({args.device}); same config, seed and global meta-batch",
-        "command": "python -m benchmarks.speed_distributed " + " ".join(argv or []),
+        "command": "python -m benchmarks.speed.distributed " + " ".join(argv or []),
         "commit": git_commit(),
         "machine_before": before, "machine_after": machine(),
         "config": {k: v for k, v in vars(config_for("mtl-reptile", args)).items() if k != "algorithm"},

@@ -7,7 +7,7 @@ fp32 and bf16, from `--episodes` episodes (the network: Conv-4 with 32 filters; 
 depend on its weights). The projection for 600 episodes is per process; `mtl evaluate --workers
 N` and `mtl bench table1 --workers N` divide it by up to N.
 
-    python -m benchmarks.speed_evaluation [--episodes 2] [--out benchmarks/results/speed-evaluation.json]
+    python -m benchmarks.speed.evaluation [--episodes 2] [--out benchmarks/results/speed-evaluation.json]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.table1 import FINE_TUNE, PROFILES, git_commit, machine_description
+from benchmarks.harness import git_commit, machine_description
+from benchmarks.table1 import FINE_TUNE, PROFILES
 from models.adaptation import evaluate
 from models.config import AdaptConfig
 from models.data import concat, data_root
@@ -76,7 +77,7 @@ def main() -> None:
     report = {
         "benchmark": "evaluation cost per episode, miniImageNet-lite val + test, one thread",
         "machine": machine_description(), "commit": git_commit(),
-        "command": f"python -m benchmarks.speed_evaluation --episodes {args.episodes}"
+        "command": f"python -m benchmarks.speed.evaluation --episodes {args.episodes}"
                    + (f" --adaptations {args.adaptations}" if chosen.keys() != ADAPTATIONS.keys() else ""),
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
         "adaptations": {k: vars(v) for k, v in chosen.items()},

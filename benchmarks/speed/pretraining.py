@@ -16,7 +16,7 @@ For Conv-4 at 28x28 greyscale (Omniglot background) and 84x84 RGB (miniImageNet-
 Every timing is the best of `--rounds` rounds, fp32 and bf16 alternating within a round, so that
 load changes hit both alike; the load average is recorded at the start and the end.
 
-    python -m benchmarks.speed_pretraining [--threads 1] [--rounds 3] [--out benchmarks/results/speed-pretraining.json]
+    python -m benchmarks.speed.pretraining [--threads 1] [--rounds 3] [--out benchmarks/results/speed-pretraining.json]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.table1 import PROFILES, git_commit, machine_description, method_config
+from benchmarks.harness import git_commit, machine_description
+from benchmarks.table1 import PROFILES, method_config
 from models.config import PretrainConfig
 from models.data import ImageSet, data_root
 from models.loaders import load_dataset
@@ -172,7 +173,7 @@ def rescore(path: Path) -> None:
                 row[f"{p}_ceiling_passes_per_s"] = round(ceiling, 1)
                 row[f"{p}_share_of_ceiling"] = round(row[f"{p}_passes_per_s"] / ceiling, 2)
     report["rescored"] = ("shares recomputed from this run's bare-step rows with the ceiling model "
-                          "of commit " + git_commit() + ": `python -m benchmarks.speed_pretraining "
+                          "of commit " + git_commit() + ": `python -m benchmarks.speed.pretraining "
                           f"--rescore {path}`")
     path.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -196,10 +197,10 @@ def main() -> None:
     report = {
         "benchmark": "pretraining throughput against the bare step (the ceiling), fp32 and bf16",
         "network": "conv4, 32 filters, channels-last",
-        "recipe": "Table 1's fair recipe (benchmarks/table1.py FAIR_METHODS; the 20-way rows: its "
+        "recipe": "Table 1's fair recipe (benchmarks/table1/profiles.py FAIR_METHODS; the 20-way rows: its "
                   "builtin profiles), no validation curve",
         "machine": machine_description(), "commit": git_commit(),
-        "command": f"python -m benchmarks.speed_pretraining --threads {args.threads} "
+        "command": f"python -m benchmarks.speed.pretraining --threads {args.threads} "
                    f"--rounds {args.rounds} --seconds {args.seconds:g}",
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
         "wall_seconds": round(time.perf_counter() - started, 1),

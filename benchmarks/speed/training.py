@@ -11,7 +11,7 @@ Two ratios are reported:
   per-task loops, parameter arithmetic); the goal is at most 1.25 for Reptile, FOMAML and the MTL
   variants. MAML's second-order backward costs more than a pass by nature; its number is reported.
 
-    python -m benchmarks.speed_training [--device cpu] [--repeats 5] [--out benchmarks/results/speed-training.json]
+    python -m benchmarks.speed.training [--device cpu] [--repeats 5] [--out benchmarks/results/speed-training.json]
 
 `--setting l2l` times learn2learn's own Omniglot example configuration instead (28x28, Conv-4 with
 64 filters, 5-way 1-shot with 1 query a class, meta-batch 32, 1 inner step, inner lr 0.4) for
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.table1 import git_commit, machine_description
+from benchmarks.harness import git_commit, machine_description
 from models.backbones import available_backbones, register_backbone
 from models.config import PretrainConfig
 from models.data import ImageSet, data_root
@@ -169,7 +169,7 @@ def main() -> None:
     report = {"benchmark": "meta-training cost per iteration", "data": "Omniglot background, 28x28",
               "config": "conv4, 5-way, 5 shots + 5 queries per class, meta-batch 5, 5 inner steps",
               "filters": args.filters, "device": str(device), "machine": machine_description(), "commit": git_commit(),
-              "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.speed_training --device {args.device} --repeats {args.repeats}",
+              "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.speed.training --device {args.device} --repeats {args.repeats}",
               "load_average_at_end": os.getloadavg(),
               "note": "ratios compare timings taken alternately in the same process; other jobs were "
                       "running on the machine when the load average exceeds the core count",
@@ -232,7 +232,7 @@ def l2l(data: ImageSet, device: torch.device, repeats: int, out: Path, threads: 
               f"iteration best {best['iteration_ms']} ms, median {statistics.median(times):.1f} ms "
               f"(rounds: {times}), supervised step {best['supervised_step_ms']} ms")
     command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m "
-               f"benchmarks.speed_training --setting l2l --repeats {repeats} --rounds {rounds} "
+               f"benchmarks.speed.training --setting l2l --repeats {repeats} --rounds {rounds} "
                f"--threads {','.join(map(str, threads))} --formats {','.join(formats)} "
                f"--networks {','.join(networks)}"
                + ("" if len(vectorise) == 2 else " --no-vectorised"))

@@ -15,12 +15,12 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Functions that stay longer, and why.
 LONG_FUNCTIONS = {
-    "benchmarks/speed_service.py:bench_predict": "a measurement protocol, read top to bottom",
-    "benchmarks/speed_service.py:bench_http": "a measurement protocol, read top to bottom",
-    "benchmarks/speed_service.py:bench_many": "a measurement protocol, read top to bottom",
+    "benchmarks/speed/service_scenarios.py:bench_predict": "a measurement protocol, read top to bottom",
+    "benchmarks/speed/service_http.py:bench_http": "a measurement protocol, read top to bottom",
+    "benchmarks/speed/service_scenarios.py:bench_many": "a measurement protocol, read top to bottom",
     "benchmarks/tune.py:main": "the tuning protocol's steps in the order they run",
-    "benchmarks/table1.py:merge": "one pass of checks over the parts, each with its own message",
-    "benchmarks/table1.py:write_markdown": "the report's sections in the order they are printed",
+    "benchmarks/table1/report.py:merge": "one pass of checks over the parts, each with its own message",
+    "benchmarks/table1/report.py:write_markdown": "the report's sections in the order they are printed",
 }
 
 
