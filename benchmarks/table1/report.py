@@ -22,6 +22,15 @@ def _with_defaults(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**defaults, **recorded}
 
 
+def _for_methods(settings: dict[str, Any] | None, methods: list[str]) -> dict[str, Any] | None:
+    """Profile settings as far as they concern `methods`: another method's per-method choice
+    (entered in a later pre-registration version, say) does not change this part's run."""
+    if settings is None:
+        return None
+    per_method = settings.get("per_method") or {}
+    return {**settings, "per_method": {m: per_method[m] for m in methods if m in per_method}}
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     """results.json, table1.md and table1.png of a report, in `out` (with its paired comparison
     recomputed from the cells, so a run and a merge give the same)."""
@@ -103,7 +112,8 @@ def merge(parts: list[Path], dataset: str, profile_name: str, out: Path) -> dict
         if (rep.get("dataset"), rep.get("profile")) != (dataset, profile_name):
             raise MergeError(f"{part} holds {rep.get('dataset')}/{rep.get('profile')}, "
                              f"not {dataset}/{profile_name}")
-        if _with_defaults(rep.get("profile_settings")) != settings:
+        ran = list(rep.get("methods", {}))
+        if _for_methods(_with_defaults(rep.get("profile_settings")), ran) != _for_methods(settings, ran):
             raise MergeError(f"{part} ran with other {profile_name} profile settings than this "
                              "code's; rerun it")
         if merged and _precision(rep) != _precision(merged):

@@ -90,6 +90,14 @@ def test_table1_merges_runs_of_disjoint_methods(shared_data: Path, tmp_path: Pat
     (tmp_path / "b" / "results.json").write_text(json.dumps(older))
     merge = ["bench", "table1", "--dataset", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "ab"),
              "--merge", str(tmp_path / "a"), str(tmp_path / "b")]
+    # A per-method choice for another method (entered after the part ran, as a later
+    # pre-registration version does) does not make the part unmergeable; one for its own does.
+    older["profile_settings"]["per_method"] = {"mtl-reptile": {"ways": 20}}
+    (tmp_path / "b" / "results.json").write_text(json.dumps(older))
+    with pytest.raises(SystemExit, match="ran with other smoke profile settings"):
+        main(merge)
+    older["profile_settings"]["per_method"] = {"transfer": {"ways": 20}}
+    (tmp_path / "b" / "results.json").write_text(json.dumps(older))
     assert main(merge) == 0
     report = json.loads((tmp_path / "ab" / "results.json").read_text())
     parts = [json.loads((tmp_path / p / "results.json").read_text()) for p in ("a", "b")]
