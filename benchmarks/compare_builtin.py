@@ -82,6 +82,23 @@ def compare(a: Path, b: Path, dataset: str, profile_name: str, ways: list[int], 
             "machine": machine_description(), "commit": git_commit()}
 
 
+def record(report: dict[str, Any], a: Path, b: Path, out: Path) -> None:
+    """The comparison into each card, seen from that model's side (`difference`: this model
+    minus the other, so a card reads the same way whichever side it was on)."""
+    from models.checkpoint import record_metrics
+
+    for side, path, other, sign in (("a", a, b, -1), ("b", b, a, 1)):
+        record_metrics(path, "validation_comparison", {
+            "against": other.name, "classes": report["classes"], "seed": report["seed"],
+            "rule": report["rule"], "candidate_at_least_as_good": report["b_at_least_as_good"],
+            "role": "in service" if side == "a" else "candidate",
+            "cells": [{"ways": c["ways"], "shots": c["shots"], "episodes": c["episodes"],
+                       "accuracy": c[side], "other": c["b" if side == "a" else "a"],
+                       "difference": round(sign * c["difference"], 5),
+                       "difference_ci95": c["difference_ci95"]} for c in report["cells"]],
+            "command": report["command"], "file": str(out)})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", type=Path, required=True, help="the model in service (a checkpoint folder)")
@@ -93,6 +110,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--record", action="store_true",
+                   help="also store the comparison in both cards (metrics.validation_comparison)")
     args = p.parse_args()
     if (args.dataset, args.profile) not in PROFILES:
         raise SystemExit(f"error: no {args.profile} profile for {args.dataset}")
@@ -105,6 +124,8 @@ def main() -> None:
     report["command"] = "python -m benchmarks.compare_builtin " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.record:
+        record(report, args.a, args.b, args.out)
     for c in report["cells"]:
         print(f"{c['ways']}-way {c['shots']}-shot: A {c['a'] * 100:.2f}  B {c['b'] * 100:.2f}  "
               f"B-A {c['difference'] * 100:+.2f} +- {c['difference_ci95'] * 100:.2f}")
