@@ -44,11 +44,11 @@ CANDIDATES: dict[str, AdaptConfig] = {
 
 
 def validation_classes(dataset: str) -> tuple[Any, str]:
-    """The held-out classes the fair Table 1 profile validates on (never the unseen ones)."""
-    from benchmarks.table1 import PROFILES, load_splits
+    """The held-out classes Table 1's validated profiles choose on (never the unseen ones)."""
+    from benchmarks.splits import base_and_validation
 
-    splits = load_splits(dataset, PROFILES[(dataset, "fair")])
-    return splits.validation, splits.validation_text
+    held = base_and_validation(dataset)
+    return held.validation, held.validation_text
 
 
 def run(model: Path, dataset: str, episodes: int, ways: list[int], shots: list[int],
@@ -114,7 +114,8 @@ def apply(model: Path, summary: list[dict[str, Any]], val_text: str, command: st
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="a base model folder (model.json + weights)")
-    p.add_argument("--dataset", choices=["omniglot", "miniimagenet-lite"], required=True)
+    p.add_argument("--dataset", choices=["omniglot", "miniimagenet-lite", "miniimagenet-lite-ravi"],
+                   required=True)
     p.add_argument("--episodes", type=int, default=40, help="episodes per cell")
     p.add_argument("--ways", default="5,20", help="comma-separated way counts")
     p.add_argument("--shots", default="", help="comma-separated shot counts (default 1,5,15 on "

@@ -10,6 +10,9 @@ classes Table 1 scores on:
   classes (its `test` split is Table 1's unseen classes); nothing to choose.
 - miniImageNet-lite: `held_out` of the 64 `train/` classes; `val/` and `test/` are never used
   (they are Table 1's unseen classes, as in the paper).
+- miniImageNet-lite, Ravi split ("miniimagenet-lite-ravi"): all 64 `train/` classes are the base,
+  `val/` the validation classes and `test/` the unseen ones, as the few-shot literature splits it
+  (the built-in `natural` model's setting, issue 27); nothing to choose.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from models.errors import ConfigError
 if TYPE_CHECKING:
     from models.data import ImageSet
 
-DATASETS = ("omniglot", "omniglot-vinyals", "miniimagenet-lite")
+DATASETS = ("omniglot", "omniglot-vinyals", "miniimagenet-lite", "miniimagenet-lite-ravi")
 # What each data set holds out unless told otherwise (the Vinyals val split is fixed).
 DEFAULT_HELD_OUT = {"omniglot": 6, "miniimagenet-lite": 16}
-NATIVE = {"omniglot": (28, 1), "omniglot-vinyals": (28, 1), "miniimagenet-lite": (84, 3)}
+NATIVE = {"omniglot": (28, 1), "omniglot-vinyals": (28, 1), "miniimagenet-lite": (84, 3),
+          "miniimagenet-lite-ravi": (84, 3)}
 
 
 @dataclass
@@ -59,6 +63,14 @@ def base_and_validation(dataset: str, held_out: int | None = None, *, seed: int 
                      for name in ("train", "val"))
         return HeldOut(base, val, f"Vinyals train split ({base.num_classes} classes)",
                        f"Vinyals val split ({val.num_classes} classes)")
+    if dataset == "miniimagenet-lite-ravi":
+        if held_out is not None:
+            raise ConfigError("the Ravi split's validation classes are its val split; nothing can be "
+                              "held out of it")
+        base, val = (load_dataset(root / "miniimagenet-lite" / name, image_size=size, channels=chans)
+                     for name in ("train", "val"))
+        return HeldOut(base, val, f"miniImageNet-lite train ({base.num_classes} classes)",
+                       f"miniImageNet-lite val ({val.num_classes} classes)")
     count = DEFAULT_HELD_OUT[dataset] if held_out is None else held_out
     if dataset == "omniglot":
         data = load_dataset(root / "omniglot" / "images_background.npz", image_size=size, channels=chans)

@@ -23,7 +23,8 @@ class Splits:
 
 def load_splits(dataset: str, profile: Profile) -> Splits:
     """Base, unseen and (with `holdout_validation`) validation classes: Omniglot
-    background/evaluation, Omniglot Vinyals trainval/test, or miniImageNet train/val+test; the
+    background/evaluation, Omniglot Vinyals trainval/test, miniImageNet train/val+test or
+    train/test (its Ravi split, validated on val); the
     validation classes are benchmarks.splits', the ones tuning chose settings on."""
     from benchmarks.splits import base_and_validation
     from models.data import concat, data_root, with_rotations
@@ -45,6 +46,8 @@ def load_splits(dataset: str, profile: Profile) -> Splits:
                      lambda: npz_or_folder("omniglot", "images_evaluation.npz")),
         "miniimagenet-lite": (lambda: npz_or_folder("miniimagenet-lite", "train"),
                               lambda: concat([npz_or_folder("miniimagenet-lite", s) for s in ("val", "test")])),
+        "miniimagenet-lite-ravi": (lambda: npz_or_folder("miniimagenet-lite", "train"),
+                                   lambda: npz_or_folder("miniimagenet-lite", "test")),
     }
     whole_base, scored = parts[dataset]
     unseen = scored()

@@ -58,3 +58,19 @@ def test_vinyals_validation_is_its_val_split_in_grey_or_rgb(shared_data: Path) -
     with pytest.raises(ConfigError, match="unknown data set 'cifar'"):
         base_and_validation("cifar")
 
+
+
+def test_the_ravi_split_trains_on_all_train_classes_validates_on_val_scores_on_test(shared_data: Path) -> None:
+    """The built-in natural model's split (issue 27): base = every train class, validation = the
+    val split, Table 1's unseen classes = the test split; pairwise disjoint."""
+    from benchmarks.table1 import PROFILES, load_splits
+
+    root = shared_data / "miniimagenet-lite"
+    names = {s: {p.name for p in (root / s).iterdir() if p.is_dir()} for s in ("train", "val", "test")}
+    splits = load_splits("miniimagenet-lite-ravi", PROFILES[("miniimagenet-lite-ravi", "builtin-mtl")])
+    assert set(splits.base.class_names) == names["train"]
+    assert set(splits.validation.class_names) == names["val"]
+    assert set(splits.unseen.class_names) == names["test"]
+    assert (splits.base.num_classes, splits.validation.num_classes, splits.unseen.num_classes) == (64, 16, 20)
+    with pytest.raises(ConfigError, match="nothing can be held out"):
+        base_and_validation("miniimagenet-lite-ravi", 4)
