@@ -143,6 +143,15 @@ PROFILES: dict[tuple[str, str], Profile] = {
                                           shots=[1, 5], max_shot_queries=15, recipe="fair",
                                           common={"ways": 20}, holdout_validation=True,
                                           validate_every=400_000, rotations=True),
+    # The `handwriting` model's MTL candidate (issue 27): MTL-ProtoNet with the handwriting recipe
+    # above and the beta that won its sweep on the validation alphabets at 2M passes
+    # (benchmarks.builtin_sweep: 0.5 93.94, 0.75 93.80, 0.9 94.36;
+    # benchmarks/results/builtin-sweep/omniglot-mtl-protonet.json).
+    ("omniglot", "builtin-mtl"): Profile(28, 1, 32, budget_passes=6_000_000, episodes=100, ways=[5, 20],
+                                         shots=[1, 5], max_shot_queries=15, recipe="fair",
+                                         common={"ways": 20}, holdout_validation=True,
+                                         validate_every=1_000_000, rotations=True,
+                                         per_method={"mtl-protonet": {"beta": 0.9}}),
     ("omniglot", "fair-smoke"): Profile(28, 1, 8, budget_passes=1_500, episodes=3, ways=[5],
                                         shots=[1], max_shot_queries=15, recipe="fair",
                                         holdout_validation=True, validate_every=750),
