@@ -36,7 +36,9 @@ from models.selection import prototype_loo_accuracy, sample_per_class
 from tests.utils.images import data_root, omniglot_eval, png
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = ("handwriting", "natural")
+# Every committed built-in, in the order the service lists the candidates: the default
+# (natural) first, then newest registered first (handwriting-mtl was added after handwriting).
+BUILTINS = ("natural", "handwriting-mtl", "handwriting")
 # (kind, classes, images a class): glyphs have 20 drawings a character, photos 120 a class.
 DATASETS = [("glyphs", 5, 5), ("glyphs", 5, 10), ("glyphs", 10, 5), ("glyphs", 20, 10),
             ("glyphs", 5, 20), ("photos", 5, 5), ("photos", 5, 10), ("photos", 10, 10),
@@ -95,9 +97,9 @@ def run(out: Path) -> dict[str, Any]:
             row["seconds"][name] = round(time.perf_counter() - start, 3)
             params = resolve_params(ClassifierParams(), card.get("adaptation") or {})
             row["holdout_accuracy"][name] = holdout_accuracy(net, x, y, params)
-        # The service's rule (app.service.base_model_choice.pick); natural is the default.
+        # The service's rule (app.service.base_model_choice.pick), candidates in its order.
         scores = {m: (p["score"], p["margin"], 0) for m, p in row["proxy"].items()}
-        choice = {"candidates": [{"base_model_id": m} for m in ("natural", "handwriting")]}
+        choice = {"candidates": [{"base_model_id": m} for m in BUILTINS]}
         pick = pick_rule(choice, scores)["chosen"]
         best = max(row["holdout_accuracy"].values())
         row["picked"], row["right"] = pick, row["holdout_accuracy"][pick] >= best
